@@ -1,0 +1,5 @@
+"""Placeholder dashboard entry until the dashboard issue lands."""
+
+import streamlit as st
+
+st.title("Meteor")

@@ -1,0 +1,1 @@
+"""Meteor: console and gateway of a university AI cloud platform."""

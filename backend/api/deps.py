@@ -1,0 +1,123 @@
+"""FastAPI dependencies: settings, a session per request, and the callers behind tokens.
+
+Routes own their transaction: they call `session.commit()` after the services succeed;
+anything not committed is rolled back when the request ends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy.orm import Session
+
+from backend import security
+from backend.config import Settings
+from backend.errors import ServiceError, forbidden, unauthorized
+from db.models import Admin, User
+
+
+def get_settings(request: Request) -> Settings:
+    return request.app.state.settings
+
+
+def get_session(request: Request) -> Iterator[Session]:
+    session = request.app.state.sessionmaker()
+    try:
+        yield session
+    finally:
+        session.close()
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def bearer_token(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def require_bearer(request: Request) -> str:
+    token = bearer_token(request)
+    if token is None:
+        raise unauthorized("missing Authorization: Bearer token")
+    return token
+
+
+def _claims(settings: Settings, token: str, role: str, kind: str) -> dict:
+    try:
+        return security.decode_token(settings, token, role=role, kind=kind)
+    except security.TokenError as exc:
+        raise unauthorized(str(exc)) from None
+
+
+def admin_from_token(session: Session, settings: Settings, token: str, kind: str = "access") -> Admin:
+    """The admin a valid, unrevoked admin token of type `kind` belongs to."""
+    claims = _claims(settings, token, "admin", kind)
+    try:
+        admin = session.get(Admin, int(claims["sub"]))
+    except (TypeError, ValueError):
+        admin = None
+    if admin is None or admin.token_version != claims["ver"]:
+        raise unauthorized("token revoked; sign in again")
+    return admin
+
+
+def user_from_token(session: Session, settings: Settings, token: str, kind: str = "access") -> User:
+    """The active user a valid, unrevoked user token of type `kind` belongs to."""
+    claims = _claims(settings, token, "user", kind)
+    user = session.get(User, str(claims["sub"]))
+    if user is None or user.token_version != claims["ver"]:
+        raise unauthorized("token revoked; sign in again")
+    if user.status != "active":
+        raise forbidden("this account is disabled")
+    return user
+
+
+def current_admin(request: Request, session: SessionDep, settings: SettingsDep) -> Admin:
+    return admin_from_token(session, settings, require_bearer(request))
+
+
+def current_super_admin(admin: Annotated[Admin, Depends(current_admin)]) -> Admin:
+    if not admin.is_super:
+        raise forbidden("only a super admin may do this")
+    return admin
+
+
+def current_user(request: Request, session: SessionDep, settings: SettingsDep) -> User:
+    return user_from_token(session, settings, require_bearer(request))
+
+
+CurrentAdmin = Annotated[Admin, Depends(current_admin)]
+CurrentSuperAdmin = Annotated[Admin, Depends(current_super_admin)]
+CurrentUser = Annotated[User, Depends(current_user)]
+
+
+def resolve_caller(
+    request: Request, session: Session, settings: Settings, *, uuid: str | None = None, username: str | None = None
+) -> User:
+    """The user behind a request: a Bearer user token, or — only with METEOR_LEGACY_UUID_AUTH
+    switched on — the seed's `uuid` + `username` pair (from the body or the headers)."""
+    token = bearer_token(request)
+    if token is not None:
+        return user_from_token(session, settings, token)
+    if settings.legacy_uuid_auth:
+        uuid = uuid or request.headers.get("uuid")
+        username = username or request.headers.get("username")
+        if uuid and username:
+            user = session.get(User, str(uuid))
+            if user is None or user.username != username:
+                raise ServiceError("USER_NOT_FOUND", "no user has this uuid and username", 404)
+            if user.status != "active":
+                raise forbidden("this account is disabled")
+            return user
+    raise unauthorized("missing Authorization: Bearer token")
+
+
+def client_address(request: Request) -> str | None:
+    return request.client.host if request.client else None

@@ -1,0 +1,144 @@
+"""Settings: one validated object built from `METEOR_*` environment variables and `.env`.
+
+Secrets that are not given (JWT secret, the key that encrypts provider secrets, the
+dashboard cookie key) are generated once into `<data_dir>/secrets.json` (mode 0600) and
+reused on every start, so several processes on one data dir agree. A known placeholder
+or a too-short secret is refused at start.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PLACEHOLDERS = {
+    "changeme",
+    "change-me",
+    "secret",
+    "your-secret",
+    "your_secret",
+    "placeholder",
+    "xxx",
+    "test",
+    "password",
+    "jwt-secret",
+    "please-change",
+}
+MIN_SECRET_LENGTH = 32
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="METEOR_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Path("./data")
+    database_url: str | None = None
+    redis_url: str | None = None
+
+    jwt_secret: SecretStr | None = None
+    secret_key: SecretStr | None = Field(default=None, description="Fernet key for provider secrets")
+    cookie_key: SecretStr | None = None
+
+    api_host: str = "127.0.0.1"
+    api_port: int = 8000
+    ui_port: int = 8501
+    public_api_url: str | None = None  # what the dashboard's browser uses to reach the playground
+    admin_password: SecretStr | None = None
+
+    bcrypt_rounds: int = Field(default=12, ge=4, le=16)
+    access_token_minutes: int = 60
+    refresh_token_days: int = 7
+    playground_token_seconds: int = 300
+    login_max_failures_per_account: int = 5
+    login_max_failures_per_address: int = 20
+    login_window_seconds: int = 900
+
+    query_page_size_max: int = 100
+    reservation_ttl_seconds: int = 600
+    sweeper_interval_seconds: int = 30
+
+    language: str = "zh-CN"
+    allowed_private_hosts: str = ""
+    voice_costs_quota: bool = False
+    voice_tokens_per_second: int = 1
+    legacy_uuid_auth: bool = False  # accept the seed's uuid + username instead of a Bearer token
+    upload_max_bytes: int = 10 * 1024 * 1024
+    default_voice_engine: str = "embedded"
+    default_picture_engine: str = "embedded"
+    default_max_tokens: int = 512
+    ollama_url: str = "http://127.0.0.1:11434"
+    embedded_queue_size: int = 32
+    model_concurrency: int = 2
+
+    @model_validator(mode="after")
+    def _fill_and_check_secrets(self) -> Settings:
+        missing = [n for n in ("jwt_secret", "secret_key", "cookie_key") if getattr(self, n) is None]
+        if missing:
+            stored = _load_or_create_secret_file(self.data_dir)
+            for name in missing:
+                setattr(self, name, SecretStr(stored[name]))
+        for name in ("jwt_secret", "cookie_key"):
+            _refuse_weak(name, getattr(self, name).get_secret_value())
+        key = self.secret_key.get_secret_value()
+        _refuse_weak("secret_key", key)
+        try:
+            if len(base64.urlsafe_b64decode(key.encode())) != 32:
+                raise ValueError
+        except ValueError as exc:
+            raise ValueError("METEOR_SECRET_KEY must be a urlsafe-base64 Fernet key (32 bytes)") from exc
+        return self
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'meteor.db').resolve()}"
+
+    @property
+    def private_host_allowlist(self) -> set[str]:
+        return {h.strip().lower() for h in self.allowed_private_hosts.split(",") if h.strip()}
+
+
+def _refuse_weak(name: str, value: str) -> None:
+    if value.strip().lower() in PLACEHOLDERS or len(value) < MIN_SECRET_LENGTH:
+        raise ValueError(
+            f"METEOR_{name.upper()} is a placeholder or shorter than {MIN_SECRET_LENGTH} characters; "
+            "unset it to have one generated, or give a strong random value"
+        )
+
+
+def _load_or_create_secret_file(data_dir: Path) -> dict[str, str]:
+    data_dir.mkdir(parents=True, exist_ok=True)
+    path = data_dir / "secrets.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    values = {
+        "jwt_secret": secrets.token_urlsafe(48),
+        "secret_key": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+        "cookie_key": secrets.token_urlsafe(48),
+    }
+    # Write a private temp file, then link it into place: of two processes starting at once,
+    # exactly one wins and the other reads the winner's complete file.
+    tmp = data_dir / f".secrets.{os.getpid()}.{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(values, fh)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        values = json.loads(path.read_text())
+    finally:
+        tmp.unlink()
+    return values
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide Settings, built once from the environment."""
+    return Settings()

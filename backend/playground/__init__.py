@@ -1,0 +1,1 @@
+"""The Gradio playground (chat, voice, picture), mounted at /playground."""

@@ -1,0 +1,1 @@
+"""Engine adapters behind small interfaces: chat, transcribe, ocr."""

@@ -1,0 +1,79 @@
+"""Builds the ASGI app: every API family, /healthz, /docs, the reservation sweeper, and
+the Gradio playground at /playground."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy import text
+
+from backend.api import admin, auth, conversations, envelope, keys, media, models, openai_compat, user
+from backend.api import text as text_api
+from backend.config import Settings, get_settings
+from backend.services import quota
+from db.session import get_sessionmaker
+
+log = logging.getLogger("meteor.server")
+
+
+def _sweeper(app: FastAPI, stop: threading.Event) -> None:
+    """Release reservations left behind by crashed requests, every few seconds."""
+    settings: Settings = app.state.settings
+    while not stop.wait(settings.sweeper_interval_seconds):
+        try:
+            with app.state.sessionmaker.begin() as session:
+                released = quota.sweep_expired(session)
+            if released:
+                log.info("sweeper released %d expired reservations", released)
+        except Exception:  # keep sweeping; a transient DB error must not kill the thread
+            log.exception("reservation sweeper failed")
+
+
+def create_app(settings: Settings | None = None, *, playground: bool = True) -> FastAPI:
+    """The API server. Tests pass their own Settings (database URL, fast bcrypt)."""
+    settings = settings or get_settings()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        stop = threading.Event()
+        thread = threading.Thread(target=_sweeper, args=(app, stop), name="quota-sweeper", daemon=True)
+        thread.start()
+        yield
+        stop.set()
+
+    app = FastAPI(
+        title="Meteor API",
+        version="1.0",
+        lifespan=lifespan,
+        description="Seed-000 and seed-003 compatible APIs, an OpenAI-compatible /v1, and the playground.",
+    )
+    app.state.settings = settings
+    app.state.sessionmaker = get_sessionmaker(settings.resolved_database_url)
+    envelope.install(app)
+    for module in (auth, admin, user, text_api, keys, openai_compat, media, conversations, models):
+        app.include_router(module.router)
+
+    @app.get("/healthz", tags=["health"])
+    def healthz(request: Request) -> JSONResponse:
+        try:
+            with request.app.state.sessionmaker() as session:
+                session.execute(text("SELECT 1"))
+        except Exception as exc:
+            return JSONResponse({"status": "error", "database": type(exc).__name__}, status_code=503)
+        return JSONResponse({"status": "ok", "database": "ok"})
+
+    if playground:
+        _mount_playground(app, settings)
+    return app
+
+
+def _mount_playground(app: FastAPI, settings: Settings) -> None:
+    try:
+        from backend.playground.app import mount
+    except ImportError:
+        return  # the playground arrives with the dashboard issue
+    mount(app, settings)

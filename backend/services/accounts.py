@@ -1,0 +1,311 @@
+"""Users and admins: registration, login, admin CRUD, logout and password changes.
+
+Ids are stable: renaming a user never changes its id (the original did, by accident).
+Logout and password change bump `token_version`, which revokes every token issued before.
+"""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from backend import security
+from backend.config import Settings
+from backend.errors import ServiceError, conflict, forbidden
+from backend.services import audit, quota
+from db.models import Admin, User
+
+NAME_PATTERN = re.compile(r"^[^\x00-\x1f\x7f]{1,64}$")
+PASSWORD_MIN = 6
+
+
+def check_name(name: str, code: str, what: str = "name") -> str:
+    name = (name or "").strip()
+    if not NAME_PATTERN.match(name):
+        raise ServiceError(code, f"{what} must be 1-64 characters without control characters", 422)
+    return name
+
+
+def check_password(password: str, code: str) -> str:
+    if not isinstance(password, str) or len(password) < PASSWORD_MIN:
+        raise ServiceError(code, f"password must have at least {PASSWORD_MIN} characters", 422)
+    if len(password.encode()) > security.BCRYPT_MAX_BYTES:
+        raise ServiceError(code, f"password must be at most {security.BCRYPT_MAX_BYTES} bytes", 422)
+    return password
+
+
+def _hash(settings: Settings, password: str) -> str:
+    return security.hash_password(password, settings.bcrypt_rounds)
+
+
+# --- users -------------------------------------------------------------------------------
+
+
+def get_user_by_name(session: Session, username: str) -> User | None:
+    return session.scalar(select(User).where(User.username == username))
+
+
+def require_user_by_name(session: Session, username: str, code: str = "USER_NOT_FOUND") -> User:
+    user = get_user_by_name(session, username)
+    if user is None:
+        raise ServiceError(code, f"user {username!r} not found", 404)
+    return user
+
+
+def register_user(
+    session: Session,
+    settings: Settings,
+    *,
+    username: str,
+    password: str,
+    email: str | None = None,
+    academy: str | None = None,
+) -> User:
+    """Self-registration: a new user with 0 tokens and 0 picTimes."""
+    return create_user(
+        session, settings, username=username, password=password, email=email, academy=academy, error="REGISTER_ERROR"
+    )
+
+
+def create_user(
+    session: Session,
+    settings: Settings,
+    *,
+    username: str,
+    password: str,
+    email: str | None = None,
+    academy: str | None = None,
+    tokens: int = 0,
+    pic_times: int = 0,
+    actor: str | None = None,
+    error: str = "ADD_USER_ERROR",
+) -> User:
+    """Create a user; initial tokens / picTimes are granted through the ledger."""
+    username = check_name(username, error, "username")
+    check_password(password, error)
+    if tokens < 0 or pic_times < 0:
+        raise ServiceError(error, "tokens and picTimes cannot be negative", 422)
+    if get_user_by_name(session, username) is not None:
+        raise conflict("USER_NAME_REPEAT", f"username {username!r} is taken")
+    user = User(
+        username=username,
+        password_hash=_hash(settings, password),
+        email=email or None,
+        academy=(academy or "").strip() or None,
+        tokens=0,
+        pic_times=0,
+    )
+    session.add(user)
+    session.flush()
+    if tokens or pic_times:
+        quota.grant(session, user_id=user.id, tokens=tokens, pic_times=pic_times, actor=actor, note="initial quota")
+    if actor:
+        audit.record(
+            session,
+            actor=actor,
+            action="add_user",
+            target_type="user",
+            target_id=user.id,
+            detail={"username": username, "academy": user.academy, "tokens": tokens, "pic_times": pic_times},
+        )
+    return user
+
+
+def authenticate_user(session: Session, settings: Settings, *, username: str, password: str) -> User | None:
+    """The user if the password matches (rehashing an imported MD5 hash), else None."""
+    user = get_user_by_name(session, username)
+    if user is None:
+        security.burn_password_check(password)
+        return None
+    if not security.verify_password(password, user.password_hash):
+        return None
+    if security.needs_rehash(user.password_hash):
+        user.password_hash = _hash(settings, password)
+    return user
+
+
+def modify_user(
+    session: Session,
+    settings: Settings,
+    *,
+    target_username: str,
+    actor: str,
+    new_username: str | None = None,
+    new_password: str | None = None,
+    new_email: str | None = None,
+    new_academy: str | None = None,
+    new_tokens: int | None = None,
+    new_pic_times: int | None = None,
+    new_status: str | None = None,
+) -> User:
+    """Admin edit of a user. Balances go through the quota service; the id never changes."""
+    user = require_user_by_name(session, target_username)
+    changes: dict[str, object] = {}
+    if new_username is not None and new_username.strip() != user.username:
+        new_username = check_name(new_username, "MODIFY_USER_ERROR", "username")
+        if get_user_by_name(session, new_username) is not None:
+            raise conflict("USER_NAME_REPEAT", f"username {new_username!r} is taken")
+        changes["username"] = (user.username, new_username)
+        user.username = new_username
+    if new_password:
+        check_password(new_password, "MODIFY_USER_ERROR")
+        user.password_hash = _hash(settings, new_password)
+        user.token_version += 1
+        changes["password"] = "changed"
+    if new_email is not None and new_email != (user.email or ""):
+        changes["email"] = (user.email, new_email)
+        user.email = new_email or None
+    if new_academy is not None and new_academy.strip() != (user.academy or ""):
+        changes["academy"] = (user.academy, new_academy.strip())
+        user.academy = new_academy.strip() or None
+    if new_status is not None and new_status != user.status:
+        if new_status not in ("active", "disabled"):
+            raise ServiceError("MODIFY_USER_ERROR", "status must be 'active' or 'disabled'", 422)
+        changes["status"] = (user.status, new_status)
+        user.status = new_status
+        if new_status == "disabled":
+            user.token_version += 1
+    session.flush()
+    if new_tokens is not None or new_pic_times is not None:
+        before = quota.balance(session, user.id)
+        after = quota.set_balance(
+            session, user_id=user.id, tokens=new_tokens, pic_times=new_pic_times, actor=actor, note="modify_normal_user"
+        )
+        if after != before:
+            changes["tokens"] = (before.tokens, after.tokens)
+            changes["pic_times"] = (before.pic_times, after.pic_times)
+    if changes:
+        audit.record(session, actor=actor, action="modify_user", target_type="user", target_id=user.id, detail=changes)
+    return user
+
+
+def delete_user(session: Session, *, username: str, actor: str) -> None:
+    user = require_user_by_name(session, username)
+    audit.record(
+        session,
+        actor=actor,
+        action="delete_user",
+        target_type="user",
+        target_id=user.id,
+        detail={"username": user.username, "tokens": user.tokens, "pic_times": user.pic_times},
+    )
+    session.delete(user)
+
+
+def change_user_password(
+    session: Session, settings: Settings, *, user: User, old_password: str, new_password: str
+) -> None:
+    """A user's own password change; revokes every token issued before."""
+    if not security.verify_password(old_password, user.password_hash):
+        raise ServiceError("LOGIN_ERROR", "the current password is wrong", 401)
+    check_password(new_password, "MODIFY_USER_ERROR")
+    user.password_hash = _hash(settings, new_password)
+    user.token_version += 1
+
+
+def revoke_user_tokens(session: Session, *, user_id: str) -> None:
+    """Logout: every token issued to this user so far stops working."""
+    session.execute(update(User).where(User.id == user_id).values(token_version=User.token_version + 1))
+
+
+# --- admins ------------------------------------------------------------------------------
+
+
+def get_admin_by_name(session: Session, name: str) -> Admin | None:
+    return session.scalar(select(Admin).where(Admin.name == name))
+
+
+def require_admin_by_name(session: Session, name: str, code: str) -> Admin:
+    admin = get_admin_by_name(session, name)
+    if admin is None:
+        raise ServiceError(code, f"admin {name!r} not found", 404)
+    return admin
+
+
+def authenticate_admin(session: Session, settings: Settings, *, name: str, password: str) -> Admin | None:
+    admin = get_admin_by_name(session, name)
+    if admin is None:
+        security.burn_password_check(password)
+        return None
+    if not security.verify_password(password, admin.password_hash):
+        return None
+    if security.needs_rehash(admin.password_hash):
+        admin.password_hash = _hash(settings, password)
+    return admin
+
+
+def create_admin(
+    session: Session, settings: Settings, *, name: str, password: str, is_super: bool = False, actor: str | None
+) -> Admin:
+    name = check_name(name, "ADD_ADMIN_ERROR", "admin name")
+    check_password(password, "ADD_ADMIN_ERROR")
+    if get_admin_by_name(session, name) is not None:
+        raise conflict("USER_NAME_REPEAT", f"admin name {name!r} is taken")
+    admin = Admin(name=name, password_hash=_hash(settings, password), is_super=is_super)
+    session.add(admin)
+    session.flush()
+    if actor:
+        audit.record(
+            session,
+            actor=actor,
+            action="add_admin",
+            target_type="admin",
+            target_id=str(admin.id),
+            detail={"name": name, "is_super": is_super},
+        )
+    return admin
+
+
+def modify_admin(
+    session: Session,
+    settings: Settings,
+    *,
+    target: str,
+    actor: str,
+    new_name: str | None = None,
+    new_password: str | None = None,
+) -> Admin:
+    admin = require_admin_by_name(session, target, "MODIFY_ADMIN_ERROR")
+    changes: dict[str, object] = {}
+    if new_name and new_name.strip() != admin.name:
+        new_name = check_name(new_name, "MODIFY_ADMIN_ERROR", "admin name")
+        if get_admin_by_name(session, new_name) is not None:
+            raise conflict("USER_NAME_REPEAT", f"admin name {new_name!r} is taken")
+        changes["name"] = (admin.name, new_name)
+        admin.name = new_name
+    if new_password:
+        check_password(new_password, "MODIFY_ADMIN_ERROR")
+        admin.password_hash = _hash(settings, new_password)
+        admin.token_version += 1
+        changes["password"] = "changed"
+    if changes:
+        audit.record(
+            session, actor=actor, action="modify_admin", target_type="admin", target_id=str(admin.id), detail=changes
+        )
+    return admin
+
+
+def delete_admin(session: Session, *, target: str, actor: str) -> None:
+    """Delete a normal admin. A super admin cannot be deleted (so the last one never is)."""
+    admin = require_admin_by_name(session, target, "DELETE_ADMIN_ERROR")
+    if admin.is_super:
+        raise forbidden("a super admin cannot be deleted")
+    audit.record(
+        session,
+        actor=actor,
+        action="delete_admin",
+        target_type="admin",
+        target_id=str(admin.id),
+        detail={"name": admin.name},
+    )
+    session.delete(admin)
+
+
+def count_super_admins(session: Session) -> int:
+    return session.scalar(select(func.count()).select_from(Admin).where(Admin.is_super.is_(True))) or 0
+
+
+def revoke_admin_tokens(session: Session, *, admin_id: int) -> None:
+    session.execute(update(Admin).where(Admin.id == admin_id).values(token_version=Admin.token_version + 1))

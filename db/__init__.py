@@ -1,0 +1,1 @@
+"""Meteor's data layer: typed models, engine/session factory and Alembic migrations."""

@@ -1,0 +1,359 @@
+"""Typed declarative models for every Meteor table.
+
+Seed-000 tables (users, admins, vouchers, redemptions) keep the original's id forms
+(users: 32-hex strings; vouchers: the redeem code). Seed-003 tables keep their original
+names and integer ids; their `user_id` columns hold the same 32-hex user id, so
+conversations and models join to users. Every column the dashboard filters on is indexed.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects import mysql
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+# SQLite only autoincrements an INTEGER PRIMARY KEY; elsewhere large tables get BIGINT.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class UTCDateTime(TypeDecorator):
+    """Stores naive UTC, returns aware UTC, on every backend (MySQL and SQLite drop tz)."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect):
+        if dialect.name in ("mysql", "mariadb"):
+            return dialect.type_descriptor(mysql.DATETIME(fsp=6))  # default DATETIME drops sub-seconds
+        return dialect.type_descriptor(DateTime())
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is not None:
+            value = value.astimezone(UTC).replace(tzinfo=None)
+        return value
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_hex_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {datetime: UTCDateTime()}
+
+
+# --- seed 000: accounts, quota, vouchers -------------------------------------------------
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_hex_id)
+    username: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(128))
+    email: Mapped[str | None] = mapped_column(String(128), index=True)
+    academy: Mapped[str | None] = mapped_column(String(64), index=True)
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    pic_times: Mapped[int] = mapped_column(BigInteger, default=0)
+    status: Mapped[str] = mapped_column(String(16), default="active", index=True)
+    token_version: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+    __table_args__ = (Index("ix_users_tokens", "tokens"), Index("ix_users_pic_times", "pic_times"))
+
+
+class Admin(Base):
+    __tablename__ = "admins"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(128))
+    is_super: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
+    token_version: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class Voucher(Base):
+    """The seed's "token" (令牌): a redeem code granting tokens and picTimes to one academy."""
+
+    __tablename__ = "vouchers"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # the redeem code
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    pic_times: Mapped[int] = mapped_column(BigInteger, default=0)
+    academy: Mapped[str | None] = mapped_column(String(64), index=True)
+    available: Mapped[bool] = mapped_column(Boolean, default=True, index=True)
+    expires_at: Mapped[datetime | None] = mapped_column(index=True)
+    max_redemptions: Mapped[int | None] = mapped_column(Integer)
+    redeemed_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_by: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class Redemption(Base):
+    __tablename__ = "redemptions"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(String(32), ForeignKey("users.id", ondelete="CASCADE"))
+    voucher_id: Mapped[str] = mapped_column(String(64), ForeignKey("vouchers.id", ondelete="CASCADE"), index=True)
+    redeemed_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+    __table_args__ = (UniqueConstraint("user_id", "voucher_id", name="uq_redemption_user_voucher"),)
+
+
+class QuotaLedger(Base):
+    """Every change of a balance. For each user: balance == sum of deltas. No FK, so the
+    money trail outlives a deleted user."""
+
+    __tablename__ = "quota_ledger"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(String(32), index=True)
+    kind: Mapped[str] = mapped_column(String(16), index=True)  # grant redeem admin_adjust reserve settle release
+    delta_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    delta_pic_times: Mapped[int] = mapped_column(BigInteger, default=0)
+    request_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    reservation_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    model: Mapped[str | None] = mapped_column(String(128), index=True)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    actor: Mapped[str | None] = mapped_column(String(64), index=True)
+    note: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class QuotaReservation(Base):
+    __tablename__ = "quota_reservations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_hex_id)
+    user_id: Mapped[str] = mapped_column(String(32), index=True)
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    pic_times: Mapped[int] = mapped_column(BigInteger, default=0)
+    status: Mapped[str] = mapped_column(String(16), default="active", index=True)  # active settled released
+    request_id: Mapped[str | None] = mapped_column(String(64))
+    model: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class AuditLog(Base):
+    __tablename__ = "audit_log"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    actor: Mapped[str] = mapped_column(String(64), index=True)
+    action: Mapped[str] = mapped_column(String(64), index=True)
+    target_type: Mapped[str | None] = mapped_column(String(32), index=True)
+    target_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    detail: Mapped[str | None] = mapped_column(Text)  # JSON, never a secret
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class LoginAttempt(Base):
+    """Failed logins, for the per-account and per-address limits (shared by all processes)."""
+
+    __tablename__ = "login_attempts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    subject: Mapped[str] = mapped_column(String(160))  # "user:alice", "admin:root", "addr:1.2.3.4"
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (Index("ix_login_attempts_subject_at", "subject", "at"),)
+
+
+class ApiKey(Base):
+    """Per-user `sk-...` keys for the OpenAI-compatible /v1; only a SHA-256 is stored."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(String(32), ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(64), default="")
+    prefix: Mapped[str] = mapped_column(String(16))  # shown to identify a key: "sk-abcd…"
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    allowed_models: Mapped[str | None] = mapped_column(Text)  # JSON list; null = all
+    expires_at: Mapped[datetime | None] = mapped_column()
+    revoked_at: Mapped[datetime | None] = mapped_column(index=True)
+    last_used_at: Mapped[datetime | None] = mapped_column()
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+
+class UsageRecord(Base):
+    """One row per inference request (chat, voice, picture), whatever its outcome."""
+
+    __tablename__ = "usage_records"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    request_id: Mapped[str | None] = mapped_column(String(64), index=True)
+    user_id: Mapped[str | None] = mapped_column(String(32))
+    academy: Mapped[str | None] = mapped_column(String(64))
+    admin_name: Mapped[str | None] = mapped_column(String(64))  # console tests: charged to no user
+    kind: Mapped[str] = mapped_column(String(16), default="chat", index=True)  # chat voice picture
+    model: Mapped[str | None] = mapped_column(String(128))
+    provider: Mapped[str | None] = mapped_column(String(32), index=True)
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
+    audio_seconds: Mapped[float | None] = mapped_column(Float)
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+    ttft_ms: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="ok", index=True)  # ok error cancelled
+    error: Mapped[str | None] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+    __table_args__ = (
+        Index("ix_usage_user_created", "user_id", "created_at"),
+        Index("ix_usage_model_created", "model", "created_at"),
+        Index("ix_usage_academy_created", "academy", "created_at"),
+    )
+
+
+# --- seed 003: models, personas, connections, conversations ------------------------------
+
+
+class ModelAiOnline(Base):
+    """An online connection (API URL, encrypted key, type, timeout)."""
+
+    __tablename__ = "model_ai_online"
+
+    ai_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    ai_api: Mapped[str] = mapped_column(String(500))
+    ai_token_encrypted: Mapped[str | None] = mapped_column(Text)
+    ai_type: Mapped[int] = mapped_column(Integer, default=1, index=True)  # 1 llm, 2 chat, 3 image
+    ai_name: Mapped[str] = mapped_column(String(50), unique=True)
+    ai_version: Mapped[str | None] = mapped_column(String(50), index=True)
+    protocol: Mapped[str] = mapped_column(String(16), default="openai")  # openai ollama spark
+    timeout: Mapped[int] = mapped_column(Integer, default=30)
+    created_by: Mapped[str | None] = mapped_column(String(64))
+    created_time: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    updated_by: Mapped[str | None] = mapped_column(String(64))
+    updated_time: Mapped[datetime | None] = mapped_column()
+
+
+class ModelFile(Base):
+    """A persona: system prompt, sampling parameters, few-shot examples."""
+
+    __tablename__ = "model_file"
+
+    model_file_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    system: Mapped[str | None] = mapped_column(Text)
+    mirostat: Mapped[int | None] = mapped_column(Integer)
+    mirostat_eta: Mapped[float | None] = mapped_column(Float)
+    mirostat_tau: Mapped[float | None] = mapped_column(Float)
+    num_ctx: Mapped[int | None] = mapped_column(Integer)
+    repeat_last_n: Mapped[int | None] = mapped_column(Integer)
+    repeat_penalty: Mapped[float | None] = mapped_column(Float)
+    temperature: Mapped[float | None] = mapped_column(Float)
+    seed: Mapped[int | None] = mapped_column(BigInteger)
+    stop: Mapped[str | None] = mapped_column(String(500))
+    tfs_z: Mapped[float | None] = mapped_column(Float)
+    num_predict: Mapped[int | None] = mapped_column(Integer)
+    top_p: Mapped[float | None] = mapped_column(Float)
+    min_p: Mapped[float | None] = mapped_column(Float)
+    top_k: Mapped[int | None] = mapped_column(Integer)
+
+    examples: Mapped[list[ModelFileEgMessage]] = relationship(
+        back_populates="model_file",
+        cascade="all, delete-orphan",
+        order_by="ModelFileEgMessage.message_id",
+        passive_deletes=True,
+    )
+
+
+class ModelFileEgMessage(Base):
+    __tablename__ = "model_file_egmessage"
+
+    message_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_message: Mapped[str] = mapped_column(Text)
+    model_message: Mapped[str] = mapped_column(Text)
+    model_file_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("model_file.model_file_id", ondelete="CASCADE"), index=True
+    )
+
+    model_file: Mapped[ModelFile] = relationship(back_populates="examples")
+
+
+class ModelInfo(Base):
+    """A model as users pick it: a persona (model_file) over a base model, local or online."""
+
+    __tablename__ = "model_info"
+
+    model_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_name: Mapped[str] = mapped_column(String(50), unique=True)  # the persona's name
+    model_version: Mapped[str | None] = mapped_column(String(50))
+    model_file_id: Mapped[int | None] = mapped_column(
+        Integer, ForeignKey("model_file.model_file_id", ondelete="SET NULL"), index=True
+    )
+    disable: Mapped[int] = mapped_column(Integer, default=0, index=True)
+    user_id: Mapped[str | None] = mapped_column(String(32), ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    link_type: Mapped[int] = mapped_column(Integer, default=0, index=True)  # 0 local, 1 online
+    description: Mapped[str | None] = mapped_column(String(500))
+    aiol_id: Mapped[int | None] = mapped_column(
+        Integer, ForeignKey("model_ai_online.ai_id", ondelete="SET NULL"), index=True
+    )
+    ai_name: Mapped[str | None] = mapped_column(String(50), index=True)  # base model name
+    is_default: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_by: Mapped[str | None] = mapped_column(String(64))
+    created_time: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    updated_by: Mapped[str | None] = mapped_column(String(64))
+    updated_time: Mapped[datetime | None] = mapped_column()
+
+    model_file: Mapped[ModelFile | None] = relationship()
+    ai_online: Mapped[ModelAiOnline | None] = relationship()
+
+
+class ModelConversation(Base):
+    __tablename__ = "model_conversation"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(String(32), ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    title: Mapped[str | None] = mapped_column(String(50), index=True)
+    ai_name: Mapped[str | None] = mapped_column(String(50), index=True)
+    model_id: Mapped[int | None] = mapped_column(Integer, index=True)
+    created_time: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    updated_time: Mapped[datetime | None] = mapped_column()
+
+    messages: Mapped[list[ModelMessage]] = relationship(
+        back_populates="conversation",
+        cascade="all, delete-orphan",
+        order_by="(ModelMessage.created_time, ModelMessage.id)",
+        passive_deletes=True,
+    )
+
+
+class ModelMessage(Base):
+    __tablename__ = "model_message"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    role: Mapped[str] = mapped_column(String(50))
+    content: Mapped[str] = mapped_column(Text)
+    conversation_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("model_conversation.id", ondelete="CASCADE"), index=True
+    )
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer)
+    created_time: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+
+    conversation: Mapped[ModelConversation] = relationship(back_populates="messages")

@@ -1,0 +1,153 @@
+"""Fixtures that build real databases.
+
+Every test that asks for `db_url` (directly or through `settings`, `session`, `client`)
+runs three times: on SQLite, on PostgreSQL (`METEOR_TEST_POSTGRES_URL`) and on
+MariaDB/MySQL (`METEOR_TEST_MYSQL_URL`). Each pytest run creates its own throw-away
+database on the servers (so parallel runs never collide), migrates it with Alembic, and
+empties every table after each test.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, delete, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.orm import Session
+
+from backend.config import Settings
+from db import migrate
+from db.models import Base
+from db.session import dispose_all, get_sessionmaker, normalize_url
+
+BACKENDS = {
+    "sqlite": None,
+    "postgresql": "METEOR_TEST_POSTGRES_URL",
+    "mysql": "METEOR_TEST_MYSQL_URL",
+}
+
+TEST_SECRET_KEY = "q0o1oPJuBcSz3-yXYXq5tTQW6H5t0VsDDbBD9y0yTUE="
+
+
+def _create_server_database(base_url: str) -> tuple[str, callable]:
+    """A fresh database on the server behind `base_url`, and how to drop it."""
+    url = make_url(normalize_url(base_url))
+    name = f"meteor_t_{os.getpid()}_{secrets.token_hex(3)}"
+    admin_engine = create_engine(url, isolation_level="AUTOCOMMIT")
+    with admin_engine.connect() as conn:
+        if url.get_backend_name() == "postgresql":
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+        else:
+            conn.execute(text(f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4 COLLATE utf8mb4_unicode_ci"))
+
+    def drop() -> None:
+        dispose_all()
+        with admin_engine.connect() as conn:
+            if url.get_backend_name() == "postgresql":
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+            else:
+                conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+        admin_engine.dispose()
+
+    return url.set(database=name).render_as_string(hide_password=False), drop
+
+
+@pytest.fixture(scope="session")
+def _databases(tmp_path_factory) -> Iterator[dict[str, str]]:
+    created: dict[str, str] = {}
+    drops = []
+    yield created, drops  # filled lazily by db_url
+    for drop in drops:
+        drop()
+
+
+@pytest.fixture(scope="session", params=list(BACKENDS))
+def db_url(request, _databases, tmp_path_factory) -> str:
+    """A migrated database URL on each backend in turn (skipped, saying why, when unset)."""
+    backend = request.param
+    created, drops = _databases
+    if backend not in created:
+        if backend == "sqlite":
+            path = tmp_path_factory.mktemp("sqlite") / "meteor.db"
+            url = f"sqlite:///{path}"
+        else:
+            env = BACKENDS[backend]
+            base = os.environ.get(env)
+            if not base:
+                pytest.skip(f"{env} is not set; {backend} tests skipped (.ci/run sets it)")
+            url, drop = _create_server_database(base)
+            drops.append(drop)
+        migrate.upgrade(url)
+        created[backend] = url
+    return created[backend]
+
+
+def make_settings(db_url: str, data_dir: Path, **overrides) -> Settings:
+    values = dict(
+        database_url=db_url,
+        data_dir=data_dir,
+        jwt_secret="jwt-" + "k" * 40,
+        secret_key=TEST_SECRET_KEY,
+        cookie_key="cookie-" + "c" * 40,
+        bcrypt_rounds=4,
+        sweeper_interval_seconds=3600,
+    )
+    values.update(overrides)
+    return Settings(**values)
+
+
+@pytest.fixture
+def settings(db_url, tmp_path) -> Settings:
+    return make_settings(db_url, tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _empty_tables(request) -> Iterator[None]:
+    yield
+    if "db_url" not in request.fixturenames:
+        return
+    url = request.getfixturevalue("db_url")
+    maker = get_sessionmaker(url)
+    with maker.begin() as s:
+        for table in reversed(Base.metadata.sorted_tables):
+            s.execute(delete(table))
+
+
+@pytest.fixture
+def session(settings) -> Iterator[Session]:
+    """A plain session; the test commits what it wants to be seen by others."""
+    s = get_sessionmaker(settings.resolved_database_url)()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+@pytest.fixture
+def maker(settings):
+    return get_sessionmaker(settings.resolved_database_url)
+
+
+@pytest.fixture
+def app(settings):
+    from backend.server import create_app
+
+    return create_app(settings, playground=False)
+
+
+@pytest.fixture
+def client(app) -> Iterator[TestClient]:
+    with TestClient(app) as c:
+        yield c
+
+
+@pytest.fixture(scope="session")
+def scratch_dir() -> Iterator[Path]:
+    with tempfile.TemporaryDirectory() as d:
+        yield Path(d)
