@@ -1,0 +1,57 @@
+"""The small interfaces every engine adapter implements.
+
+Chat: `stream(request)` yields text deltas (`str`) and, last, exactly one `Usage`.
+Errors are `ProviderError` (HTTP 502) or `ProviderTimeout` (HTTP 504); their message
+names the cause and never contains a key.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass
+class ChatRequest:
+    """What a provider needs: the full message list (system prompt and few-shot pairs
+    already in front of the dialog), the upstream model name, and the persona parameters
+    (`PersonaParams`) which each provider translates for its backend."""
+
+    messages: list[dict[str, str]]
+    model: str
+    params: Any = None  # backend.services.personas.PersonaParams
+    max_tokens: int = 512
+    timeout: float = 30.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class ProviderError(Exception):
+    status = 502
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        if status is not None:
+            self.status = status
+
+
+class ProviderTimeout(ProviderError):
+    status = 504
+
+
+class ChatProvider(Protocol):
+    name: str
+
+    def stream(self, request: ChatRequest) -> Iterator[str | Usage]: ...
+
+    def count_tokens(self, messages: list[dict[str, str]]) -> int: ...

@@ -1,0 +1,160 @@
+"""Persona parameters (the seed-003 `model_file`), their ranges and one-line meanings.
+
+`PersonaParams` is the one definition used by the seed-003 API (range checks: one bad
+value → 400, nothing changes), the dashboard's persona form (ranges and help text come
+from the field metadata), and the providers (each translates the fields its backend
+supports and drops the rest).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from db.models import ModelFile
+
+
+def _f(ge=None, le=None, gt=None, en: str = "", zh: str = ""):
+    return Field(default=None, ge=ge, le=le, gt=gt, description=en, json_schema_extra={"zh": zh})
+
+
+class PersonaParams(BaseModel):
+    """Ollama-style sampling parameters; None means "the backend's default"."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mirostat: Annotated[
+        int | None,
+        _f(
+            0,
+            2,
+            en="Mirostat sampling: 0 off, 1 Mirostat, 2 Mirostat 2.0",
+            zh="Mirostat 采样：0 关闭，1 Mirostat，2 Mirostat 2.0",
+        ),
+    ]
+    mirostat_eta: Annotated[
+        float | None, _f(0, 1, en="Mirostat learning rate (default 0.1)", zh="Mirostat 学习率（默认 0.1）")
+    ]
+    mirostat_tau: Annotated[
+        float | None,
+        _f(
+            0,
+            10,
+            en="Mirostat target: lower is more focused (default 5.0)",
+            zh="Mirostat 目标值：越低越集中（默认 5.0）",
+        ),
+    ]
+    num_ctx: Annotated[int | None, _f(gt=0, le=131072, en="Context window in tokens", zh="上下文窗口（token 数）")]
+    repeat_last_n: Annotated[
+        int | None,
+        _f(
+            -1,
+            131072,
+            en="How far back to look for repeats (0 off, -1 = num_ctx)",
+            zh="检查重复的回看长度（0 关闭，-1 为 num_ctx）",
+        ),
+    ]
+    repeat_penalty: Annotated[
+        float | None, _f(0, 5, en="Penalty for repeated tokens (default 1.1)", zh="重复 token 惩罚（默认 1.1）")
+    ]
+    temperature: Annotated[
+        float | None,
+        _f(0, 2, en="Randomness: higher is more creative (default 0.8)", zh="随机性：越高越有创造力（默认 0.8）"),
+    ]
+    seed: Annotated[
+        int | None, _f(-(2**63), 2**63 - 1, en="Random seed for reproducible answers", zh="随机种子，用于复现回答")
+    ]
+    stop: Annotated[
+        list[str] | None,
+        Field(default=None, max_length=8, description="Stop sequences", json_schema_extra={"zh": "停止序列"}),
+    ]
+    tfs_z: Annotated[float | None, _f(0, 10, en="Tail-free sampling (1 = off)", zh="尾部自由采样（1 为关闭）")]
+    num_predict: Annotated[
+        int | None,
+        _f(
+            -2,
+            131072,
+            en="Max tokens to generate (-1 endless, -2 fill context)",
+            zh="最多生成 token 数（-1 不限，-2 填满上下文）",
+        ),
+    ]
+    top_p: Annotated[float | None, _f(0, 1, en="Nucleus sampling threshold (default 0.9)", zh="核采样阈值（默认 0.9）")]
+    min_p: Annotated[
+        float | None, _f(0, 1, en="Minimum probability relative to the top token", zh="相对最高概率 token 的最小概率")
+    ]
+    top_k: Annotated[
+        int | None,
+        _f(
+            0,
+            1000,
+            en="Sample from the k most likely tokens (default 40)",
+            zh="从概率最高的 k 个 token 中采样（默认 40）",
+        ),
+    ]
+
+    @field_validator("stop", mode="before")
+    @classmethod
+    def _stop(cls, value: Any) -> Any:
+        """Accept a list, a JSON list, or one stop string (the seed stores a String(500))."""
+        if isinstance(value, str):
+            text = value.strip()
+            if not text:
+                return None
+            if text.startswith("["):
+                try:
+                    value = json.loads(text)
+                except json.JSONDecodeError:
+                    raise ValueError("stop must be a string or a list of strings") from None
+            else:
+                return [value]
+        return value
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_items(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and any(not s or len(s) > 60 for s in value):
+            raise ValueError("each stop sequence must be 1-60 characters")
+        return value or None
+
+    @classmethod
+    def from_model_file(cls, mf: ModelFile | None) -> PersonaParams:
+        if mf is None:
+            return cls()
+        values = {name: getattr(mf, name) for name in cls.model_fields}
+        return cls.model_validate(values)
+
+    def apply_to(self, mf: ModelFile) -> None:
+        """Write every field onto a model_file row (None clears it)."""
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if name == "stop":
+                value = json.dumps(value, ensure_ascii=False) if value else None
+            setattr(mf, name, value)
+
+    def set_fields(self) -> dict[str, Any]:
+        """Only the parameters that are set."""
+        return self.model_dump(exclude_none=True)
+
+
+def field_help(name: str, language: str = "en") -> str:
+    info = PersonaParams.model_fields[name]
+    if language.startswith("zh"):
+        return (info.json_schema_extra or {}).get("zh", info.description or "")
+    return info.description or ""
+
+
+def build_messages(
+    system: str | None, examples: list[tuple[str, str]], dialog: list[dict[str, str]]
+) -> list[dict[str, str]]:
+    """What goes upstream: the system prompt, each example pair as a user and an assistant
+    turn, then the dialog. A system turn inside the dialog is kept after the persona's."""
+    messages: list[dict[str, str]] = []
+    if system:
+        messages.append({"role": "system", "content": system})
+    for user_message, model_message in examples:
+        messages.append({"role": "user", "content": user_message})
+        messages.append({"role": "assistant", "content": model_message})
+    messages.extend({"role": m["role"], "content": m["content"]} for m in dialog)
+    return messages
