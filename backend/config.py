@@ -65,6 +65,7 @@ class Settings(BaseSettings):
 
     language: str = "zh-CN"
     allowed_private_hosts: str = ""
+    allow_loopback: bool = True  # aiApi may point at this machine (a local Ollama)
     voice_costs_quota: bool = False
     voice_tokens_per_second: int = 1
     legacy_uuid_auth: bool = False  # accept the seed's uuid + username instead of a Bearer token
