@@ -81,8 +81,8 @@ class User(Base):
     status: Mapped[str] = mapped_column(String(16), default="active", index=True)
     token_version: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
-
-    __table_args__ = (Index("ix_users_tokens", "tokens"), Index("ix_users_pic_times", "pic_times"))
+    # No index on tokens / pic_times on purpose: MariaDB then plans quota updates as range
+    # scans over that index, locking other users' rows and deadlocking with row locks.
 
 
 class Admin(Base):
@@ -153,7 +153,7 @@ class QuotaReservation(Base):
     user_id: Mapped[str] = mapped_column(String(32), index=True)
     tokens: Mapped[int] = mapped_column(BigInteger, default=0)
     pic_times: Mapped[int] = mapped_column(BigInteger, default=0)
-    status: Mapped[str] = mapped_column(String(16), default="active", index=True)  # active settled released
+    status: Mapped[str] = mapped_column(String(16), default="active")  # active settled released
     request_id: Mapped[str | None] = mapped_column(String(64))
     model: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

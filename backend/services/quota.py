@@ -59,9 +59,10 @@ def _debit(session: Session, user_id: str, tokens: int, pic_times: int) -> bool:
     return result.rowcount == 1
 
 
-def balance(session: Session, user_id: str) -> Balance:
-    """The user's current balance."""
-    row = session.execute(select(User.tokens, User.pic_times).where(User.id == user_id)).one_or_none()
+def balance(session: Session, user_id: str, *, for_update: bool = False) -> Balance:
+    """The user's current balance (`for_update` locks the row until the transaction ends)."""
+    stmt = select(User.tokens, User.pic_times).where(User.id == user_id)
+    row = session.execute(stmt.with_for_update() if for_update else stmt).one_or_none()
     if row is None:
         raise ServiceError("USER_NOT_FOUND", f"user {user_id} not found", 404)
     return Balance(int(row.tokens), int(row.pic_times))
@@ -127,9 +128,10 @@ def set_balance(
     note: str | None = None,
 ) -> Balance:
     """Set absolute balances (the seed's modify_normal_user) as a compare-and-set plus the
-    matching `admin_adjust` ledger row; retried if a concurrent change slips in between."""
+    matching `admin_adjust` ledger row. The row is read FOR UPDATE (a REPEATABLE READ
+    snapshot would otherwise never see the concurrent change); the CAS guards the rest."""
     for _ in range(20):
-        current = balance(session, user_id)
+        current = balance(session, user_id, for_update=True)
         target = Balance(
             current.tokens if tokens is None else tokens, current.pic_times if pic_times is None else pic_times
         )

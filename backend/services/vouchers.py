@@ -178,7 +178,9 @@ def redeem(session: Session, *, voucher_id: str, user_id: str, user_academy: str
     voucher = session.get(Voucher, voucher_id)
     if voucher is None:
         raise ServiceError("TOKEN_NOT_FOUND", "no voucher has this code", 404)
-    user = session.get(User, user_id)
+    # Lock the user first: the redemption's FK check share-locks the user row, and two
+    # redemptions upgrading that share lock to grant the quota would deadlock on InnoDB.
+    user = session.get(User, user_id, with_for_update=True)
     if user is None:
         raise ServiceError("USER_NOT_FOUND", "user not found", 404)
     now = datetime.now(UTC)

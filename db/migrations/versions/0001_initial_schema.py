@@ -140,7 +140,6 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('quota_reservations', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_quota_reservations_expires_at'), ['expires_at'], unique=False)
-        batch_op.create_index(batch_op.f('ix_quota_reservations_status'), ['status'], unique=False)
         batch_op.create_index(batch_op.f('ix_quota_reservations_user_id'), ['user_id'], unique=False)
 
     op.create_table('usage_records',
@@ -190,9 +189,7 @@ def upgrade() -> None:
         batch_op.create_index(batch_op.f('ix_users_academy'), ['academy'], unique=False)
         batch_op.create_index(batch_op.f('ix_users_created_at'), ['created_at'], unique=False)
         batch_op.create_index(batch_op.f('ix_users_email'), ['email'], unique=False)
-        batch_op.create_index('ix_users_pic_times', ['pic_times'], unique=False)
         batch_op.create_index(batch_op.f('ix_users_status'), ['status'], unique=False)
-        batch_op.create_index('ix_users_tokens', ['tokens'], unique=False)
 
     op.create_table('vouchers',
     sa.Column('id', sa.String(length=64), nullable=False),
