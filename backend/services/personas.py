@@ -158,3 +158,91 @@ def build_messages(
         messages.append({"role": "assistant", "content": model_message})
     messages.extend({"role": m["role"], "content": m["content"]} for m in dialog)
     return messages
+
+
+# --- Translation for each backend -------------------------------------------------------
+# A parameter a backend has no true equivalent for is dropped, never sent blind.
+
+
+def _params(params: PersonaParams | None) -> PersonaParams:
+    return params if params is not None else PersonaParams()
+
+
+def output_limit(params: PersonaParams | None, max_tokens: int) -> int:
+    """The most tokens to generate: the caller's cap (what quota was reserved for), lowered by
+    a positive `num_predict`; `num_predict` -1 (endless) and -2 (fill context) keep the cap."""
+    num_predict = _params(params).num_predict
+    if num_predict is not None and num_predict > 0:
+        return max(1, min(num_predict, max_tokens))
+    return max(1, max_tokens)
+
+
+def to_llama_kwargs(params: PersonaParams | None, max_tokens: int) -> dict[str, Any]:
+    """llama-cpp-python `create_chat_completion` arguments. `mirostat` becomes
+    `mirostat_mode`. Not here: `num_ctx` and `repeat_last_n` are context settings the
+    engine applies itself (clamped to the loaded context), and `tfs_z` is dropped —
+    llama.cpp removed tail-free sampling and llama-cpp-python ignores the argument."""
+    p = _params(params)
+    kwargs: dict[str, Any] = {"max_tokens": output_limit(p, max_tokens)}
+    for name in ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "seed", "stop"):
+        value = getattr(p, name)
+        if value is not None:
+            kwargs[name] = list(value) if name == "stop" else value
+    if p.mirostat is not None:
+        kwargs["mirostat_mode"] = p.mirostat
+    if p.mirostat_eta is not None:
+        kwargs["mirostat_eta"] = p.mirostat_eta
+    if p.mirostat_tau is not None:
+        kwargs["mirostat_tau"] = p.mirostat_tau
+    return kwargs
+
+
+OPENAI_MAX_STOP = 4
+
+
+def to_openai_fields(params: PersonaParams | None, max_tokens: int) -> dict[str, Any]:
+    """OpenAI chat-completions fields: temperature, top_p, seed, stop (the API takes at most
+    4; the first 4 are kept) and max_tokens. Dropped: top_k, min_p, tfs_z, the mirostat
+    trio, num_ctx, repeat_last_n, and repeat_penalty — a multiplicative logit penalty that
+    frequency/presence penalties (additive, count-based) do not reproduce."""
+    p = _params(params)
+    fields: dict[str, Any] = {"max_tokens": output_limit(p, max_tokens)}
+    if p.temperature is not None:
+        fields["temperature"] = p.temperature
+    if p.top_p is not None:
+        fields["top_p"] = p.top_p
+    if p.seed is not None:
+        fields["seed"] = p.seed
+    if p.stop:
+        fields["stop"] = list(p.stop[:OPENAI_MAX_STOP])
+    return fields
+
+
+def to_ollama_options(params: PersonaParams | None, max_tokens: int) -> dict[str, Any]:
+    """Ollama `/api/chat` `options`: every persona parameter under its own name, with
+    `num_predict` capped by `max_tokens` (quota is reserved for that many)."""
+    options = _params(params).set_fields()
+    options["num_predict"] = output_limit(params, max_tokens)
+    if "stop" in options:
+        options["stop"] = list(options["stop"])
+    return options
+
+
+SPARK_MAX_TOP_K = 6
+SPARK_MIN_TEMPERATURE = 0.01
+
+
+def to_spark_chat(params: PersonaParams | None, max_tokens: int, *, domain: str | None = None) -> dict[str, Any]:
+    """Spark `parameter.chat`: domain, temperature (Spark takes (0, 1]; the persona's 0-2 is
+    clamped into it), max_tokens, and top_k (Spark takes 1-6; clamped; 0 = off is dropped).
+    Everything else has no Spark equivalent and is dropped."""
+    p = _params(params)
+    chat: dict[str, Any] = {}
+    if domain:
+        chat["domain"] = domain
+    if p.temperature is not None:
+        chat["temperature"] = min(1.0, max(SPARK_MIN_TEMPERATURE, p.temperature))
+    chat["max_tokens"] = output_limit(p, max_tokens)
+    if p.top_k:
+        chat["top_k"] = min(SPARK_MAX_TOP_K, p.top_k)
+    return chat

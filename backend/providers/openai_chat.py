@@ -1,0 +1,158 @@
+"""OpenAI-compatible chat upstreams (OpenAI, vLLM, llama.cpp server, LiteLLM, ...) through
+the official `openai` SDK.
+
+- Streaming asks for `stream_options={"include_usage": True}` and takes the usage chunk;
+  an upstream that sends no usage is counted with the offline tokenizer
+  (`registry.count_tokens` / `count_text_tokens`, SmolLM2's BPE — tiktoken would download its
+  tables at run time).
+- Persona parameters go through `personas.to_openai_fields` (temperature, top_p, seed, up to
+  4 stop sequences, max_tokens); the rest has no true OpenAI equivalent and is dropped.
+- Timeouts: the tighter of the connection's timeout and the request's, applied to connecting
+  and to every read (time to first byte and between chunks) -> `ProviderTimeout` (504).
+  No SDK retries: the gateway decides.
+- HTTP errors -> `UpstreamHTTPError` (status 502, `upstream_status` = theirs) with a short
+  cause; unreachable upstream or a broken stream -> `ProviderError` (502). The API key never
+  appears in a message: causes are passed through `upstream.short_cause`, which redacts it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import openai
+
+from backend.providers.base import ChatRequest, ProviderError, ProviderTimeout, Usage
+from backend.providers.upstream import UpstreamHTTPError, effective_timeout, short_cause
+from backend.services.personas import to_openai_fields
+
+NO_KEY = "no-key"  # the SDK insists on a key; keyless local servers ignore it
+
+
+class OpenAIChatProvider:
+    """One OpenAI-compatible connection: base URL (…/v1), key, timeout."""
+
+    name = "openai"
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        api_key: str | None = None,
+        timeout: float | None = 30.0,
+        count_messages: Callable[[list[dict[str, str]]], int] | None = None,
+        count_text: Callable[[str], int] | None = None,
+    ) -> None:
+        self.base_url = base_url
+        self.timeout = timeout
+        self._api_key = api_key or None
+        self._count_messages = count_messages
+        self._count_text = count_text
+        self._client = openai.OpenAI(
+            base_url=base_url, api_key=api_key or NO_KEY, timeout=timeout or 30.0, max_retries=0
+        )
+
+    def __repr__(self) -> str:  # never show the key
+        return f"OpenAIChatProvider(base_url={self.base_url!r})"
+
+    # --- token counting (the fallback when an upstream reports no usage) ---
+
+    def count_tokens(self, messages: list[dict[str, str]]) -> int:
+        """Prompt tokens by the offline tokenizer."""
+        if self._count_messages is None:
+            from backend.providers.registry import count_tokens
+
+            return count_tokens(messages)
+        return self._count_messages(messages)
+
+    def count_text_tokens(self, text: str) -> int:
+        if self._count_text is None:
+            from backend.providers.registry import count_text_tokens
+
+            return count_text_tokens(text)
+        return self._count_text(text)
+
+    # --- calls ---
+
+    def _create(self, request: ChatRequest, *, stream: bool) -> Any:
+        timeout = effective_timeout(self.timeout, request.timeout)
+        extra: dict[str, Any] = {"stream_options": {"include_usage": True}} if stream else {}
+        return self._client.chat.completions.create(
+            model=request.model,
+            messages=request.messages,  # type: ignore[arg-type]
+            stream=stream,
+            timeout=httpx.Timeout(timeout),
+            **to_openai_fields(request.params, request.max_tokens),
+            **extra,
+        )
+
+    def stream(self, request: ChatRequest) -> Iterator[str | Usage]:
+        """Text deltas, then one Usage (the upstream's, else counted offline)."""
+        parts: list[str] = []
+        usage: Any = None
+        try:
+            with self._create(request, stream=True) as chunks:
+                for chunk in chunks:
+                    if chunk.usage is not None:
+                        usage = chunk.usage
+                    for choice in chunk.choices or ():
+                        delta = choice.delta.content if choice.delta is not None else None
+                        if delta:
+                            parts.append(delta)
+                            yield delta
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a ProviderError
+            raise self._translate(exc, request) from None
+        yield self._usage(usage, request, "".join(parts))
+
+    def complete(self, request: ChatRequest) -> tuple[str, Usage]:
+        """The whole answer in one non-streaming call."""
+        try:
+            answer = self._create(request, stream=False)
+        except Exception as exc:  # noqa: BLE001
+            raise self._translate(exc, request) from None
+        choices = answer.choices or []
+        text = (choices[0].message.content or "") if choices else ""
+        return text, self._usage(answer.usage, request, text)
+
+    def list_models(self) -> list[str]:
+        """Model ids the upstream offers (GET /models)."""
+        try:
+            return [m.id for m in self._client.models.list(timeout=httpx.Timeout(self.timeout or 30.0))]
+        except Exception as exc:  # noqa: BLE001
+            raise self._translate(exc, None) from None
+
+    def _usage(self, usage: Any, request: ChatRequest, text: str) -> Usage:
+        if usage is not None and usage.prompt_tokens is not None and usage.completion_tokens is not None:
+            return Usage(prompt_tokens=int(usage.prompt_tokens), completion_tokens=int(usage.completion_tokens))
+        return Usage(prompt_tokens=self.count_tokens(request.messages), completion_tokens=self.count_text_tokens(text))
+
+    def _translate(self, exc: Exception, request: ChatRequest | None) -> ProviderError:
+        if isinstance(exc, ProviderError):
+            return exc
+        timeout = effective_timeout(self.timeout, request.timeout if request else None)
+        if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException):
+            return ProviderTimeout(f"upstream did not answer within {timeout:g} s")
+        if isinstance(exc, openai.APIStatusError):
+            return UpstreamHTTPError(
+                f"upstream answered HTTP {exc.status_code}: {short_cause(_error_message(exc), self._api_key)}",
+                exc.status_code,
+            )
+        if isinstance(exc, openai.APIConnectionError):
+            return ProviderError(f"cannot reach upstream: {short_cause(exc.__cause__ or exc, self._api_key)}")
+        if isinstance(exc, openai.APIError):  # an error event inside the stream
+            return ProviderError(f"upstream failed mid-stream: {short_cause(exc.message, self._api_key)}")
+        if isinstance(exc, httpx.HTTPError):
+            return ProviderError(f"upstream connection broke: {short_cause(exc, self._api_key)}")
+        return ProviderError(f"upstream answer not understood: {short_cause(exc, self._api_key)}")
+
+
+def _error_message(exc: openai.APIStatusError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        inner = body.get("error", body)
+        if isinstance(inner, dict) and inner.get("message"):
+            return str(inner["message"])
+        if isinstance(inner, str):
+            return inner
+    return exc.message

@@ -1,0 +1,92 @@
+"""Which provider runs a model: a small factory over the four protocols, the process-wide
+embedded engine, and the offline token counter.
+
+    chat_provider("openai", base_url="https://host/v1", api_key="sk-…", timeout=30, settings=s)
+    chat_provider("ollama", base_url=None, ...)   # None -> Settings.ollama_url
+    chat_provider("spark", base_url="wss://spark-api.xf-yun.com/v3.5/chat", api_key=<packed secret>, ...)
+    chat_provider("embedded", settings=s)         # the process-wide EmbeddedEngine
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import TYPE_CHECKING
+
+from backend.providers.base import ChatProvider, ProviderError
+
+if TYPE_CHECKING:
+    from backend.config import Settings
+    from backend.providers.embedded_llama import EmbeddedEngine, OfflineTokenizer
+
+PROTOCOLS = ("embedded", "openai", "ollama", "spark")
+
+_lock = threading.Lock()
+_embedded: EmbeddedEngine | None = None
+_tokenizer: OfflineTokenizer | None = None
+
+
+def chat_provider(
+    protocol: str,
+    *,
+    base_url: str | None = None,
+    api_key: str | None = None,
+    timeout: float | None = None,
+    settings: Settings | None = None,
+) -> ChatProvider:
+    """A provider for `protocol` (one of PROTOCOLS). `api_key` is the connection's decrypted
+    secret (for Spark, the packed `app_id:api_key:api_secret` or JSON; see spark_chat)."""
+    if protocol == "embedded":
+        return get_embedded(settings)
+    if protocol == "openai":
+        from backend.providers.openai_chat import OpenAIChatProvider
+
+        if not base_url:
+            raise ProviderError("an OpenAI-compatible connection needs a base URL", status=400)
+        return OpenAIChatProvider(base_url=base_url, api_key=api_key, timeout=timeout)
+    if protocol == "ollama":
+        from backend.providers.ollama_chat import OllamaChatProvider
+
+        host = base_url or (settings.ollama_url if settings is not None else "http://127.0.0.1:11434")
+        return OllamaChatProvider(base_url=host, api_key=api_key, timeout=timeout)
+    if protocol == "spark":
+        from backend.providers.spark_chat import SparkChatProvider
+
+        if not base_url:
+            raise ProviderError("a Spark connection needs its websocket URL", status=400)
+        return SparkChatProvider(base_url=base_url, secret=api_key or "", timeout=timeout)
+    raise ProviderError(f"unknown provider protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}", status=400)
+
+
+def get_embedded(settings: Settings | None = None) -> EmbeddedEngine:
+    """The process-wide embedded engine (created on first call; the model itself loads on
+    first use). `settings.embedded_queue_size` sets how many requests may wait."""
+    global _embedded
+    from backend.providers.embedded_llama import EmbeddedEngine
+
+    with _lock:
+        if _embedded is None:
+            _embedded = EmbeddedEngine(queue_size=settings.embedded_queue_size if settings is not None else 32)
+        elif settings is not None:
+            _embedded.queue_size = settings.embedded_queue_size
+        return _embedded
+
+
+def get_tokenizer() -> OfflineTokenizer:
+    """The process-wide offline tokenizer (SmolLM2's vocabulary; see embedded_llama)."""
+    global _tokenizer
+    from backend.providers.embedded_llama import OfflineTokenizer
+
+    with _lock:
+        if _tokenizer is None:
+            _tokenizer = OfflineTokenizer()
+        return _tokenizer
+
+
+def count_tokens(messages: list[dict[str, str]]) -> int:
+    """Prompt tokens of a message list, counted offline (chat template included)."""
+    return get_tokenizer().count_messages(messages)
+
+
+def count_text_tokens(text: str) -> int:
+    """Tokens of a piece of text (e.g. what was delivered before a stream broke), counted offline."""
+    return get_tokenizer().count_text(text)

@@ -1,0 +1,184 @@
+"""The OpenAI-compatible provider against a real local SSE server."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+
+from backend.providers.base import ChatRequest, ProviderError, ProviderTimeout, Usage
+from backend.providers.embedded_llama import collect
+from backend.providers.openai_chat import OpenAIChatProvider
+from backend.providers.registry import chat_provider, count_text_tokens, count_tokens
+from backend.providers.upstream import UpstreamHTTPError
+from backend.services.personas import PersonaParams
+from tests.fakes.openai_server import OpenAIServer
+
+MESSAGES = [
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "Say hello to the class"},
+]
+KEY = "sk-meteor-test-secret-0123456789"
+
+
+def _request(**kw) -> ChatRequest:
+    return ChatRequest(messages=MESSAGES, model="fake-model", **kw)
+
+
+def test_stream_yields_deltas_then_upstream_usage():
+    with OpenAIServer("Hello dear class of twenty", prompt_tokens=17) as upstream:
+        provider = chat_provider("openai", base_url=upstream.url, api_key=KEY, timeout=5)
+        items = list(provider.stream(_request()))
+        sent = upstream.requests[-1]
+
+    assert items[:-1] == upstream.deltas and "".join(items[:-1]) == "Hello dear class of twenty"
+    assert items[-1] == Usage(prompt_tokens=17, completion_tokens=5)
+    assert sent["path"] == "/v1/chat/completions"
+    assert sent["headers"]["authorization"] == f"Bearer {KEY}"
+    assert sent["json"]["stream"] is True and sent["json"]["stream_options"] == {"include_usage": True}
+    assert sent["json"]["messages"] == MESSAGES and sent["json"]["model"] == "fake-model"
+
+
+def test_non_stream_returns_text_and_usage():
+    with OpenAIServer("One whole answer", prompt_tokens=9) as upstream:
+        provider = OpenAIChatProvider(base_url=upstream.url, api_key=KEY, timeout=5)
+        text, usage = provider.complete(_request())
+        assert upstream.requests[-1]["json"].get("stream") in (None, False)
+    assert text == "One whole answer"
+    assert usage == Usage(prompt_tokens=9, completion_tokens=3)
+
+
+def test_missing_usage_is_counted_with_the_offline_tokenizer():
+    with OpenAIServer("Counting tokens without any help from upstream", include_usage=False) as upstream:
+        provider = OpenAIChatProvider(base_url=upstream.url, timeout=5)
+        *deltas, usage = list(provider.stream(_request()))
+        text, usage_json = provider.complete(_request())
+
+    assert "".join(deltas) == text == "Counting tokens without any help from upstream"
+    expected = Usage(prompt_tokens=count_tokens(MESSAGES), completion_tokens=count_text_tokens(text))
+    assert usage == usage_json == expected
+    assert expected.prompt_tokens > 10 and expected.completion_tokens >= 7
+
+
+def test_persona_parameters_mapped_to_openai_fields_and_the_rest_dropped():
+    params = PersonaParams(
+        temperature=0.3,
+        top_p=0.8,
+        seed=42,
+        stop=["a", "b", "c", "d", "e"],
+        top_k=20,
+        min_p=0.1,
+        mirostat=2,
+        mirostat_eta=0.2,
+        mirostat_tau=4.0,
+        repeat_penalty=1.3,
+        repeat_last_n=32,
+        num_ctx=4096,
+        tfs_z=0.9,
+        num_predict=7,
+    )
+    with OpenAIServer("one two three four five six seven eight nine ten") as upstream:
+        provider = OpenAIChatProvider(base_url=upstream.url, timeout=5)
+        *deltas, usage = list(provider.stream(_request(params=params, max_tokens=100)))
+        body = upstream.requests[-1]["json"]
+
+    assert body["temperature"] == 0.3 and body["top_p"] == 0.8 and body["seed"] == 42
+    assert body["stop"] == ["a", "b", "c", "d"]
+    assert body["max_tokens"] == 7  # num_predict below the caller's cap
+    for dropped in ("top_k", "min_p", "mirostat", "mirostat_eta", "mirostat_tau", "repeat_penalty"):
+        assert dropped not in body
+    for dropped in ("repeat_last_n", "num_ctx", "tfs_z", "num_predict", "frequency_penalty", "presence_penalty"):
+        assert dropped not in body
+    assert len(deltas) == 7 and usage.completion_tokens == 7
+
+
+def test_caller_cap_wins_over_a_larger_num_predict():
+    with OpenAIServer("a b c d e f") as upstream:
+        provider = OpenAIChatProvider(base_url=upstream.url, timeout=5)
+        list(provider.stream(_request(params=PersonaParams(num_predict=-1), max_tokens=3)))
+        assert upstream.requests[-1]["json"]["max_tokens"] == 3
+        list(provider.stream(_request(params=PersonaParams(num_predict=500), max_tokens=4)))
+        assert upstream.requests[-1]["json"]["max_tokens"] == 4
+
+
+@pytest.mark.parametrize("status", [500, 401, 429])
+def test_upstream_http_error_becomes_provider_error_without_the_key(status):
+    leaky = f"Incorrect API key provided: {KEY}. Authorization: Bearer {KEY}"
+    with OpenAIServer(fail_status=status, fail_message=leaky) as upstream:
+        provider = OpenAIChatProvider(base_url=upstream.url, api_key=KEY, timeout=5)
+        with pytest.raises(UpstreamHTTPError) as caught:
+            list(provider.stream(_request()))
+        with pytest.raises(UpstreamHTTPError) as caught_json:
+            provider.complete(_request())
+
+    for err in (caught.value, caught_json.value):
+        assert err.status == 502 and err.upstream_status == status
+        assert f"HTTP {status}" in str(err) and "Incorrect API key provided" in str(err)
+        assert KEY not in str(err) and "0123456789" not in str(err)
+    assert KEY not in repr(provider)
+
+
+def test_timeout_before_first_byte_is_provider_timeout():
+    with OpenAIServer(delay_before_first_byte=30) as upstream:
+        provider = OpenAIChatProvider(base_url=upstream.url, api_key=KEY, timeout=0.3)
+        with pytest.raises(ProviderTimeout) as caught:
+            list(provider.stream(_request()))
+    assert caught.value.status == 504 and "0.3 s" in str(caught.value)
+
+
+def test_request_timeout_tighter_than_connection_timeout_applies():
+    with OpenAIServer(delay_before_first_byte=30) as upstream:
+        provider = OpenAIChatProvider(base_url=upstream.url, timeout=60)
+        with pytest.raises(ProviderTimeout):
+            provider.complete(_request(timeout=0.3))
+
+
+def test_stall_mid_stream_is_provider_timeout_after_the_delivered_deltas():
+    with OpenAIServer("a b c", chunk_delay=30) as upstream:
+        provider = OpenAIChatProvider(base_url=upstream.url, timeout=0.5)
+        received: list[str] = []
+        with pytest.raises(ProviderTimeout):
+            for item in provider.stream(_request()):
+                received.append(item)
+    assert received == ["a "]
+
+
+def test_error_event_mid_stream_is_provider_error():
+    with OpenAIServer("a b c d e", fail_after_chunks=2, fail_message="model crashed") as upstream:
+        provider = OpenAIChatProvider(base_url=upstream.url, timeout=5)
+        received: list[str] = []
+        with pytest.raises(ProviderError) as caught:
+            for item in provider.stream(_request()):
+                received.append(item)
+    assert received == ["a ", "b "]
+    assert "model crashed" in str(caught.value) and caught.value.status == 502
+
+
+def test_unreachable_upstream_is_provider_error():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    provider = OpenAIChatProvider(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, timeout=2)
+    with pytest.raises(ProviderError) as caught:
+        collect(provider.stream(_request()))
+    assert not isinstance(caught.value, ProviderTimeout)
+    assert "cannot reach upstream" in str(caught.value) and KEY not in str(caught.value)
+
+
+def test_closing_the_stream_mid_way_disconnects_from_upstream():
+    with OpenAIServer("tick", chunks=500, chunk_delay=0.02) as upstream:
+        provider = OpenAIChatProvider(base_url=upstream.url, timeout=5)
+        stream = provider.stream(_request())
+        assert next(stream) == "tick "
+        assert upstream.first_chunk_sent.wait(5)
+        stream.close()
+        assert upstream.disconnected.wait(10)
+        assert upstream.streams_completed == 0
+
+
+def test_list_models():
+    with OpenAIServer(models=["m-one", "m-two"], api_key=KEY) as upstream:
+        assert OpenAIChatProvider(base_url=upstream.url, api_key=KEY, timeout=5).list_models() == ["m-one", "m-two"]
+        with pytest.raises(UpstreamHTTPError) as caught:
+            OpenAIChatProvider(base_url=upstream.url, api_key="sk-wrong-key-1234", timeout=5).list_models()
+    assert caught.value.upstream_status == 401
