@@ -100,14 +100,18 @@ def install(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        path = request.url.path
         code = {404: "APP_NOT_FOUND_ERROR", 405: "APP_QUERY_METHOD_ERROR"}.get(exc.status_code, "APP_INTERNAL_ERROR")
-        if exc.status_code == 404:
+        if exc.status_code == 400:  # a body that cannot even be decoded
+            code = VALIDATION_CODES.get(path, "APP_QUERY_METHOD_ERROR")
+            message = f"request body could not be read: {exc.detail}"
+        elif exc.status_code == 404:
             message = f"no such endpoint: {request.method} {request.url.path}"
         elif exc.status_code == 405:
             message = f"method {request.method} not allowed on {request.url.path}"
         else:
             message = str(exc.detail)
-        return error_response(request.url.path, code, message, exc.status_code)
+        return error_response(path, code, message, exc.status_code)
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
