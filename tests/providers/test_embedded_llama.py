@@ -1,0 +1,188 @@
+"""The embedded SmolLM2 engine, for real: it answers, counts tokens, and queues requests."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from backend.providers.base import ChatRequest, ProviderError, Usage
+from backend.providers.embedded_llama import EmbeddedEngine, collect, default_model_path, load_llama
+from backend.providers.registry import chat_provider, count_tokens, get_embedded
+from backend.services.personas import PersonaParams, to_llama_kwargs
+from tests.conftest import make_settings
+
+pytestmark = pytest.mark.slow
+
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+COUNTING = [{"role": "user", "content": "Count from 1 to 100, separated by commas."}]
+
+
+def _request(messages=QUESTION, **kw) -> ChatRequest:
+    kw.setdefault("max_tokens", 24)
+    return ChatRequest(messages=messages, model="smollm2", **kw)
+
+
+def _wait_until(predicate, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.01)
+    return predicate()
+
+
+@pytest.fixture(scope="module")
+def engine() -> EmbeddedEngine:
+    return get_embedded()
+
+
+def test_the_embedded_model_really_answers_with_real_token_counts(engine, tmp_path):
+    settings = make_settings("sqlite://", tmp_path, embedded_queue_size=5)
+    provider = chat_provider("embedded", settings=settings)
+    assert provider is engine and engine.queue_size == 5
+
+    items = list(provider.stream(_request(params=PersonaParams(temperature=0.2, seed=7))))
+    *deltas, usage = items
+    text = "".join(deltas)
+
+    assert isinstance(usage, Usage) and all(isinstance(d, str) for d in deltas)
+    assert text.strip(), "the model produced no text"
+    # the chat template wraps the question in role markers, so the prompt is longer than the words
+    assert usage.prompt_tokens == engine.count_tokens(QUESTION) == count_tokens(QUESTION) > 8
+    assert 0 < usage.completion_tokens <= 24
+
+
+def test_prompt_and_completion_counts_match_llama_cpps_own_usage(engine):
+    llm = engine.load()
+    _, usage = engine.complete(_request(COUNTING, params=PersonaParams(temperature=0), max_tokens=10))
+    reference = llm.create_chat_completion(messages=COUNTING, temperature=0, max_tokens=10)
+    assert usage.prompt_tokens == reference["usage"]["prompt_tokens"]
+    assert usage.completion_tokens == reference["usage"]["completion_tokens"] == 10
+
+
+def test_seed_makes_answers_reproducible_and_num_predict_caps_output(engine):
+    params = PersonaParams(temperature=1.0, top_k=50, top_p=0.95, min_p=0.05, repeat_penalty=1.1, seed=1234)
+    first, u1 = engine.complete(_request(COUNTING, params=params, max_tokens=20))
+    second, u2 = engine.complete(_request(COUNTING, params=params, max_tokens=20))
+    assert first == second and u1 == u2
+
+    _, capped = engine.complete(_request(COUNTING, params=PersonaParams(num_predict=4, temperature=0), max_tokens=20))
+    assert capped.completion_tokens == 4
+
+
+def test_stop_sequence_ends_the_answer(engine):
+    text, _ = engine.complete(_request(COUNTING, params=PersonaParams(temperature=0, stop=["5"]), max_tokens=60))
+    free, _ = engine.complete(_request(COUNTING, params=PersonaParams(temperature=0), max_tokens=60))
+    assert "5" in free and "5" not in text
+    assert free.startswith(text)
+
+
+def test_mirostat_and_repeat_last_n_run_and_the_context_setting_is_restored(engine):
+    llm = engine.load()
+    before = llm.last_n_tokens_size
+    params = PersonaParams(mirostat=2, mirostat_tau=3.0, mirostat_eta=0.2, repeat_last_n=16, tfs_z=0.9, seed=3)
+    text, usage = engine.complete(_request(params=params))
+    assert text.strip() and usage.completion_tokens > 0
+    assert llm.last_n_tokens_size == before
+
+
+def test_num_ctx_is_clamped_and_an_oversized_prompt_is_refused(engine):
+    long_dialog = [{"role": "user", "content": "word " * 120}]
+    with pytest.raises(ProviderError) as caught:
+        engine.complete(_request(long_dialog, params=PersonaParams(num_ctx=64)))
+    assert caught.value.status == 400 and "context holds 64" in str(caught.value)
+    # a num_ctx above the loaded 2048 is clamped to it, not an error
+    text, _ = engine.complete(_request(params=PersonaParams(num_ctx=100000), max_tokens=4))
+    assert text
+
+
+def test_llama_kwargs_translation():
+    params = PersonaParams(
+        temperature=0.5,
+        top_p=0.9,
+        top_k=30,
+        min_p=0.02,
+        repeat_penalty=1.2,
+        seed=9,
+        stop=["###"],
+        tfs_z=0.8,
+        mirostat=1,
+        mirostat_eta=0.3,
+        mirostat_tau=6.0,
+        num_ctx=1024,
+        repeat_last_n=64,
+        num_predict=50,
+    )
+    assert to_llama_kwargs(params, 100) == {
+        "max_tokens": 50,
+        "temperature": 0.5,
+        "top_p": 0.9,
+        "top_k": 30,
+        "min_p": 0.02,
+        "repeat_penalty": 1.2,
+        "seed": 9,
+        "stop": ["###"],
+        "mirostat_mode": 1,
+        "mirostat_eta": 0.3,
+        "mirostat_tau": 6.0,
+    }
+    assert to_llama_kwargs(None, 64) == {"max_tokens": 64}
+    assert to_llama_kwargs(PersonaParams(num_predict=-2), 64) == {"max_tokens": 64}
+
+
+def test_concurrent_requests_all_complete(engine):
+    results: list[tuple[str, Usage]] = []
+    errors: list[BaseException] = []
+    lock = threading.Lock()
+
+    def ask(n: int) -> None:
+        try:
+            answer = engine.complete(_request([{"role": "user", "content": f"Say a word about the number {n}."}]))
+            with lock:
+                results.append(answer)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=ask, args=(n,)) for n in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not errors and len(results) == 6
+    assert all(text.strip() and usage.completion_tokens > 0 for text, usage in results)
+
+
+def test_requests_wait_their_turn_and_only_a_full_queue_is_busy():
+    engine = EmbeddedEngine(queue_size=2)
+    running = engine.stream(_request(COUNTING, params=PersonaParams(temperature=0), max_tokens=200))
+    assert isinstance(next(running), str)  # holds the model
+    answers: list[str] = []
+
+    def waiter() -> None:
+        answers.append(engine.complete(_request(max_tokens=6))[0])
+
+    threads = [threading.Thread(target=waiter) for _ in range(2)]
+    for t in threads:
+        t.start()
+    assert _wait_until(lambda: engine.waiting == 3)
+
+    with pytest.raises(ProviderError) as caught:
+        engine.complete(_request())
+    assert caught.value.status == 503 and "busy" in str(caught.value)
+    assert not answers  # the queued requests are still waiting, not failed
+
+    running.close()  # the client went away: the model is released to the next in line
+    for t in threads:
+        t.join(timeout=60)
+    assert len(answers) == 2 and all(answers)
+    assert engine.waiting == 0
+    assert collect(engine.stream(_request(max_tokens=4)))[0]
+
+
+def test_load_llama_finds_the_packaged_model():
+    path = default_model_path()
+    assert path.name.endswith(".gguf") and path.stat().st_size > 50_000_000
+    vocab = load_llama(path, vocab_only=True, n_ctx=64)
+    assert len(vocab.tokenize(b"hello world", add_bos=False)) == 2
