@@ -1,7 +1,138 @@
-"""Per-user API keys for /v1: create, list, revoke."""
+"""Per-user API keys for /v1: create (the key is shown once), list (prefix only), revoke.
+
+Users manage their own keys under `/user/api_keys` (Bearer user token); admins manage
+anyone's under `/admin/api_keys`. Seed-000 envelope.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from datetime import UTC, datetime, timedelta
+from typing import Annotated
 
-router = APIRouter()
+from fastapi import APIRouter, Query
+from pydantic import BaseModel, Field, model_validator
+
+from backend.api import envelope
+from backend.api.deps import CurrentAdmin, CurrentUser, SessionDep
+from backend.errors import ServiceError
+from backend.services import accounts, apikeys
+from db.models import User
+
+router = APIRouter(tags=["api keys"])
+
+ModelName = Annotated[str, Field(min_length=1, max_length=50)]
+
+
+class ApiKeyCreate(BaseModel):
+    name: Annotated[str, Field(max_length=64)] = ""
+    expires_at: datetime | None = None
+    expires_in_days: Annotated[int, Field(ge=1, le=3650)] | None = None
+    allowed_models: Annotated[list[ModelName], Field(min_length=1, max_length=apikeys.MAX_ALLOWED_MODELS)] | None = None
+
+    @model_validator(mode="after")
+    def _one_expiry(self) -> ApiKeyCreate:
+        if self.expires_at is not None and self.expires_in_days is not None:
+            raise ValueError("give expires_at or expires_in_days, not both")
+        return self
+
+    def expiry(self) -> datetime | None:
+        if self.expires_in_days is not None:
+            return datetime.now(UTC) + timedelta(days=self.expires_in_days)
+        return self.expires_at
+
+
+class AdminApiKeyCreate(ApiKeyCreate):
+    user_id: Annotated[str, Field(min_length=1, max_length=32)] | None = None
+    username: Annotated[str, Field(min_length=1, max_length=64)] | None = None
+
+    @model_validator(mode="after")
+    def _one_owner(self) -> AdminApiKeyCreate:
+        if (self.user_id is None) == (self.username is None):
+            raise ValueError("name the key's owner with user_id or username (one of them)")
+        return self
+
+
+def _owner(session: SessionDep, user_id: str | None, username: str | None) -> User:
+    if username is not None:
+        return accounts.require_user_by_name(session, username)
+    user = session.get(User, user_id)
+    if user is None:
+        raise ServiceError("USER_NOT_FOUND", f"user {user_id} not found", 404)
+    return user
+
+
+def _created(public: apikeys.ApiKeyPublic, plain: str) -> dict:
+    return envelope.ok("API key created; copy it now, it is not shown again", key=plain, api_key=public.as_dict())
+
+
+# --- the user's own keys -----------------------------------------------------------------
+
+
+@router.post("/user/api_keys")
+def create_my_key(body: ApiKeyCreate, user: CurrentUser, session: SessionDep) -> dict:
+    """Create a key for the signed-in user."""
+    public, plain = apikeys.create_key(
+        session,
+        user_id=user.id,
+        name=body.name,
+        expires_at=body.expiry(),
+        allowed_models=body.allowed_models,
+        actor=f"user:{user.username}",
+    )
+    session.commit()
+    return _created(public, plain)
+
+
+@router.get("/user/api_keys")
+def list_my_keys(user: CurrentUser, session: SessionDep) -> dict:
+    """The signed-in user's keys (prefix only)."""
+    keys = apikeys.list_keys(session, user_id=user.id)
+    return envelope.ok("ok", api_keys=[k.as_dict() for k in keys])
+
+
+@router.post("/user/api_keys/{key_id}/revoke")
+def revoke_my_key(key_id: int, user: CurrentUser, session: SessionDep) -> dict:
+    """Revoke one of the signed-in user's keys."""
+    public = apikeys.revoke_key(session, key_id=key_id, owner_id=user.id, actor=f"user:{user.username}")
+    session.commit()
+    return envelope.ok("API key revoked", api_key=public.as_dict())
+
+
+# --- admins ------------------------------------------------------------------------------
+
+
+@router.post("/admin/api_keys")
+def admin_create_key(body: AdminApiKeyCreate, admin: CurrentAdmin, session: SessionDep) -> dict:
+    """Create a key for any user."""
+    owner = _owner(session, body.user_id, body.username)
+    public, plain = apikeys.create_key(
+        session,
+        user_id=owner.id,
+        name=body.name,
+        expires_at=body.expiry(),
+        allowed_models=body.allowed_models,
+        actor=f"admin:{admin.name}",
+    )
+    session.commit()
+    return _created(public, plain)
+
+
+@router.get("/admin/api_keys")
+def admin_list_keys(
+    admin: CurrentAdmin,
+    session: SessionDep,
+    user_id: Annotated[str | None, Query(max_length=32)] = None,
+    username: Annotated[str | None, Query(max_length=64)] = None,
+) -> dict:
+    """Every key, or one user's (by user_id or username)."""
+    owner_id = _owner(session, user_id, username).id if (user_id or username) else None
+    keys = apikeys.list_keys(session, user_id=owner_id)
+    return envelope.ok("ok", api_keys=[k.as_dict() for k in keys])
+
+
+@router.post("/admin/api_keys/{key_id}/revoke")
+def admin_revoke_key(key_id: int, admin: CurrentAdmin, session: SessionDep) -> dict:
+    """Revoke anyone's key."""
+    public = apikeys.revoke_key(session, key_id=key_id, actor=f"admin:{admin.name}")
+    session.commit()
+    return envelope.ok("API key revoked", api_key=public.as_dict())

@@ -1,7 +1,267 @@
-"""Seed-000 text models (/textModel/chat, /textModel/stream) and /admin/console_test."""
+"""Seed-000 text models (/textModel/chat, /textModel/stream) and /admin/console_test.
+
+All three go through `backend.services.gateway`. The stream answers newline-delimited
+JSON frames shaped like iFlytek Spark's (see ORIGINALS.md): content deltas in
+`payload.choices.text[].content`, the usage on the last frame (`header.status == 2`).
+An error before the first byte is the plain `{code, msg}` envelope with its HTTP status;
+an error mid-stream is a last frame with `header.code != 0` and the message.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+import json
+from collections.abc import AsyncIterator
+from typing import Annotated, Any, Literal
 
-router = APIRouter()
+import anyio
+from fastapi import APIRouter, Request
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import Receive, Scope, Send
+
+from backend.api import envelope
+from backend.api.deps import CurrentAdmin, SessionDep, SettingsDep, resolve_caller
+from backend.errors import ServiceError
+from backend.services import gateway
+from backend.services.gateway import Caller, ChatCall, ChatFailed, ChatResult
+
+router = APIRouter(tags=["text"])
+
+MAX_TURNS = 200
+MAX_TURN_CHARS = 32_000
+MAX_DIALOG_CHARS = 100_000
+MAX_TOKENS = gateway.MAX_OUTPUT_TOKENS
+
+
+class DialogTurn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    role: Literal["system", "user", "assistant"]
+    content: Annotated[str, Field(max_length=MAX_TURN_CHARS)]
+
+
+Dialog = Annotated[list[DialogTurn], Field(min_length=1, max_length=MAX_TURNS)]
+ModelName = Annotated[str, Field(min_length=1, max_length=50)]
+
+
+class TextChatIn(BaseModel):
+    uuid: Annotated[str, Field(max_length=32)] | int | None = None
+    username: Annotated[str, Field(max_length=64)] | None = None
+    dialog: Dialog
+    model: ModelName | None = None
+    conversation_id: Annotated[int, Field(ge=1)] | None = None
+    max_tokens: Annotated[int, Field(ge=1, le=MAX_TOKENS)] | None = None
+
+
+class ConsoleTestIn(BaseModel):
+    dialog: Dialog
+    limit: Annotated[int, Field(ge=1, le=MAX_TOKENS)] | None = None
+    top_k: Annotated[int, Field(ge=0, le=1000)] | None = None
+    temperature: Annotated[float, Field(ge=0, le=2)] | None = None
+    model: ModelName | None = None
+
+
+def check_dialog(turns: list[dict[str, str]]) -> list[dict[str, str]]:
+    """Refuse a dialog that is too large (413) or has nothing to answer (422)."""
+    size = sum(len(t["content"]) for t in turns)
+    if size > MAX_DIALOG_CHARS:
+        raise ServiceError(
+            "APP_QUERY_METHOD_ERROR", f"the dialog is too long: {size} characters, at most {MAX_DIALOG_CHARS}", 413
+        )
+    if not any(t["role"] == "user" and t["content"].strip() for t in turns):
+        raise ServiceError("APP_QUERY_METHOD_ERROR", "the dialog needs at least one non-empty user message", 422)
+    return turns
+
+
+def dialog_of(turns: list[DialogTurn]) -> list[dict[str, str]]:
+    return check_dialog([{"role": t.role, "content": t.content} for t in turns])
+
+
+# --- streaming plumbing shared with /v1 ---------------------------------------------------
+
+_DONE = object()
+
+
+def _next_event(call: ChatCall) -> Any:
+    try:
+        return next(call)
+    except StopIteration:
+        return _DONE
+
+
+async def events(call: ChatCall) -> AsyncIterator[str | ChatResult | ChatFailed]:
+    """The call's events, each pulled in a worker thread (providers block); an upstream
+    failure comes out as its ChatFailed, as the last event."""
+    while True:
+        try:
+            event = await anyio.to_thread.run_sync(_next_event, call)
+        except ChatFailed as exc:
+            yield exc
+            return
+        if event is _DONE:
+            return
+        yield event
+
+
+class ChatStreamResponse(StreamingResponse):
+    """A streamed chat that, however the response ends (finished, client gone, cancelled),
+    closes its call: what was not delivered is released."""
+
+    def __init__(self, content: AsyncIterator[str], call: ChatCall, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self.call = call
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self.call.close)
+
+
+def prime(call: ChatCall) -> None:
+    """Pull the first event before answering: a failure before the first byte becomes the
+    plain error envelope (the gateway has already released the reservation)."""
+    try:
+        call.prime()
+    except ChatFailed:
+        raise
+    except BaseException:
+        call.close()
+        raise
+
+
+# --- seed frames ----------------------------------------------------------------------------
+
+
+def spark_frame(
+    sid: str,
+    status: int,
+    seq: int,
+    content: str = "",
+    *,
+    code: int = 0,
+    message: str = "Success",
+    usage: tuple[int, int] | None = None,
+    extra_header: dict[str, Any] | None = None,
+) -> str:
+    """One Spark-shaped frame, newline-terminated."""
+    payload: dict[str, Any] = {
+        "choices": {
+            "status": status,
+            "seq": seq,
+            "text": [{"role": "assistant", "content": content, "index": 0}] if content or status != 2 else [],
+        }
+    }
+    if usage is not None:
+        prompt, completion = usage
+        payload["usage"] = {
+            "text": {
+                "question_tokens": prompt,
+                "prompt_tokens": prompt,
+                "completion_tokens": completion,
+                "total_tokens": prompt + completion,
+            }
+        }
+    header = {"code": code, "message": message, "sid": sid, "status": status, **(extra_header or {})}
+    frame = {"header": header, "payload": payload}
+    return json.dumps(frame, ensure_ascii=False) + "\n"
+
+
+async def spark_frames(call: ChatCall) -> AsyncIterator[str]:
+    """The chat as seed frames: status 0 first, 1 after, 2 last with the usage charged."""
+    sid = call.request_id
+    seq = 0
+    async for event in events(call):
+        if isinstance(event, str):
+            yield spark_frame(sid, 0 if seq == 0 else 1, seq, event)
+            seq += 1
+        elif isinstance(event, ChatResult):
+            yield spark_frame(
+                sid,
+                2,
+                seq,
+                usage=(event.billed_prompt_tokens, event.billed_completion_tokens),
+                extra_header={"conversation_id": event.conversation_id},
+            )
+        else:
+            yield spark_frame(
+                sid,
+                2,
+                seq,
+                code=event.status,
+                message=f"{event.code}: {event.message}",
+                usage=(0, event.charged_tokens),
+            )
+
+
+# --- endpoints --------------------------------------------------------------------------
+
+
+def _user_call(
+    body: TextChatIn, request: Request, session: SessionDep, settings: SettingsDep, *, record_history: bool = True
+) -> ChatCall:
+    dialog = dialog_of(body.dialog)
+    uuid = None if body.uuid is None else str(body.uuid)
+    user = resolve_caller(request, session, settings, uuid=uuid, username=body.username)
+    caller = Caller.for_user(user)
+    session.close()  # no transaction stays open while the model runs (SQLite locks on BEGIN)
+    return gateway.start_chat(
+        request.app.state.sessionmaker,
+        settings,
+        caller=caller,
+        dialog=dialog,
+        model_name=body.model,
+        max_tokens=body.max_tokens,
+        conversation_id=body.conversation_id,
+        record_history=record_history,
+    )
+
+
+@router.post("/textModel/chat")
+def text_chat(body: TextChatIn, request: Request, session: SessionDep, settings: SettingsDep) -> dict:
+    """The whole answer at once; consume_token = prompt + completion tokens charged."""
+    result = _user_call(body, request, session, settings).run()
+    return envelope.ok(
+        "文本大模型回复成功",
+        content=result.content,
+        consume_token=result.billed_tokens,
+        conversation_id=result.conversation_id,
+        model=result.model,
+    )
+
+
+@router.post("/textModel/stream")
+def text_stream(body: TextChatIn, request: Request, session: SessionDep, settings: SettingsDep) -> StreamingResponse:
+    """Newline-delimited Spark-shaped frames; usage on the last one."""
+    call = _user_call(body, request, session, settings)
+    prime(call)
+    return ChatStreamResponse(
+        spark_frames(call),
+        call,
+        media_type="application/x-ndjson",
+        headers={"X-Request-Id": call.request_id, "Cache-Control": "no-cache"},
+    )
+
+
+@router.post("/admin/console_test")
+def console_test(
+    body: ConsoleTestIn, admin: CurrentAdmin, request: Request, session: SessionDep, settings: SettingsDep
+) -> dict:
+    """An admin tries a model with limit / top_k / temperature; charged to no user."""
+    dialog = dialog_of(body.dialog)
+    caller = Caller.for_admin(admin)
+    session.close()
+    result = gateway.chat(
+        request.app.state.sessionmaker,
+        settings,
+        caller=caller,
+        dialog=dialog,
+        model_name=body.model,
+        max_tokens=body.limit,
+        overrides={"top_k": body.top_k, "temperature": body.temperature},
+        record_history=False,
+    )
+    return envelope.ok(
+        "文本模型回复成功", content=result.content, consume_token=result.billed_tokens, model=result.model
+    )

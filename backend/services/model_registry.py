@@ -1,0 +1,161 @@
+"""The model registry: which engine runs a model name, with which persona.
+
+A model (`model_info`) is a persona (`model_file` + its example pairs) over a base model:
+- link_type 0, local: the embedded llama.cpp engine for the base model
+  `smollm2-135m-instruct`, any other base model on Ollama at `Settings.ollama_url`;
+- link_type 1, online: the connection `model_ai_online` (URL, encrypted key, protocol
+  openai | ollama | spark, timeout in seconds).
+
+No model name means the enabled default (`is_default`). A user may use shared models
+(user_id NULL) and their own; a disabled model is refused.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import or_, select
+from sqlalchemy.orm import Session, selectinload
+
+from backend import security
+from backend.config import Settings
+from backend.errors import ServiceError
+from backend.providers.base import ChatProvider
+from backend.services.bootstrap import EMBEDDED_BASE_MODEL
+from backend.services.personas import PersonaParams
+from db.models import ModelFile, ModelInfo
+
+PROTOCOLS = ("openai", "ollama", "spark")
+# Local engines have no connection row to carry a timeout; the embedded one may queue.
+LOCAL_TIMEOUT_SECONDS = 120.0
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Everything the gateway needs to call a model. `api_key` is the decrypted upstream
+    key: it is kept out of repr and must never be logged or returned."""
+
+    model_id: int
+    name: str
+    provider: str  # embedded | ollama | openai | spark
+    base_model: str
+    base_url: str | None
+    timeout: float
+    params: PersonaParams
+    system: str | None
+    examples: list[tuple[str, str]]
+    disabled: bool = False
+    api_key: str | None = field(default=None, repr=False)
+
+
+def _not_found(name: str | None) -> ServiceError:
+    if name is None:
+        return ServiceError("MODEL_ERROR", "no default model is configured and enabled; name a model", 404)
+    return ServiceError("MODEL_ERROR", f"no model named {name!r}", 404)
+
+
+def find_model(session: Session, *, name: str | None, user_id: str | None, admin: bool = False) -> ModelInfo:
+    """The model_info row a caller may use: by name, or the enabled default when None.
+    Users see shared models and their own; admins see every model."""
+    stmt = select(ModelInfo).options(
+        selectinload(ModelInfo.model_file).selectinload(ModelFile.examples), selectinload(ModelInfo.ai_online)
+    )
+    if not admin:
+        owner = ModelInfo.user_id.is_(None)
+        if user_id is not None:
+            owner = or_(owner, ModelInfo.user_id == user_id)
+        stmt = stmt.where(owner)
+    if name is None:
+        stmt = stmt.where(ModelInfo.is_default.is_(True), ModelInfo.disable == 0).order_by(ModelInfo.model_id)
+        info = session.scalars(stmt.limit(1)).first()
+    else:
+        info = session.scalars(stmt.where(ModelInfo.model_name == name)).first()
+    if info is None:
+        raise _not_found(name)
+    return info
+
+
+def resolve(
+    session: Session,
+    settings: Settings,
+    *,
+    name: str | None,
+    user_id: str | None,
+    admin: bool = False,
+) -> ResolvedModel:
+    """Resolve a model name to provider, base model, persona and connection.
+
+    Raises MODEL_ERROR: 404 for an unknown model (or another user's), 403 for a disabled one
+    (admins may still test a disabled model), 502 for a broken connection row."""
+    info = find_model(session, name=name, user_id=user_id, admin=admin)
+    if info.disable and not admin:
+        raise ServiceError("MODEL_ERROR", f"model {info.model_name!r} is disabled", 403)
+    persona = info.model_file
+    try:
+        params = PersonaParams.from_model_file(persona)
+    except ValueError as exc:
+        raise ServiceError("MODEL_ERROR", f"model {info.model_name!r} has an invalid persona: {exc}", 502) from None
+    examples = [(e.user_message, e.model_message) for e in persona.examples] if persona else []
+    system = persona.system if persona else None
+    base_model = (info.ai_name or "").strip()
+
+    if info.link_type == 1:
+        conn = info.ai_online
+        if conn is None:
+            raise ServiceError("MODEL_ERROR", f"model {info.model_name!r} has no online connection", 502)
+        protocol = (conn.protocol or "openai").lower()
+        if protocol not in PROTOCOLS:
+            raise ServiceError("MODEL_ERROR", f"connection {conn.ai_name!r} has unknown protocol {protocol!r}", 502)
+        try:
+            api_key = security.decrypt_secret(settings, conn.ai_token_encrypted)
+        except ValueError:
+            raise ServiceError(
+                "MODEL_ERROR", f"the key of connection {conn.ai_name!r} cannot be decrypted with this server's key", 502
+            ) from None
+        return ResolvedModel(
+            model_id=info.model_id,
+            name=info.model_name,
+            provider=protocol,
+            base_model=base_model or conn.ai_version or conn.ai_name,
+            base_url=conn.ai_api,
+            timeout=float(conn.timeout or 30),
+            params=params,
+            system=system,
+            examples=examples,
+            disabled=bool(info.disable),
+            api_key=api_key,
+        )
+    if not base_model:
+        raise ServiceError("MODEL_ERROR", f"model {info.model_name!r} names no base model", 502)
+    embedded = base_model.lower() == EMBEDDED_BASE_MODEL
+    return ResolvedModel(
+        model_id=info.model_id,
+        name=info.model_name,
+        provider="embedded" if embedded else "ollama",
+        base_model=base_model,
+        base_url=None if embedded else settings.ollama_url,
+        timeout=LOCAL_TIMEOUT_SECONDS,
+        params=params,
+        system=system,
+        examples=examples,
+        disabled=bool(info.disable),
+    )
+
+
+def usable_models(session: Session, *, user_id: str | None) -> list[ModelInfo]:
+    """The enabled models a user may call (shared and their own), by name."""
+    owner = ModelInfo.user_id.is_(None)
+    if user_id is not None:
+        owner = or_(owner, ModelInfo.user_id == user_id)
+    stmt = select(ModelInfo).where(owner, ModelInfo.disable == 0).order_by(ModelInfo.model_name)
+    return list(session.scalars(stmt))
+
+
+def open_provider(model: ResolvedModel, settings: Settings) -> ChatProvider:
+    """The provider adapter that runs `model` (the embedded engine is shared per process)."""
+    from backend.providers import registry
+
+    protocol = "embedded" if model.provider == "embedded" else model.provider
+    return registry.chat_provider(
+        protocol, base_url=model.base_url, api_key=model.api_key, timeout=model.timeout, settings=settings
+    )

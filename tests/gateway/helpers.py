@@ -1,0 +1,142 @@
+"""Shared set-up for the gateway tests: models over real upstreams, a real HTTP server."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import uvicorn
+from sqlalchemy import func, select
+from sqlalchemy.orm import sessionmaker
+
+from backend import security
+from backend.config import Settings
+from backend.services import bootstrap, quota
+from db.models import ModelAiOnline, ModelFile, ModelFileEgMessage, ModelInfo, QuotaReservation
+
+UPSTREAM_KEY = "sk-upstream-SECRET-0123456789abcdef"
+SYSTEM_PROMPT = "You are Meteor's test persona."
+EXAMPLES = [("What is 2+2?", "4"), ("Capital of France?", "Paris")]
+
+
+def add_online_model(
+    maker: sessionmaker,
+    settings: Settings,
+    *,
+    url: str,
+    name: str = "fake",
+    base_model: str = "fake-model",
+    protocol: str = "openai",
+    timeout: int = 10,
+    user_id: str | None = None,
+    disable: int = 0,
+    api_key: str | None = UPSTREAM_KEY,
+    examples: list[tuple[str, str]] = EXAMPLES,
+    **persona: Any,
+) -> int:
+    """An online model (persona + connection) over the upstream at `url`; returns model_id."""
+    with maker.begin() as s:
+        conn = ModelAiOnline(
+            ai_api=url,
+            ai_token_encrypted=security.encrypt_secret(settings, api_key),
+            ai_name=f"conn-{name}",
+            protocol=protocol,
+            timeout=timeout,
+        )
+        persona_row = ModelFile(system=SYSTEM_PROMPT, **persona)
+        s.add_all([conn, persona_row])
+        s.flush()
+        for user_message, model_message in examples:
+            s.add(
+                ModelFileEgMessage(
+                    user_message=user_message, model_message=model_message, model_file_id=persona_row.model_file_id
+                )
+            )
+        info = ModelInfo(
+            model_name=name,
+            model_file_id=persona_row.model_file_id,
+            link_type=1,
+            aiol_id=conn.ai_id,
+            ai_name=base_model,
+            user_id=user_id,
+            disable=disable,
+        )
+        s.add(info)
+        s.flush()
+        return info.model_id
+
+
+def add_default_embedded(maker: sessionmaker) -> None:
+    """What a fresh install registers: SmolLM2 on the embedded engine, the enabled default."""
+    with maker.begin() as s:
+        bootstrap.ensure_default_model(s)
+
+
+def balance(maker: sessionmaker, user_id: str) -> int:
+    with maker() as s:
+        return quota.balance(s, user_id).tokens
+
+
+def assert_ledger_consistent(maker: sessionmaker, user_id: str) -> int:
+    """Balance == ledger sum, never negative, no reservation left open; returns the balance."""
+    with maker() as s:
+        bal = quota.balance(s, user_id)
+        assert bal == quota.ledger_sum(s, user_id)
+        assert bal.tokens >= 0
+        active = s.scalar(
+            select(func.count())
+            .select_from(QuotaReservation)
+            .where(QuotaReservation.user_id == user_id, QuotaReservation.status == "active")
+        )
+        assert active == 0
+        return bal.tokens
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> Any:
+    """Poll `condition` until it is truthy, at most `timeout` seconds (then fail)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
+
+
+def parse_like_desktop_client(lines: Iterator[str], tokens: int) -> tuple[str, int, list[dict]]:
+    """What the original desktop client does with /textModel/stream: concatenate
+    payload.choices.text[].content and subtract payload.usage.text.total_tokens when
+    header.status == 2. Returns (text, tokens left, frames)."""
+    text = ""
+    frames = []
+    for line in lines:
+        if not line.strip():
+            continue
+        frame = json.loads(line)
+        frames.append(frame)
+        for piece in frame["payload"]["choices"]["text"]:
+            text += piece["content"]
+        if frame["header"]["status"] == 2:
+            tokens -= frame["payload"]["usage"]["text"]["total_tokens"]
+    return text, tokens, frames
+
+
+@contextmanager
+def live_server(app) -> Iterator[str]:
+    """The app on a real uvicorn server on 127.0.0.1 (the openai SDK and disconnects need one)."""
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, timeout=20, what="uvicorn to start")
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
