@@ -1,7 +1,224 @@
-"""Seed-003 conversations and messages (/model/message..., /model/conversation...)."""
+"""Seed-003 conversations and messages, under the document's paths and the original code's.
+
+| document                              | original code                          | does                          |
+|---------------------------------------|----------------------------------------|-------------------------------|
+| GET    /model/message/list            | GET    /model/conversation/list        | list conversations            |
+| DELETE /model/message/{ids}           | DELETE /model/conversation/{ids}       | delete conversations + msgs   |
+| POST   /model/message                 | POST   /model/conversation             | create a conversation         |
+| PUT    /model/message                 | PUT    /model/conversation            | change title / aiName         |
+| GET    /model/message/detail/{id}     | GET    /model/conversation/detail/{id} | one conversation + messages   |
+| POST   /model/message/detail          | POST   /model/message (see below)      | add a message                 |
+| DELETE /model/message/detail/{ids}    |                                        | delete messages               |
+
+`POST /model/message` means "create a conversation" in the document and "add a message"
+in the original code; the body decides: with a `conversationId` it adds a message,
+without one it creates a conversation.
+
+Lists are a bare JSON list (the document) unless `pageNum` or `pageSize` is given; then
+they are `{total, items}` (the original code). Either way newest first; a bare list holds
+at most 1000 rows, a page at most `METEOR_QUERY_PAGE_SIZE_MAX`.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated, Any
 
-router = APIRouter()
+import jwt
+from fastapi import APIRouter, Body, Depends, Query, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from backend.api.deps import SessionDep, SettingsDep, admin_from_token, require_bearer, user_from_token
+from backend.api.envelope import success
+from backend.errors import unauthorized
+from backend.services import conversations
+from backend.services.seed003 import Viewer, bad_request, make_page, parse_ids, shape_listing
+
+router = APIRouter(tags=["seed-003 conversations"])
+
+BARE_LIST_LIMIT = 1000
+
+
+# --- who is asking -----------------------------------------------------------------------
+
+
+def current_viewer(request: Request, session: SessionDep, settings: SettingsDep) -> Viewer:
+    """A user or an admin Bearer token; the role claim picks which check applies (the
+    chosen check verifies the signature, the type and the revocation)."""
+    token = require_bearer(request)
+    try:
+        role = jwt.decode(token, options={"verify_signature": False}).get("role")
+    except jwt.PyJWTError:
+        raise unauthorized("invalid token") from None
+    if role == "admin":
+        return Viewer.for_admin(admin_from_token(session, settings, token).name)
+    return Viewer.for_user(user_from_token(session, settings, token).id)
+
+
+ViewerDep = Annotated[Viewer, Depends(current_viewer)]
+
+
+def parse_body(model: type[BaseModel], body: Any) -> Any:
+    """Validate a JSON body whose shape the route decided on; invalid input is a 400."""
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object")
+    try:
+        return model.model_validate(body)
+    except ValidationError as exc:
+        parts = []
+        for err in exc.errors()[:5]:
+            where = ".".join(str(x) for x in err.get("loc", ())) or "body"
+            parts.append(f"{where}: {err.get('msg', 'invalid')}")
+        raise bad_request("invalid request: " + "; ".join(parts)) from None
+
+
+def given(data: BaseModel, *names: str) -> dict[str, Any]:
+    """The fields the client actually sent, by Python name."""
+    return {name: getattr(data, name) for name in names if name in data.model_fields_set}
+
+
+# --- schemas -----------------------------------------------------------------------------
+
+Id = Annotated[int, Field(ge=0)]
+UserRef = Annotated[str | int, Field()] | None
+
+
+class ConversationIn(BaseModel):
+    """`id` and `userId` from a user are ignored on create (ids are made by the server)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    id: Id | None = None
+    user_id: UserRef = Field(default=None, alias="userId")
+    title: str | None = None
+    ai_name: str | None = Field(default=None, alias="aiName")
+    model_id: Id | None = Field(default=None, alias="modelId")
+
+
+class ConversationUpdate(ConversationIn):
+    id: Id
+
+
+class MessageIn(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    id: Id | None = None  # ignored: the server makes ids
+    conversation_id: Id = Field(alias="conversationId")
+    role: str | None = None
+    content: str | None = None
+    prompt_tokens: Id | None = Field(default=None, alias="promptTokens")
+    completion_tokens: Id | None = Field(default=None, alias="completionTokens")
+
+
+# --- conversations -----------------------------------------------------------------------
+
+
+@router.get("/model/message/list")
+@router.get("/model/conversation/list")
+def list_conversations(
+    session: SessionDep,
+    settings: SettingsDep,
+    viewer: ViewerDep,
+    title: Annotated[str | None, Query(max_length=50)] = None,
+    aiName: Annotated[str | None, Query(max_length=50)] = None,  # noqa: N803 - the document's names
+    createdTimeStart: Annotated[str | None, Query(max_length=40)] = None,  # noqa: N803
+    createdTimeEnd: Annotated[str | None, Query(max_length=40)] = None,  # noqa: N803
+    userId: Annotated[str | None, Query(max_length=32)] = None,  # noqa: N803
+    pageNum: int | None = None,  # noqa: N803
+    pageSize: int | None = None,  # noqa: N803
+) -> dict[str, Any]:
+    page = make_page(pageNum, pageSize, max_size=settings.query_page_size_max)
+    items, total = conversations.list_conversations(
+        session,
+        viewer,
+        title=title,
+        ai_name=aiName,
+        created_start=createdTimeStart,
+        created_end=createdTimeEnd,
+        user_id=userId,
+        page=page,
+        bare_limit=BARE_LIST_LIMIT,
+    )
+    return success(shape_listing(items, total))
+
+
+@router.get("/model/message/detail/{conversation_id}")
+@router.get("/model/conversation/detail/{conversation_id}")
+def conversation_detail(conversation_id: int, session: SessionDep, viewer: ViewerDep) -> dict[str, Any]:
+    return success(conversations.conversation_detail(session, viewer, conversation_id))
+
+
+def _create_conversation(session, viewer: Viewer, body: Any) -> dict[str, Any]:
+    data = parse_body(ConversationIn, body)
+    conv = conversations.create_conversation(
+        session,
+        viewer,
+        user_id=None if data.user_id is None else str(data.user_id),
+        ai_name=data.ai_name,
+        title=data.title,
+        model_id=data.model_id,
+    )
+    session.commit()
+    return success(conversations.conversation_public(conv))
+
+
+def _add_message(session, viewer: Viewer, body: Any) -> dict[str, Any]:
+    data = parse_body(MessageIn, body)
+    message = conversations.add_message(
+        session,
+        viewer,
+        conversation_id=data.conversation_id,
+        role=data.role,
+        content=data.content,
+        prompt_tokens=data.prompt_tokens,
+        completion_tokens=data.completion_tokens,
+    )
+    session.commit()
+    return success(conversations.message_public(message))
+
+
+@router.post("/model/message")
+def create_conversation_or_message(
+    session: SessionDep, viewer: ViewerDep, body: Annotated[Any, Body()] = None
+) -> dict[str, Any]:
+    """Document: create a conversation. Original code: add a message. A body with a
+    `conversationId` adds a message; any other body creates a conversation."""
+    if isinstance(body, dict) and body.get("conversationId") is not None:
+        return _add_message(session, viewer, body)
+    return _create_conversation(session, viewer, body if body is not None else {})
+
+
+@router.post("/model/conversation")
+def create_conversation(session: SessionDep, viewer: ViewerDep, body: Annotated[Any, Body()] = None) -> dict[str, Any]:
+    return _create_conversation(session, viewer, body if body is not None else {})
+
+
+@router.put("/model/message")
+@router.put("/model/conversation")
+def update_conversation(session: SessionDep, viewer: ViewerDep, body: Annotated[Any, Body()] = None) -> dict[str, Any]:
+    data = parse_body(ConversationUpdate, body)
+    conv = conversations.update_conversation(session, viewer, data.id, **given(data, "title", "ai_name"))
+    session.commit()
+    return success(conversations.conversation_public(conv))
+
+
+# --- messages (the more specific paths first) --------------------------------------------
+
+
+@router.post("/model/message/detail")
+def add_message(session: SessionDep, viewer: ViewerDep, body: Annotated[Any, Body()] = None) -> dict[str, Any]:
+    return _add_message(session, viewer, body)
+
+
+@router.delete("/model/message/detail/{ids}")
+def delete_messages(ids: str, session: SessionDep, viewer: ViewerDep) -> dict[str, Any]:
+    conversations.delete_messages(session, viewer, parse_ids(ids))
+    session.commit()
+    return success(None)
+
+
+@router.delete("/model/message/{ids}")
+@router.delete("/model/conversation/{ids}")
+def delete_conversations(ids: str, session: SessionDep, viewer: ViewerDep) -> dict[str, Any]:
+    conversations.delete_conversations(session, viewer, parse_ids(ids))
+    session.commit()
+    return success(None)
