@@ -70,7 +70,7 @@ from backend.providers import iflytek_iat, iflytek_ocr, openai_audio, openai_vis
 from backend.providers.base import ProviderError
 from backend.providers.iflytek_keys import parse_keys
 from backend.providers.recognition import SAMPLE_RATE, SAMPLE_WIDTH, Picture, pcm_seconds
-from backend.services import quota
+from backend.services import netguard, quota
 from db.models import ModelAiOnline, UsageRecord, User
 
 EMBEDDED = "embedded"
@@ -371,6 +371,14 @@ def _secret(settings: Settings, row: ModelAiOnline) -> str | None:
         raise ServiceError("MODEL_ERROR", message, 502) from None
 
 
+def _guarded_url(settings: Settings, row: ModelAiOnline) -> str:
+    """The connection's URL, after the SSRF guard (websocket URLs are checked as http/https)."""
+    url = row.ai_api.strip()
+    scheme, sep, rest = url.partition("://")
+    netguard.check_url({"ws": "http", "wss": "https"}.get(scheme.lower(), scheme) + sep + rest, settings)
+    return url
+
+
 def voice_engine(session: Session, settings: Settings, name: str | None = None) -> Engine:
     """The voice engine `name` picks (default `Settings.default_voice_engine`)."""
     name = (name or settings.default_voice_engine or EMBEDDED).strip()
@@ -378,7 +386,12 @@ def voice_engine(session: Session, settings: Settings, name: str | None = None) 
     if name in VOICE_ALIASES:
         return Engine(EMBEDDED, "whisper", True, lambda: whisper_stt.shared(workers))
     row = _connection(session, name, "voice", VOICE_PROTOCOLS)
-    secret, timeout, url, model = _secret(settings, row), float(row.timeout or 30), row.ai_api, row.ai_version
+    secret, timeout, url, model = (
+        _secret(settings, row),
+        float(row.timeout or 30),
+        _guarded_url(settings, row),
+        row.ai_version,
+    )
     if row.protocol == iflytek_iat.PROTOCOL:
         return Engine(
             row.ai_name, row.protocol, False, lambda: iflytek_iat.IflytekIAT(url, parse_keys(secret), timeout=timeout)
@@ -398,7 +411,12 @@ def picture_engine(session: Session, settings: Settings, name: str | None = None
     if name in PICTURE_ALIASES:
         return Engine(EMBEDDED, "rapidocr", True, lambda: rapid_ocr.shared(workers))
     row = _connection(session, name, "picture", PICTURE_PROTOCOLS)
-    secret, timeout, url, model = _secret(settings, row), float(row.timeout or 30), row.ai_api, row.ai_version
+    secret, timeout, url, model = (
+        _secret(settings, row),
+        float(row.timeout or 30),
+        _guarded_url(settings, row),
+        row.ai_version,
+    )
     if row.protocol == iflytek_ocr.PROTOCOL:
         return Engine(
             row.ai_name, row.protocol, False, lambda: iflytek_ocr.IflytekOCR(url, parse_keys(secret), timeout=timeout)

@@ -1,0 +1,111 @@
+"""Fixtures for the media tests: local engine servers and connection rows pointing at them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.orm import sessionmaker
+
+from backend import security
+from backend.config import Settings
+from backend.services import quota
+from db.models import ModelAiOnline, QuotaLedger, QuotaReservation, UsageRecord
+from tests.media.fakes import FAKE_KEYS, FAKE_OPENAI_KEY, OCR_PATH, IatServer, ocr_app, openai_app, serve_asgi
+
+
+def add_connection(
+    maker: sessionmaker,
+    settings: Settings,
+    *,
+    name: str,
+    protocol: str,
+    url: str,
+    secret: str | None,
+    version: str | None = None,
+    timeout: int = 10,
+) -> None:
+    """A `model_ai_online` row as an admin would configure it (secret encrypted)."""
+    with maker.begin() as s:
+        s.add(
+            ModelAiOnline(
+                ai_name=name,
+                ai_api=url,
+                ai_token_encrypted=security.encrypt_secret(settings, secret),
+                ai_version=version,
+                ai_type=3 if protocol in ("iflytek-ocr", "openai-vision") else 1,
+                protocol=protocol,
+                timeout=timeout,
+            )
+        )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    tokens: int
+    pic_times: int
+    ledger_rows: int
+    usage_rows: int
+    reservations: int
+
+
+def snapshot(maker: sessionmaker, user_id: str) -> Snapshot:
+    """Everything a media request may change for a user."""
+    with maker() as s:
+        bal = quota.balance(s, user_id)
+        count = lambda model: s.scalar(select(func.count()).select_from(model).where(model.user_id == user_id))  # noqa: E731
+        return Snapshot(bal.tokens, bal.pic_times, count(QuotaLedger), count(UsageRecord), count(QuotaReservation))
+
+
+def usage_rows(maker: sessionmaker, user_id: str) -> list[UsageRecord]:
+    with maker() as s:
+        rows = s.scalars(select(UsageRecord).where(UsageRecord.user_id == user_id).order_by(UsageRecord.id)).all()
+        for row in rows:
+            s.expunge(row)
+        return list(rows)
+
+
+def assert_books_balance(maker: sessionmaker, user_id: str) -> None:
+    """Balance == ledger sum, nothing negative, no reservation left open."""
+    with maker() as s:
+        bal, ledger = quota.balance(s, user_id), quota.ledger_sum(s, user_id)
+        open_reservations = s.scalar(
+            select(func.count())
+            .select_from(QuotaReservation)
+            .where(QuotaReservation.user_id == user_id, QuotaReservation.status == "active")
+        )
+    assert bal == ledger and bal.tokens >= 0 and bal.pic_times >= 0 and open_reservations == 0
+
+
+@pytest.fixture
+def iat_server() -> Iterator[IatServer]:
+    with IatServer() as server:
+        yield server
+
+
+@pytest.fixture
+def ocr_server() -> Iterator[tuple[str, object]]:
+    app = ocr_app()
+    with serve_asgi(app) as base:
+        yield base + OCR_PATH, app
+
+
+@pytest.fixture
+def openai_server() -> Iterator[tuple[str, object]]:
+    app = openai_app()
+    with serve_asgi(app) as base:
+        yield base + "/v1", app
+
+
+@pytest.fixture
+def connections(maker, settings, iat_server, ocr_server, openai_server) -> dict:
+    """One connection per online protocol, named after it, over the local servers."""
+    add_connection(maker, settings, name="xf-iat", protocol="iflytek-iat", url=iat_server.url, secret=FAKE_KEYS.pack())
+    add_connection(maker, settings, name="xf-ocr", protocol="iflytek-ocr", url=ocr_server[0], secret=FAKE_KEYS.pack())
+    for name, protocol, version in (("oa-audio", "openai-audio", "whisper-1"), ("oa-vision", "openai-vision", None)):
+        add_connection(
+            maker, settings, name=name, protocol=protocol, url=openai_server[0], secret=FAKE_OPENAI_KEY, version=version
+        )
+    return {"iat": iat_server, "ocr": ocr_server[1], "openai": openai_server[1]}
