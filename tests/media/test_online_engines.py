@@ -61,9 +61,8 @@ def test_iat_server_refuses_a_wrong_signature_and_the_client_says_so():
 
 
 def test_iat_error_answer_becomes_a_provider_error():
-    with IatServer(error=(10165, "invalid handle")) as server:
-        with pytest.raises(ProviderError, match="10165.*invalid handle"):
-            IflytekIAT(server.url, FAKE_KEYS, frame_interval=0, timeout=10).transcribe(PCM)
+    with IatServer(error=(10165, "invalid handle")) as server, pytest.raises(ProviderError, match="10165.*invalid"):
+        IflytekIAT(server.url, FAKE_KEYS, frame_interval=0, timeout=10).transcribe(PCM)
 
 
 def test_iat_wrong_app_id_is_reported_by_the_server():
