@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -161,7 +161,7 @@ def list_models(request: Request, session: SessionDep) -> dict:
 
 @router.post("/v1/chat/completions", response_model=None)
 def chat_completions(
-    body: ChatCompletionIn, request: Request, session: SessionDep, settings: SettingsDep
+    body: ChatCompletionIn, request: Request, response: Response, session: SessionDep, settings: SettingsDep
 ) -> dict | StreamingResponse:
     """A chat completion, streamed (SSE) or whole, with usage."""
     user, key = api_key_caller(request, session)
@@ -203,6 +203,7 @@ def chat_completions(
             headers={**headers, "Cache-Control": "no-cache"},
         )
     result = call.run()
+    response.headers.update(headers)
     answer: dict[str, Any] = {
         "id": f"chatcmpl-{result.request_id}",
         "object": "chat.completion",
