@@ -1,0 +1,41 @@
+"""My API keys (users): create a key for the OpenAI-compatible /v1 (shown once), revoke one."""
+
+from __future__ import annotations
+
+import pandas as pd
+import streamlit as st
+
+from backend.services import apikeys
+from pages._frame import read, require, run_action, t
+
+me = require("user")
+state = st.session_state
+
+st.title(t("page.apikeys"))
+
+with st.form("apikeys_create", clear_on_submit=True):
+    name = st.text_input(t("apikeys.name"), key="apikeys_name")
+    if st.form_submit_button(t("apikeys.create")):
+        made = run_action(lambda s: apikeys.create_key(s, user_id=me.id, name=name, actor=f"user:{me.name}")[1])
+        if made:
+            state["apikeys_new"] = made
+
+if state.get("apikeys_new"):
+    st.success(t("apikeys.created"))
+    st.code(state.pop("apikeys_new"), language=None)
+
+keys = read(lambda s: [k.as_dict() for k in apikeys.list_keys(s, user_id=me.id)])
+frame = pd.DataFrame(keys, columns=["id", "name", "prefix", "status", "created_at", "last_used_at", "expires_at"])
+st.dataframe(frame, hide_index=True, width="stretch")
+
+active = [k for k in keys if k["status"] == "active"]
+if active:
+    with st.form("apikeys_revoke"):
+        picked = st.selectbox(
+            t("apikeys.revoke"), [k["id"] for k in active], format_func=lambda i: f"#{i}", key="apikeys_pick"
+        )
+        if st.form_submit_button(t("apikeys.revoke")):
+            run_action(
+                lambda s: apikeys.revoke_key(s, key_id=picked, actor=f"user:{me.name}", owner_id=me.id),
+                success=t("apikeys.revoked"),
+            )

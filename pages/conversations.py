@@ -1,0 +1,49 @@
+"""Conversations: search by user, model, title and date; open one and read it.
+Users see only their own conversations."""
+
+from __future__ import annotations
+
+import streamlit as st
+
+from backend.errors import ServiceError
+from backend.services import conversations
+from backend.services.seed003 import Viewer
+from pages._frame import account, read, render_browser, t
+
+me = account()
+own = me.kind == "user"
+viewer = Viewer.for_user(me.id) if own else Viewer.for_admin(me.name)
+
+st.title(t("page.conversations"))
+equals: dict = {"user_id": me.id} if own else {}
+if not own:
+    c1, c2 = st.columns(2)
+    username = c1.text_input(t("conv.search_user"), key="conv_user").strip()
+    model = c2.text_input(t("conv.search_model"), key="conv_model").strip()
+    if username:
+        equals["username"] = username
+    if model:
+        equals["model"] = model
+shown = render_browser("conversations", key="conv_list", equals=equals, hide=("user_id",) if own else ())
+
+ids = [row["id"] for row in shown.rows]
+if ids:
+    picked = st.selectbox(
+        t("conv.open"),
+        ids,
+        format_func=lambda i: next(
+            f"#{r['id']} {r['title'] or ''} ({r['model'] or '-'})" for r in shown.rows if r["id"] == i
+        ),
+        key="conv_pick",
+    )
+    try:
+        detail = read(lambda s: conversations.conversation_detail(s, viewer, picked))
+    except ServiceError as exc:
+        st.error(t("common.error", msg=exc.message))
+        st.stop()
+    st.subheader(t("conv.messages"))
+    if not detail["modelMessageList"]:
+        st.info(t("conv.empty"))
+    for message in detail["modelMessageList"]:
+        with st.chat_message("user" if message["role"] == "user" else "assistant"):
+            st.markdown(message["content"])

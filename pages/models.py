@@ -1,0 +1,269 @@
+"""Models: the persona form (base model, link type, connection, system prompt, every parameter
+with its range and meaning, few-shot examples), enable / disable, clone; online connections
+with the key masked and a "test connection" button."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from backend.errors import ServiceError
+from backend.services import connections, model_admin
+from backend.services.personas import PersonaParams, field_help
+from backend.services.seed003 import Viewer
+from pages._frame import language, maker, read, require, run_action, settings, t
+
+me = require("admin", "super")
+viewer = Viewer.for_admin(me.name)
+config = settings()
+state = st.session_state
+JS_SAFE = 2**53 - 1  # the browser's number inputs hold at most this
+
+st.title(t("page.models"))
+
+
+def param_bounds(name: str) -> tuple[type, float | None, float | None]:
+    """(int or float, lowest, highest) of a persona parameter, from its field metadata."""
+    info = PersonaParams.model_fields[name]
+    kind = int if "int" in str(info.annotation) else float
+    low = high = None
+    for rule in info.metadata:
+        if getattr(rule, "ge", None) is not None:
+            low = rule.ge
+        if getattr(rule, "gt", None) is not None:
+            low = rule.gt + (1 if kind is int else 1e-6)
+        if getattr(rule, "le", None) is not None:
+            high = rule.le
+    if kind is int:
+        low = None if low is None else max(int(low), -JS_SAFE)
+        high = None if high is None else min(int(high), JS_SAFE)
+    return kind, low, high
+
+
+models, _ = read(lambda s: model_admin.list_models(s, viewer, bare_limit=1000))
+conns, _ = read(lambda s: connections.list_connections(s, config, viewer, bare_limit=1000))
+conn_names = {c["aiId"]: c["aiName"] for c in conns}
+
+st.subheader(t("models.list"))
+st.dataframe(
+    pd.DataFrame(
+        models, columns=["modelId", "modelName", "modelVersion", "aiName", "linkType", "aiolId", "disable", "isDefault"]
+    ),
+    hide_index=True,
+    width="stretch",
+)
+
+by_id = {m["modelId"]: m for m in models}
+picked = st.selectbox(
+    t("models.pick"),
+    [0, *by_id],
+    format_func=lambda i: t("models.new") if i == 0 else by_id[i]["modelName"],
+    key="models_pick",
+)
+detail: dict[str, Any] = read(lambda s: model_admin.model_detail(s, config, viewer, picked)) if picked else {}
+persona: dict[str, Any] = detail.get("modelFile") or {}
+
+with st.form(f"models_form_{picked}"):
+    c1, c2, c3 = st.columns(3)
+    name = c1.text_input(t("models.name"), value=detail.get("modelName", ""), key=f"models_name_{picked}")
+    version = c2.text_input(t("models.version"), value=detail.get("modelVersion") or "", key=f"models_ver_{picked}")
+    base = c3.text_input(t("models.base"), value=detail.get("aiName") or "", key=f"models_base_{picked}")
+    c4, c5 = st.columns(2)
+    link_type = c4.radio(
+        t("models.link_type"),
+        (0, 1),
+        index=int(detail.get("linkType") or 0),
+        format_func=lambda v: t("models.link.online" if v else "models.link.local"),
+        horizontal=True,
+        key=f"models_link_{picked}",
+    )
+    conn_ids = [None, *conn_names]
+    aiol_id = c5.selectbox(
+        t("models.connection"),
+        conn_ids,
+        index=conn_ids.index(detail.get("aiolId")) if detail.get("aiolId") in conn_ids else 0,
+        format_func=lambda i: "-" if i is None else conn_names[i],
+        key=f"models_conn_{picked}",
+    )
+    description = st.text_input(
+        t("models.description"), value=detail.get("description") or "", key=f"models_desc_{picked}"
+    )
+    system = st.text_area(t("models.system"), value=persona.get("system") or "", key=f"models_system_{picked}")
+
+    st.markdown(f"**{t('models.params')}**")
+    values: dict[str, Any] = {}
+    columns = st.columns(3)
+    for i, field in enumerate(PersonaParams.model_fields):
+        current = persona.get(model_admin.CAMEL_OF.get(field, field))
+        help_text = field_help(field, language())
+        box = columns[i % 3]
+        if field == "stop":
+            text = box.text_input(
+                field, value=", ".join(current or []), help=help_text, key=f"models_p_{field}_{picked}"
+            )
+            values[field] = [s.strip() for s in text.split(",") if s.strip()] or None
+            continue
+        kind, low, high = param_bounds(field)
+        rng = f" [{'' if low is None else low} … {'' if high is None else high}]"
+        values[field] = box.number_input(
+            field + rng,
+            min_value=None if low is None else kind(low),
+            max_value=None if high is None else kind(high),
+            value=None if current is None else kind(current),
+            step=1 if kind is int else 0.01,
+            help=f"{help_text} ({t('models.param_unset')}: ∅)",
+            key=f"models_p_{field}_{picked}",
+        )
+
+    st.markdown(f"**{t('models.examples')}**")
+    examples = st.data_editor(
+        pd.DataFrame(
+            [
+                {"userMessage": e["userMessage"], "modelMessage": e["modelMessage"]}
+                for e in persona.get("modelFileEmessageList", [])
+            ],
+            columns=["userMessage", "modelMessage"],
+        ),
+        num_rows="dynamic",
+        width="stretch",
+        hide_index=True,
+        column_config={
+            "userMessage": st.column_config.TextColumn(t("models.example.user"), required=True),
+            "modelMessage": st.column_config.TextColumn(t("models.example.model"), required=True),
+        },
+        key=f"models_examples_{picked}",
+    )
+    submitted = st.form_submit_button(t("common.save"), type="primary")
+
+if submitted:
+    body_examples = [
+        {"userMessage": str(r["userMessage"]), "modelMessage": str(r["modelMessage"])}
+        for r in examples.to_dict("records")
+        if isinstance(r.get("userMessage"), str) and isinstance(r.get("modelMessage"), str)
+    ]
+
+    def save(session):
+        fields = dict(
+            model_name=name,
+            ai_name=base,
+            link_type=link_type,
+            description=description or None,
+            model_version=version or None,
+            aiol_id=aiol_id,
+        )
+        if picked:
+            model = model_admin.update_model(session, viewer, picked, **fields)
+        else:
+            model = model_admin.create_model(session, viewer, **fields)
+        model_admin.update_persona(
+            session,
+            viewer,
+            {"modelId": model.model_id, "system": system, **values, "modelFileEmessageList": body_examples},
+        )
+        return model.model_name
+
+    run_action(save, success=lambda saved: t("models.saved", name=saved))
+
+if picked:
+    st.divider()
+    a, b = st.columns(2)
+    with a:
+        enabled = not detail.get("disable")
+        st.caption(t("models.enable_toggle"))
+        if st.button(t("common.disable") if enabled else t("common.enable"), key="models_toggle"):
+            run_action(
+                lambda s: model_admin.update_model(s, viewer, picked, disable=1 if enabled else 0),
+                success=t(
+                    "models.toggled",
+                    name=detail["modelName"],
+                    state=t("vouchers.state.off" if enabled else "vouchers.state.on"),
+                ),
+            )
+    with b, st.form("models_clone"):
+        clone_name = st.text_input(t("models.clone_name"), value=f"{detail['modelName']}-copy", key="models_clone_name")
+        if st.form_submit_button(t("models.clone")):
+
+            def clone(session):
+                copy = model_admin.create_model(
+                    session,
+                    viewer,
+                    model_name=clone_name,
+                    ai_name=detail["aiName"],
+                    link_type=detail["linkType"],
+                    description=detail.get("description"),
+                    model_version=detail.get("modelVersion"),
+                    aiol_id=detail.get("aiolId"),
+                    user_id=detail.get("userId"),
+                )
+                params = {f: persona.get(model_admin.CAMEL_OF[f]) for f in PersonaParams.model_fields}
+                examples_copy = [
+                    {"userMessage": e["userMessage"], "modelMessage": e["modelMessage"]}
+                    for e in persona.get("modelFileEmessageList", [])
+                ]
+                model_admin.update_persona(
+                    session,
+                    viewer,
+                    {
+                        "modelId": copy.model_id,
+                        "system": persona.get("system"),
+                        **params,
+                        "modelFileEmessageList": examples_copy,
+                    },
+                )
+                return copy.model_name
+
+            run_action(clone, success=lambda made: t("models.cloned", name=made))
+
+# --- connections ---------------------------------------------------------------------------
+st.divider()
+st.subheader(t("models.connections"))
+st.dataframe(
+    pd.DataFrame(conns, columns=["aiId", "aiName", "aiApi", "aiToken", "protocol", "aiType", "timeout", "shared"]),
+    hide_index=True,
+    width="stretch",
+)
+with st.form("models_conn_add", clear_on_submit=True):
+    k1, k2, k3 = st.columns(3)
+    conn_name = k1.text_input(t("models.conn.name"), key="models_conn_name")
+    conn_api = k2.text_input(t("models.conn.api"), key="models_conn_api")
+    conn_key = k3.text_input(t("models.conn.key"), type="password", key="models_conn_key")
+    k4, k5 = st.columns(2)
+    protocol = k4.selectbox(t("models.conn.protocol"), connections.PROTOCOLS, key="models_conn_protocol")
+    timeout = k5.number_input(
+        t("models.conn.timeout"), min_value=1, max_value=connections.MAX_TIMEOUT, value=30, key="models_conn_timeout"
+    )
+    if st.form_submit_button(t("common.save")):
+        run_action(
+            lambda s: (
+                connections.create_connection(
+                    s,
+                    config,
+                    viewer,
+                    ai_name=conn_name,
+                    ai_api=conn_api,
+                    ai_token=conn_key or None,
+                    protocol=protocol,
+                    timeout=int(timeout),
+                ).ai_name
+            ),
+            success=lambda made: t("common.saved") + f": {made}",
+        )
+
+if conn_names:
+    tested = st.selectbox(
+        t("models.connection"), list(conn_names), format_func=conn_names.get, key="models_conn_test_pick"
+    )
+    if st.button(t("models.conn.test"), key="models_conn_test"):
+        with st.spinner(t("models.conn.testing")):
+            try:
+                result = connections.probe_connection(maker(), config, viewer, tested)
+            except ServiceError as exc:
+                result = None
+                st.error(t("models.conn.failed", detail=exc.message))
+        if result is not None and result.ok:
+            shown = ", ".join(result.models[:10])
+            st.success(t("models.conn.ok", detail=f"{result.latency_ms} ms · {len(result.models)} models: {shown}"))
+        elif result is not None:
+            st.error(t("models.conn.failed", detail=result.error))

@@ -1,0 +1,54 @@
+"""Usage & audit: usage rows with latency and time to first token, charts, and (admins) the audit log.
+Users see only their own usage."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pandas as pd
+import streamlit as st
+
+from backend.services import dashboard
+from db.session import get_sessionmaker
+from pages._frame import READ_TTL, account, db_url, render_browser, t
+
+me = account()
+own = me.kind == "user"
+
+
+@st.cache_data(ttl=READ_TTL, show_spinner=False)
+def charts(url: str, days: int, today: str, user_id: str | None) -> dict:
+    day = datetime.fromisoformat(today).date()
+    with get_sessionmaker(url)() as session:
+        return {
+            "per_day": dashboard.tokens_per_day(session, days=days, today=day, user_id=user_id),
+            "status": dashboard.status_counts(session, days=days, today=day, user_id=user_id),
+        }
+
+
+st.title(t("page.my_usage" if own else "page.usage"))
+days = st.select_slider(t("common.days"), options=(7, 14, 30, 90), value=30, key="usage_days")
+data = charts(db_url(), days, datetime.now(UTC).date().isoformat(), me.id if own else None)
+per_day = pd.DataFrame(data["per_day"])
+
+left, right = st.columns(2)
+with left:
+    st.subheader(t("usage.chart.requests"))
+    st.bar_chart(per_day, x="day", y="requests", x_label=t("col.day"), y_label=t("col.requests"))
+with right:
+    st.subheader(t("usage.chart.latency"))
+    st.line_chart(per_day, x="day", y=["latency_ms", "ttft_ms"], x_label=t("col.day"))
+st.subheader(t("usage.chart.status"))
+status = pd.DataFrame(data["status"], columns=["status", "requests"])
+if status.empty:
+    st.info(t("common.none"))
+else:
+    st.bar_chart(status, x="status", y="requests", horizontal=True)
+
+st.subheader(t("usage.records"))
+if own:
+    render_browser("usage", key="usage_mine", equals={"user_id": me.id}, hide=("admin_name",))
+else:
+    render_browser("usage", key="usage_all")
+    st.subheader(t("usage.audit"))
+    render_browser("audit", key="usage_audit")
