@@ -192,6 +192,12 @@ class EmbeddedEngine:
         assert self._formatter is not None
         return len(_prompt_tokens(llm, self._formatter, messages))
 
+    def count_text_tokens(self, text: str) -> int:
+        """Tokens of a piece of generated text (e.g. what was delivered before a disconnect)."""
+        if not text:
+            return 0
+        return len(self.load().tokenize(text.encode("utf-8"), add_bos=False, special=False))
+
     def _take_ticket(self) -> int:
         with self._turns:
             if self._next_ticket - self._now_serving > self.queue_size:
@@ -246,15 +252,15 @@ class EmbeddedEngine:
             # read by the sampler at the start of each call; calls never overlap (one turn at a time)
             llm.last_n_tokens_size = context if repeat_last_n == -1 else repeat_last_n
         try:
-            chunks = llm.create_chat_completion(
+            chunks: Any = llm.create_chat_completion(
                 messages=request.messages,  # type: ignore[arg-type]
                 stream=True,
                 logits_processor=llama_cpp.LogitsProcessorList([counter]),
                 **kwargs,
             )
             for chunk in chunks:
-                delta = chunk["choices"][0]["delta"].get("content")  # type: ignore[index,union-attr]
-                if delta:
+                delta = chunk["choices"][0]["delta"].get("content")
+                if isinstance(delta, str) and delta:
                     yield delta
         except ValueError as exc:
             raise ProviderError(f"the embedded model failed: {exc}") from exc

@@ -50,6 +50,12 @@ class OllamaChatProvider:
 
         return count_tokens(messages)
 
+    def count_text_tokens(self, text: str) -> int:
+        """Tokens of a piece of text, by the offline tokenizer."""
+        from backend.providers.registry import count_text_tokens
+
+        return count_text_tokens(text)
+
     def stream(self, request: ChatRequest) -> Iterator[str | Usage]:
         """Text deltas, then one Usage."""
         timeout = effective_timeout(self.timeout, request.timeout)
@@ -101,13 +107,11 @@ class OllamaChatProvider:
                 raise self._translate(exc, timeout) from None
 
     def _usage(self, final: Any, request: ChatRequest, text: str) -> Usage:
-        from backend.providers.registry import count_text_tokens
-
         prompt = final.prompt_eval_count
         completion = final.eval_count
         return Usage(
             prompt_tokens=int(prompt) if prompt is not None else self.count_tokens(request.messages),
-            completion_tokens=int(completion) if completion is not None else count_text_tokens(text),
+            completion_tokens=int(completion) if completion is not None else self.count_text_tokens(text),
         )
 
     def _translate(self, exc: Exception, timeout: float) -> ProviderError:

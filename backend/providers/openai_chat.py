@@ -20,7 +20,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import httpx
 import openai
 
 from backend.providers.base import ChatRequest, ProviderError, ProviderTimeout, Usage
@@ -76,16 +75,17 @@ class OpenAIChatProvider:
     # --- calls ---
 
     def _create(self, request: ChatRequest, *, stream: bool) -> Any:
-        timeout = effective_timeout(self.timeout, request.timeout)
-        extra: dict[str, Any] = {"stream_options": {"include_usage": True}} if stream else {}
-        return self._client.chat.completions.create(
-            model=request.model,
-            messages=request.messages,  # type: ignore[arg-type]
-            stream=stream,
-            timeout=httpx.Timeout(timeout),
+        fields: dict[str, Any] = {
+            "model": request.model,
+            "messages": request.messages,
+            "stream": stream,
+            "timeout": effective_timeout(self.timeout, request.timeout),
             **to_openai_fields(request.params, request.max_tokens),
-            **extra,
-        )
+        }
+        if stream:
+            fields["stream_options"] = {"include_usage": True}
+        create: Any = self._client.chat.completions.create
+        return create(**fields)
 
     def stream(self, request: ChatRequest) -> Iterator[str | Usage]:
         """Text deltas, then one Usage (the upstream's, else counted offline)."""
@@ -102,7 +102,7 @@ class OpenAIChatProvider:
                             parts.append(delta)
                             yield delta
         except Exception as exc:  # noqa: BLE001 - every failure becomes a ProviderError
-            raise self._translate(exc, request) from None
+            raise self._translate(exc, request, mid_stream=bool(parts)) from None
         yield self._usage(usage, request, "".join(parts))
 
     def complete(self, request: ChatRequest) -> tuple[str, Usage]:
@@ -118,7 +118,7 @@ class OpenAIChatProvider:
     def list_models(self) -> list[str]:
         """Model ids the upstream offers (GET /models)."""
         try:
-            return [m.id for m in self._client.models.list(timeout=httpx.Timeout(self.timeout or 30.0))]
+            return [m.id for m in self._client.models.list(timeout=self.timeout or 30.0)]
         except Exception as exc:  # noqa: BLE001
             raise self._translate(exc, None) from None
 
@@ -127,11 +127,11 @@ class OpenAIChatProvider:
             return Usage(prompt_tokens=int(usage.prompt_tokens), completion_tokens=int(usage.completion_tokens))
         return Usage(prompt_tokens=self.count_tokens(request.messages), completion_tokens=self.count_text_tokens(text))
 
-    def _translate(self, exc: Exception, request: ChatRequest | None) -> ProviderError:
+    def _translate(self, exc: Exception, request: ChatRequest | None, *, mid_stream: bool = False) -> ProviderError:
         if isinstance(exc, ProviderError):
             return exc
         timeout = effective_timeout(self.timeout, request.timeout if request else None)
-        if isinstance(exc, openai.APITimeoutError | httpx.TimeoutException):
+        if isinstance(exc, openai.APITimeoutError):
             return ProviderTimeout(f"upstream did not answer within {timeout:g} s")
         if isinstance(exc, openai.APIStatusError):
             return UpstreamHTTPError(
@@ -139,11 +139,11 @@ class OpenAIChatProvider:
                 exc.status_code,
             )
         if isinstance(exc, openai.APIConnectionError):
+            if mid_stream:
+                return ProviderError(f"upstream connection broke mid-stream: {short_cause(exc, self._api_key)}")
             return ProviderError(f"cannot reach upstream: {short_cause(exc.__cause__ or exc, self._api_key)}")
         if isinstance(exc, openai.APIError):  # an error event inside the stream
             return ProviderError(f"upstream failed mid-stream: {short_cause(exc.message, self._api_key)}")
-        if isinstance(exc, httpx.HTTPError):
-            return ProviderError(f"upstream connection broke: {short_cause(exc, self._api_key)}")
         return ProviderError(f"upstream answer not understood: {short_cause(exc, self._api_key)}")
 
 

@@ -165,7 +165,7 @@ def build_messages(
 
 
 def _params(params: PersonaParams | None) -> PersonaParams:
-    return params if params is not None else PersonaParams()
+    return params if params is not None else PersonaParams.model_validate({})
 
 
 def output_limit(params: PersonaParams | None, max_tokens: int) -> int:
