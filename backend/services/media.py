@@ -258,7 +258,7 @@ def voice_clip(data: bytes, filename: str | None = None, *, limit: int | None = 
     if ext == "wav" or (not ext and _is_wav(data)):
         if not _is_wav(data):
             what = _foreign_format(data) or "not a WAV file (no RIFF/WAVE header)"
-            raise ServiceError("FILE_FORMAT_ILLEGAL", f"the file is named .wav but is {what}", 400)
+            raise ServiceError("FILE_FORMAT_ILLEGAL", f"the clip claims to be WAV (by name or type) but is {what}", 400)
         pcm = decode_wav(data)
         if not pcm:
             raise ServiceError("AUDIO_TO_TEXT_ERROR", "the WAV file holds no audio samples (a zero-length clip)", 400)
