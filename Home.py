@@ -12,7 +12,7 @@ from streamlit_authenticator.utilities import LoginError
 
 from backend.services import dashboard_auth as auth
 from backend.services import i18n
-from pages._frame import LANG_KEY, language, maker, settings, show_flash, t
+from pages._frame import LANG_KEY, language, maker, settings, t
 
 st.set_page_config(page_title="Meteor", page_icon="☄️", layout="wide")
 
@@ -162,6 +162,4 @@ with st.sidebar:
         forget_session()
         st.rerun()
 
-navigation = st.navigation(pages_for(account.role))
-show_flash()
-navigation.run()
+st.navigation(pages_for(account.role)).run()

@@ -77,6 +77,7 @@ def account() -> DashboardAccount:
         st.warning(t("login.revoked"))
         st.stop()
     state[ACCOUNT_KEY] = current
+    show_flash()
     return current
 
 
