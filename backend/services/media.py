@@ -21,6 +21,8 @@ whose `protocol` says what it speaks:
 | `iflytek-ocr`   | picture | `http://api.xf-yun.com/v1/private/hh_ocr_recognize_doc` | `app_id:api_key:api_secret` |
 | `openai-vision` | picture | base URL with `/v1`                      | the API key                   |
 
+A plain `openai` connection (the chat protocol) also works: as a voice engine it is used
+as `openai-audio`, as a picture engine as `openai-vision`.
 The upstream model of the OpenAI-compatible engines is the connection's `ai_version`
 (its `ai_name` when empty); `timeout` is the connection's. A request's optional `model`
 picks the engine; without it `Settings.default_voice_engine` /
@@ -76,8 +78,9 @@ from db.models import ModelAiOnline, UsageRecord, User
 EMBEDDED = "embedded"
 VOICE_ALIASES = {EMBEDDED, "whisper", whisper_stt.MODEL_NAME}
 PICTURE_ALIASES = {EMBEDDED, "rapidocr", rapid_ocr.MODEL_NAME}
-VOICE_PROTOCOLS = {iflytek_iat.PROTOCOL, openai_audio.PROTOCOL}
-PICTURE_PROTOCOLS = {iflytek_ocr.PROTOCOL, openai_vision.PROTOCOL}
+OPENAI = "openai"  # a plain OpenAI-compatible connection serves both: /audio/transcriptions, vision chat
+VOICE_PROTOCOLS = {iflytek_iat.PROTOCOL, openai_audio.PROTOCOL, OPENAI}
+PICTURE_PROTOCOLS = {iflytek_ocr.PROTOCOL, openai_vision.PROTOCOL, OPENAI}
 
 PICTURE_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "bmp": "BMP"}
 VOICE_EXTENSIONS = {"pcm", "raw", "wav"}

@@ -156,3 +156,22 @@ def test_picture_needs_a_signed_in_user(client, maker, settings):
     r = client.post(URL, files={"file": ("a.png", small_picture())})
     assert r.status_code == 401 and r.json()["code"] == "PERMISSION_NOT_ALLOW"
     assert snapshot(maker, user.id) == before
+
+
+def test_a_plain_openai_connection_serves_pictures_and_voice(client, maker, settings, openai_server):
+    from tests.media.conftest import add_connection
+    from tests.media.fakes import FAKE_OPENAI_KEY
+
+    url, app = openai_server
+    add_connection(maker, settings, name="gpt", protocol="openai", url=url, secret=FAKE_OPENAI_KEY, version="gpt-4o")
+    user = make_user(maker, settings, pic_times=1)
+    headers = user_headers(client, user.username)
+    r = client.post(
+        URL, params={"model": "gpt"}, files={"file": ("a.png", small_picture("PNG", (5, 6)))}, headers=headers
+    )
+    assert r.status_code == 200 and r.json()["content"] == "picture 5x6 PNG sent as image/png"
+    r = client.post(
+        "/voiceModel/chat", params={"model": "gpt"}, files={"file": ("a.pcm", b"\x00\x00" * 10)}, headers=headers
+    )
+    assert r.status_code == 200 and r.json()["content"].startswith("heard 10 samples")
+    assert app.state.models == ["gpt-4o", "gpt-4o"]
