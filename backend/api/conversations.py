@@ -205,6 +205,7 @@ def update_conversation(session: SessionDep, viewer: ViewerDep, body: Annotated[
 
 
 @router.post("/model/message/detail")
+@router.post("/model/message/detail/", include_in_schema=False)  # the document's spelling
 def add_message(session: SessionDep, viewer: ViewerDep, body: Annotated[Any, Body()] = None) -> dict[str, Any]:
     return _add_message(session, viewer, body)
 

@@ -152,6 +152,12 @@ def _text(value: Any, field: str, limit: int, *, required: bool = False) -> str 
     return value
 
 
+def _required(value: Any, field: str, limit: int) -> str:
+    text = _text(value, field, limit, required=True)
+    assert text is not None  # _text raises instead of returning None when required
+    return text
+
+
 def infer_protocol(ai_api: str) -> str:
     """Ollama when the URL looks like one (port 11434 or an /api/ path), else OpenAI-compatible."""
     parts = urlsplit(ai_api)
@@ -183,7 +189,7 @@ def _timeout(value: Any) -> int:
 
 
 def _check_api(settings: Settings, value: Any) -> str:
-    api = _text(value, "aiApi", 500, required=True)
+    api = _required(value, "aiApi", 500)
     netguard.check_url(api, settings, on_save=True)
     return api
 
@@ -221,7 +227,7 @@ def create_connection(
 ) -> ModelAiOnline:
     """A new connection owned by the viewer (a user) or shared (an admin). aiName is
     unique (409); aiApi must pass the SSRF guard (400); the key is stored encrypted."""
-    name = _text(ai_name, "aiName", 50, required=True)
+    name = _required(ai_name, "aiName", 50)
     api = _check_api(settings, ai_api)
     token = _text(ai_token, "aiToken", 500)
     conn = ModelAiOnline(
@@ -259,7 +265,7 @@ def update_connection(
     by this server keeps the stored key; an empty string clears it."""
     conn = get_connection(session, viewer, ai_id, for_change=True)
     if ai_name is not UNSET:
-        name = _text(ai_name, "aiName", 50, required=True)
+        name = _required(ai_name, "aiName", 50)
         if _name_taken(session, name, exclude=conn.ai_id):
             raise _duplicate(name)
         conn.ai_name = name

@@ -197,6 +197,12 @@ def _text(value: Any, field: str, limit: int, *, required: bool = False) -> str 
     return value
 
 
+def _required(value: Any, field: str, limit: int) -> str:
+    text = _text(value, field, limit, required=True)
+    assert text is not None  # _text raises instead of returning None when required
+    return text
+
+
 def _flag(value: Any, field: str) -> int:
     if value not in (0, 1):
         raise bad_request(f"{field} must be 0 or 1")
@@ -249,8 +255,8 @@ def create_model(
     theirs; an admin's is shared unless the admin names a `userId`. modelName is unique
     (409). An online model is linked to `aiolId`, or else to the connection whose aiName
     equals the model's aiName, when the viewer may use one."""
-    name = _text(model_name, "modelName", 50, required=True)
-    base = _text(ai_name, "aiName", 50, required=True)
+    name = _required(model_name, "modelName", 50)
+    base = _required(ai_name, "aiName", 50)
     link = 0 if link_type is None else _flag(link_type, "linkType")
     owner: str | None = viewer.user_id
     if viewer.is_admin:
@@ -301,12 +307,12 @@ def update_model(
     """Change the given fields of a model the viewer owns (admins: any)."""
     model = get_model(session, viewer, model_id, for_change=True)
     if model_name is not UNSET:
-        name = _text(model_name, "modelName", 50, required=True)
+        name = _required(model_name, "modelName", 50)
         if _name_taken(session, name, exclude=model.model_id):
             raise _duplicate(name)
         model.model_name = name
     if ai_name is not UNSET:
-        model.ai_name = _text(ai_name, "aiName", 50, required=True)
+        model.ai_name = _required(ai_name, "aiName", 50)
     if link_type is not UNSET and link_type is not None:
         model.link_type = _flag(link_type, "linkType")
     if disable is not UNSET and disable is not None:
@@ -364,7 +370,7 @@ def _int_id(value: Any, field: str) -> int:
 
 def _persona_owner(session: Session, viewer: Viewer, body: dict[str, Any]) -> tuple[ModelInfo, ModelFile]:
     """The model whose persona the body names (by modelFileId, else modelId)."""
-    nested = body.get("modelFile") if isinstance(body.get("modelFile"), dict) else {}
+    nested: dict[str, Any] = body["modelFile"] if isinstance(body.get("modelFile"), dict) else {}
     file_ref = body.get("modelFileId", nested.get("modelFileId"))
     if file_ref is not None:
         file_id = _int_id(file_ref, "modelFileId")
@@ -417,7 +423,7 @@ def _examples(raw: Any) -> list[tuple[str, str]]:
         raise bad_request("modelFileEmessageList must be a list")
     if len(raw) > MAX_EXAMPLES:
         raise bad_request(f"at most {MAX_EXAMPLES} examples")
-    pairs = []
+    pairs: list[tuple[str, str]] = []
     for index, item in enumerate(raw):
         if not isinstance(item, dict):
             raise bad_request(f"modelFileEmessageList[{index}] must be an object")
@@ -427,7 +433,7 @@ def _examples(raw: Any) -> list[tuple[str, str]]:
                 raise bad_request(f"modelFileEmessageList[{index}].{field} is required")
             if len(value) > TEXT_MAX:
                 raise bad_request(f"modelFileEmessageList[{index}].{field} must be at most {TEXT_MAX} characters")
-        pairs.append((user_message, model_message))
+        pairs.append((str(user_message), str(model_message)))
     return pairs
 
 
@@ -444,7 +450,7 @@ def update_persona(session: Session, viewer: Viewer, body: dict[str, Any]) -> Mo
         params = PersonaParams.model_validate(merged)
     except ValidationError as exc:
         raise bad_request(_describe(exc)) from None
-    nested = body.get("modelFile") if isinstance(body.get("modelFile"), dict) else {}
+    nested: dict[str, Any] = body["modelFile"] if isinstance(body.get("modelFile"), dict) else {}
     system = UNSET
     for source in (nested, body):
         if "system" in source:

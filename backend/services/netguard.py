@@ -105,7 +105,7 @@ def resolve(host: str, port: int) -> list[Address]:
     infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
     seen: list[Address] = []
     for info in infos:
-        raw = info[4][0].split("%", 1)[0]  # drop an IPv6 zone id
+        raw = str(info[4][0]).split("%", 1)[0]  # drop an IPv6 zone id
         addr = ipaddress.ip_address(raw)
         if addr not in seen:
             seen.append(addr)

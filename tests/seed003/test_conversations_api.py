@@ -41,7 +41,7 @@ def test_document_examples_replayed(client, maker, alice):
     # 1.22 add a message: {"conversationId": "1", "role": "user", "content": ...}
     msg = {"conversationId": str(cid), "role": "user", "content": "什么是api需求文档"}
     ok(client.post("/model/message/detail", json=msg, headers=alice.headers))
-    ok(client.post("/model/message/detail", json=msg | {"id": "999", "role": "assistant"}, headers=alice.headers))
+    ok(client.post("/model/message/detail/", json=msg | {"id": "999", "role": "assistant"}, headers=alice.headers))
 
     # 1.11 list: no parameters, a few, all (the document repeats createdTimeStart; the last wins)
     assert [c["id"] for c in ok(client.get("/model/message/list", headers=alice.headers))] == [cid]
