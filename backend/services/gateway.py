@@ -41,9 +41,6 @@ from db.models import ModelConversation
 log = logging.getLogger("meteor.gateway")
 
 MAX_OUTPUT_TOKENS = 8192
-TITLE_MAX = 50
-TITLE_TOKENS = 16
-TITLE_PROMPT = "Write a title of at most six words for this conversation. Reply with the title only."
 LOCAL_PROVIDERS = ("embedded", "ollama")
 # Provider statuses that mean something to the client (too long, busy); the rest is a 502.
 PASSED_STATUSES = (400, 413, 429, 502, 503, 504)
@@ -396,12 +393,13 @@ class ChatCall:
             from backend.services import conversations  # written by the conversations issue
         except ImportError:
             return self.conversation_id
-        # The title is written before the transaction opens: a model call must not hold it.
+        # A title writer may call a model: it runs before the transaction opens, never inside.
         title = None
-        if self.conversation_id is None:
-            title = self.title_writer(self.user_text, reply) if self.title_writer else None
-            if title is None and self.model.provider in LOCAL_PROVIDERS:
-                title = model_title(self.provider, self.request, self.user_text, reply)
+        if self.conversation_id is None and self.title_writer is not None:
+            try:
+                title = self.title_writer(self.user_text, reply)
+            except Exception:
+                log.warning("chat %s: the title writer failed; using the first words", self.request_id)
         try:
             with self.maker.begin() as s:
                 return conversations.record_exchange(
@@ -418,26 +416,6 @@ class ChatCall:
         except Exception:  # the answer is paid for; losing its history line must not lose the answer
             log.exception("chat %s: could not record the exchange in the conversation history", self.request_id)
             return self.conversation_id
-
-
-def model_title(provider: ChatProvider, request: ChatRequest, user_text: str, reply: str) -> str | None:
-    """A short title for a new conversation, written by a local model (free to run); None
-    when it fails. Online models are not asked: that upstream call would be billed to nobody."""
-    messages = [
-        {"role": "system", "content": TITLE_PROMPT},
-        {"role": "user", "content": f"{user_text[:400]}\n\n{reply[:400]}"},
-    ]
-    params = PersonaParams(temperature=0.2, num_predict=TITLE_TOKENS)
-    title_request = ChatRequest(
-        messages=messages, model=request.model, params=params, max_tokens=TITLE_TOKENS, timeout=min(request.timeout, 20)
-    )
-    try:
-        text = "".join(item for item in provider.stream(title_request) if isinstance(item, str))
-    except Exception:
-        log.info("a local model could not write a conversation title", exc_info=True)
-        return None
-    text = text.strip().splitlines()[0].strip() if text.strip() else ""
-    return text[:TITLE_MAX] or None
 
 
 def _close_quietly(iterator: Any) -> None:
