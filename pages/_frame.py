@@ -68,13 +68,15 @@ def account() -> DashboardAccount:
     pages/ directly (the first run of a process, before st.navigation is known, uses the
     pages/ folder) — a page must never trust that the gate ran."""
     state = st.session_state
-    current = state.get(ACCOUNT_KEY)
-    if current is not None:
+    known = state.get(ACCOUNT_KEY)
+    current = None
+    if known is not None:
         with maker()() as session:
-            current = check_session(session, current.kind, current.id, state.get(VERSION_KEY, -1))
+            current = check_session(session, known.kind, known.id, state.get(VERSION_KEY, -1))
     if current is None:
         state.pop(ACCOUNT_KEY, None)
-        st.warning(t("login.revoked"))
+        if known is not None:
+            st.warning(t("login.revoked"))
         st.stop()
     state[ACCOUNT_KEY] = current
     show_flash()

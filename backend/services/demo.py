@@ -125,9 +125,10 @@ def seed_demo(
 
     usage_table = UsageRecord.__table__
     span = days * 86400
+    oldest = now - timedelta(seconds=span)
     for start, size in _chunks(usage):
         rows = []
-        for _ in range(size):
+        for i in range(start, start + size):
             who = rng.randrange(len(ids))
             model = MODELS[min(int(rng.expovariate(0.6)), len(MODELS) - 1)]
             kind = "voice" if model == "whisper" else "picture" if model == "rapidocr" else "chat"
@@ -135,7 +136,7 @@ def seed_demo(
             roll = rng.random()
             rows.append(
                 {
-                    "request_id": uuid.uuid4().hex,
+                    "request_id": f"demo-{tag}-{i:09d}",
                     "user_id": ids[who],
                     "academy": academies[who],
                     "kind": kind,
@@ -148,7 +149,8 @@ def seed_demo(
                     "ttft_ms": int(latency * rng.uniform(0.1, 0.4)) if kind == "chat" else None,
                     "status": "ok" if roll > 0.04 else ("error" if roll > 0.01 else "cancelled"),
                     "error": "upstream timeout" if 0.01 < roll <= 0.04 else None,
-                    "created_at": now - timedelta(seconds=rng.uniform(0, span)),
+                    # appended in time order, as a live system writes them
+                    "created_at": oldest + timedelta(seconds=span * (i + rng.random()) / max(usage, 1)),
                 }
             )
         session.execute(insert(usage_table), rows)
