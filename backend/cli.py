@@ -24,9 +24,10 @@ def prepare() -> None:
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    db_migrate.upgrade(settings.resolved_database_url)
-    with get_sessionmaker(settings.resolved_database_url).begin() as session:
-        password = bootstrap(session, settings)
+    with db_migrate.startup_lock(settings.resolved_database_url):
+        db_migrate.upgrade(settings.resolved_database_url)
+        with get_sessionmaker(settings.resolved_database_url).begin() as session:
+            password = bootstrap(session, settings)
     if password:
         banner = "=" * 64
         print(
