@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -245,7 +245,7 @@ class ChatCall:
             self.close()
         raise ServiceError("MODEL_ERROR", "the model ended without an answer", 502)
 
-    def _events(self) -> Iterator[str | ChatResult]:
+    def _events(self) -> Generator[str | ChatResult, None, None]:
         delivered: list[str] = []
         final_usage: Usage | None = None
         first_at: float | None = None

@@ -16,7 +16,7 @@ import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
-from sqlalchemy import or_, select
+from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session, selectinload
 
 from backend import security
@@ -63,7 +63,7 @@ def find_model(session: Session, *, name: str | None, user_id: str | None, admin
         selectinload(ModelInfo.model_file).selectinload(ModelFile.examples), selectinload(ModelInfo.ai_online)
     )
     if not admin:
-        owner = ModelInfo.user_id.is_(None)
+        owner: ColumnElement[bool] = ModelInfo.user_id.is_(None)
         if user_id is not None:
             owner = or_(owner, ModelInfo.user_id == user_id)
         stmt = stmt.where(owner)
@@ -146,7 +146,7 @@ def resolve(
 
 def usable_models(session: Session, *, user_id: str | None) -> list[ModelInfo]:
     """The enabled models a user may call (shared and their own), by name."""
-    owner = ModelInfo.user_id.is_(None)
+    owner: ColumnElement[bool] = ModelInfo.user_id.is_(None)
     if user_id is not None:
         owner = or_(owner, ModelInfo.user_id == user_id)
     stmt = select(ModelInfo).where(owner, ModelInfo.disable == 0).order_by(ModelInfo.model_name)
