@@ -56,7 +56,10 @@ class OpenAIVisionReader:
     def read(self, picture: Picture) -> str:
         try:
             completion = self.client.chat.completions.create(
-                model=self.model, messages=self.messages(picture), temperature=0, max_tokens=self.max_tokens
+                model=self.model,
+                messages=self.messages(picture),  # type: ignore[arg-type]  # plain dicts are the wire format
+                temperature=0,
+                max_tokens=self.max_tokens,
             )
         except openai.OpenAIError as exc:
             raise upstream_error("the vision model", exc, self.timeout) from None

@@ -28,7 +28,8 @@ The upstream model of the OpenAI-compatible engines is the connection's `ai_vers
 picks the engine; without it `Settings.default_voice_engine` /
 `default_picture_engine` (both `embedded`) apply.
 
-Running. Engines are loaded once per process (on first use) and run off the event loop:
+Running. Engines are loaded once per process (on first use; an online engine once per
+connection configuration) and run off the event loop:
 embedded engines in a pool of `Settings.model_concurrency` threads, online engines in a
 separate pool of `ONLINE_WORKERS` threads. Each pool admits at most its size plus
 `Settings.embedded_queue_size` waiting jobs; beyond that a request is refused at once
@@ -47,12 +48,14 @@ ok or error, the clip's `audio_seconds`, the latency); requests refused before t
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import io
 import math
 import threading
 import time
 import uuid
 import warnings
+from collections import OrderedDict
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -382,29 +385,50 @@ def _guarded_url(settings: Settings, row: ModelAiOnline) -> str:
     return url
 
 
+_clients_lock = threading.Lock()
+_clients: OrderedDict[tuple, Any] = OrderedDict()
+MAX_CACHED_CLIENTS = 64
+
+
+def _client(key: tuple, build: Callable[[], Any]) -> Any:
+    """An online engine object, built once per configuration and then reused (an OpenAI
+    client sets up its HTTP connection pool and TLS context only once)."""
+    with _clients_lock:
+        if key in _clients:
+            _clients.move_to_end(key)
+            return _clients[key]
+    client = build()
+    with _clients_lock:
+        client = _clients.setdefault(key, client)
+        while len(_clients) > MAX_CACHED_CLIENTS:
+            _clients.popitem(last=False)
+    return client
+
+
+def _online(settings: Settings, row: ModelAiOnline, kind: str) -> Engine:
+    secret = _secret(settings, row)
+    url = _guarded_url(settings, row)
+    timeout = float(row.timeout or 30)
+    model = row.ai_version or row.ai_name
+    key = (kind, row.protocol, url, hashlib.sha256((secret or "").encode()).hexdigest(), model, timeout)
+    builders: dict[str, Callable[[], Any]] = {
+        "voice": lambda: openai_audio.OpenAITranscriber(url, secret, model, timeout=timeout),
+        "picture": lambda: openai_vision.OpenAIVisionReader(url, secret, model, timeout=timeout),
+    }
+    if row.protocol == iflytek_iat.PROTOCOL:
+        builders["voice"] = lambda: iflytek_iat.IflytekIAT(url, parse_keys(secret), timeout=timeout)
+    elif row.protocol == iflytek_ocr.PROTOCOL:
+        builders["picture"] = lambda: iflytek_ocr.IflytekOCR(url, parse_keys(secret), timeout=timeout)
+    return Engine(row.ai_name, row.protocol, False, lambda: _client(key, builders[kind]))
+
+
 def voice_engine(session: Session, settings: Settings, name: str | None = None) -> Engine:
     """The voice engine `name` picks (default `Settings.default_voice_engine`)."""
     name = (name or settings.default_voice_engine or EMBEDDED).strip()
     workers = settings.model_concurrency
     if name in VOICE_ALIASES:
         return Engine(EMBEDDED, "whisper", True, lambda: whisper_stt.shared(workers))
-    row = _connection(session, name, "voice", VOICE_PROTOCOLS)
-    secret, timeout, url, model = (
-        _secret(settings, row),
-        float(row.timeout or 30),
-        _guarded_url(settings, row),
-        row.ai_version,
-    )
-    if row.protocol == iflytek_iat.PROTOCOL:
-        return Engine(
-            row.ai_name, row.protocol, False, lambda: iflytek_iat.IflytekIAT(url, parse_keys(secret), timeout=timeout)
-        )
-    return Engine(
-        row.ai_name,
-        row.protocol,
-        False,
-        lambda: openai_audio.OpenAITranscriber(url, secret, model or name, timeout=timeout),
-    )
+    return _online(settings, _connection(session, name, "voice", VOICE_PROTOCOLS), "voice")
 
 
 def picture_engine(session: Session, settings: Settings, name: str | None = None) -> Engine:
@@ -413,23 +437,7 @@ def picture_engine(session: Session, settings: Settings, name: str | None = None
     workers = settings.model_concurrency
     if name in PICTURE_ALIASES:
         return Engine(EMBEDDED, "rapidocr", True, lambda: rapid_ocr.shared(workers))
-    row = _connection(session, name, "picture", PICTURE_PROTOCOLS)
-    secret, timeout, url, model = (
-        _secret(settings, row),
-        float(row.timeout or 30),
-        _guarded_url(settings, row),
-        row.ai_version,
-    )
-    if row.protocol == iflytek_ocr.PROTOCOL:
-        return Engine(
-            row.ai_name, row.protocol, False, lambda: iflytek_ocr.IflytekOCR(url, parse_keys(secret), timeout=timeout)
-        )
-    return Engine(
-        row.ai_name,
-        row.protocol,
-        False,
-        lambda: openai_vision.OpenAIVisionReader(url, secret, model or name, timeout=timeout),
-    )
+    return _online(settings, _connection(session, name, "picture", PICTURE_PROTOCOLS), "picture")
 
 
 # --- pools ----------------------------------------------------------------------------------
