@@ -105,6 +105,8 @@ def login_page() -> None:
     if state.get("authentication_status") is False:
         st.error(t("login.failed"))
     elif state.get("authentication_status"):
+        # the cookie is written on the next run: a rerun now would drop the component that sets it
+        state[auth.REISSUE_COOKIE_KEY] = True
         st.rerun()
 
 
@@ -116,42 +118,42 @@ def pages_for(role: str) -> dict[str, list[st.Page]]:
     """The navigation of each role; anything not listed here is unreachable for that role."""
     if role == "user":
         mine = [
-            page("pages/account.py", "page.account", "👤", default=True),
-            page("pages/usage.py", "page.my_usage", "📈"),
-            page("pages/conversations.py", "page.conversations", "💬"),
-            page("pages/playground.py", "page.playground", "🎮"),
+            page("pages/account.py", "page.account", ":material/person:", default=True),
+            page("pages/usage.py", "page.my_usage", ":material/monitoring:"),
+            page("pages/conversations.py", "page.conversations", ":material/forum:"),
+            page("pages/playground.py", "page.playground", ":material/smart_toy:"),
         ]
         try:
             import backend.services.apikeys  # noqa: F401
 
-            mine.append(page("pages/apikeys.py", "page.apikeys", "🔑"))
+            mine.append(page("pages/apikeys.py", "page.apikeys", ":material/key:"))
         except ImportError:
             pass
         return {t("nav.section.mine"): mine}
     console = [
-        page("pages/overview.py", "page.overview", "📊", default=True),
-        page("pages/usage.py", "page.usage", "📈"),
-        page("pages/playground.py", "page.playground", "🎮"),
+        page("pages/overview.py", "page.overview", ":material/dashboard:", default=True),
+        page("pages/usage.py", "page.usage", ":material/monitoring:"),
+        page("pages/playground.py", "page.playground", ":material/smart_toy:"),
     ]
     manage = [
-        page("pages/tables.py", "page.tables", "🗂️"),
-        page("pages/users.py", "page.users", "🧑‍🎓"),
-        page("pages/vouchers.py", "page.vouchers", "🎟️"),
-        page("pages/models.py", "page.models", "🧠"),
-        page("pages/conversations.py", "page.conversations", "💬"),
+        page("pages/tables.py", "page.tables", ":material/table_view:"),
+        page("pages/users.py", "page.users", ":material/school:"),
+        page("pages/vouchers.py", "page.vouchers", ":material/confirmation_number:"),
+        page("pages/models.py", "page.models", ":material/psychology:"),
+        page("pages/conversations.py", "page.conversations", ":material/forum:"),
     ]
     if role == "super":
-        manage.append(page("pages/admins.py", "page.admins", "🛡️"))
+        manage.append(page("pages/admins.py", "page.admins", ":material/admin_panel_settings:"))
     return {
         t("nav.section.console"): console,
         t("nav.section.manage"): manage,
-        t("nav.section.mine"): [page("pages/account.py", "page.account", "👤")],
+        t("nav.section.mine"): [page("pages/account.py", "page.account", ":material/person:")],
     }
 
 
 account = current_account()
 if account is None:
-    st.navigation([st.Page(login_page, title=t("login.title"), icon="🔐", url_path="login")]).run()
+    st.navigation([st.Page(login_page, title=t("login.title"), icon=":material/login:", url_path="login")]).run()
     st.stop()
 
 with st.sidebar:

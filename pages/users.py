@@ -49,7 +49,7 @@ if searched or state.get("users_query") != query or "users_shown" not in state:
     state.pop("users_plan", None)
 
 shown: list[dict] = state["users_shown"]
-st.caption(t("common.page_of", page=1, pages=1, total=state["users_total"]))
+st.caption(t("common.page_of", page=1, pages=max(1, -(-state["users_total"] // 200)), total=state["users_total"]))
 st.caption(t("users.edit_hint"))
 
 frame = pd.DataFrame(

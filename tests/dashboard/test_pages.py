@@ -297,3 +297,25 @@ def test_disabled_user_cannot_sign_in(dash, maker):
     at = sign_in("user", "alice")
     assert titles(at) == ["Meteor AI Cloud"]
     assert "This account is disabled" in [w.value for w in at.warning]
+
+
+def test_persona_form_creates_a_model_with_parameters_and_examples(dash, maker):
+    from db.models import ModelInfo
+
+    make_admin(maker, dash, name="root", is_super=True)
+    at = go(sign_in("admin", "root"), "pages/models.py")
+    at.text_input(key="models_name_0").input("tutor")
+    at.text_input(key="models_base_0").input("smollm2-135m-instruct")
+    at.text_area(key="models_system_0").input("You are a patient tutor.")
+    at.number_input(key="models_p_temperature_0").set_value(0.3)
+    at.number_input(key="models_p_top_k_0").set_value(20)
+    button(at, "Save").click().run()
+    assert not at.exception
+    assert "Model tutor saved" in [m.value for m in at.success]
+    with maker() as s:
+        model = s.scalars(select(ModelInfo).where(ModelInfo.model_name == "tutor")).one()
+        assert (model.model_file.system, model.model_file.temperature, model.model_file.top_k) == (
+            "You are a patient tutor.",
+            0.3,
+            20,
+        )
