@@ -73,6 +73,7 @@ class Settings(BaseSettings):
     default_voice_engine: str = "embedded"
     default_picture_engine: str = "embedded"
     default_max_tokens: int = 512
+    model_titles: bool = True  # new conversations get a title written by their model, in the background
     ollama_url: str = "http://127.0.0.1:11434"
     embedded_queue_size: int = 32
     model_concurrency: int = 2

@@ -97,6 +97,7 @@ def make_settings(db_url: str, data_dir: Path, **overrides) -> Settings:
         cookie_key="cookie-" + "c" * 40,
         bcrypt_rounds=4,
         sweeper_interval_seconds=3600,
+        model_titles=False,  # background title jobs would outlive their test; tests/gateway/test_titles.py turns it on
     )
     values.update(overrides)
     return Settings(**values)

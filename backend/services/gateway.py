@@ -18,15 +18,17 @@ user. Upstream keys never appear in a message or a log line.
 from __future__ import annotations
 
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Callable, Generator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from pydantic import ValidationError
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend.config import Settings
@@ -402,7 +404,7 @@ class ChatCall:
                 log.warning("chat %s: the title writer failed; using the first words", self.request_id)
         try:
             with self.maker.begin() as s:
-                return conversations.record_exchange(
+                conversation_id = conversations.record_exchange(
                     s,
                     user_id=self.caller.user_id,
                     conversation_id=self.conversation_id,
@@ -416,6 +418,16 @@ class ChatCall:
         except Exception:  # the answer is paid for; losing its history line must not lose the answer
             log.exception("chat %s: could not record the exchange in the conversation history", self.request_id)
             return self.conversation_id
+        if self.conversation_id is None and title is None and self.settings.model_titles:
+            write_title_later(
+                self.maker,
+                self.settings,
+                model_name=self.model.name,
+                conversation_id=conversation_id,
+                user_text=self.user_text,
+                reply=reply,
+            )
+        return conversation_id
 
 
 def _close_quietly(iterator: Any) -> None:
@@ -543,3 +555,61 @@ def start_chat(
 def chat(maker: sessionmaker, settings: Settings, **kwargs: Any) -> ChatResult:
     """Start a chat and consume it whole: the non-streaming path."""
     return start_chat(maker, settings, **kwargs).run()
+
+
+# --- titles written by the model -------------------------------------------------------------
+
+TITLE_INSTRUCTION = (
+    "Write a title of at most eight words for the conversation below. Answer with the title only.\n\n"
+    "User: {user}\nAssistant: {reply}"
+)
+TITLE_MAX_TOKENS = 24
+TITLE_BACKLOG = 8
+TITLES_CALLER = Caller(admin_name="system:titles")
+_title_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="titles")
+_title_backlog = threading.BoundedSemaphore(TITLE_BACKLOG)
+
+
+def write_title(
+    maker: sessionmaker, settings: Settings, *, model_name: str, conversation_id: int, user_text: str, reply: str
+) -> str:
+    """Ask the conversation's model for a title and store it, unless the conversation was
+    renamed meanwhile. Charged to no user (a usage row as `system:titles`). Returns the title."""
+    from backend.services import conversations
+
+    placeholder = conversations.make_title(user_text)
+    prompt = TITLE_INSTRUCTION.format(user=user_text[:600], reply=reply[:600])
+    written = chat(
+        maker,
+        settings,
+        caller=TITLES_CALLER,
+        dialog=[{"role": "user", "content": prompt}],
+        model_name=model_name,
+        max_tokens=TITLE_MAX_TOKENS,
+        record_history=False,
+    ).content
+    title = conversations.make_title(user_text, reply, lambda _u, _r: written)
+    with maker.begin() as s:
+        s.execute(
+            update(ModelConversation)
+            .where(ModelConversation.id == conversation_id, ModelConversation.title == placeholder)
+            .values(title=title)
+        )
+    return title
+
+
+def write_title_later(maker: sessionmaker, settings: Settings, **job: Any) -> Future | None:
+    """Title a new conversation in the background, so the answer never waits for it; the
+    first words stay when the model fails or when too many titles are already waiting."""
+    if not _title_backlog.acquire(blocking=False):
+        return None
+
+    def run() -> None:
+        try:
+            write_title(maker, settings, **job)
+        except Exception as exc:
+            log.info("conversation %s keeps its first-words title: %s", job.get("conversation_id"), exc)
+        finally:
+            _title_backlog.release()
+
+    return _title_pool.submit(run)

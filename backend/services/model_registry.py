@@ -23,6 +23,7 @@ from backend import security
 from backend.config import Settings
 from backend.errors import ServiceError
 from backend.providers.base import ChatProvider
+from backend.services import netguard
 from backend.services.bootstrap import EMBEDDED_BASE_MODEL
 from backend.services.personas import PersonaParams
 from db.models import ModelFile, ModelInfo
@@ -119,7 +120,7 @@ def resolve(
             name=info.model_name,
             provider=protocol,
             base_model=base_model or conn.ai_version or conn.ai_name,
-            base_url=conn.ai_api,
+            base_url=_upstream_base(conn.ai_api, conn.protocol or "openai"),
             timeout=float(conn.timeout or 30),
             params=params,
             system=system,
@@ -158,6 +159,14 @@ _providers_lock = threading.Lock()
 PROVIDER_CACHE_SIZE = 64
 
 
+def _upstream_base(ai_api: str, protocol: str) -> str:
+    """The document stores full endpoints (`…/v1/chat/completions`); SDKs want the base.
+    Spark's websocket URL is the endpoint itself."""
+    from backend.services.connections import api_base
+
+    return ai_api if protocol == "spark" else api_base(ai_api, protocol)
+
+
 def open_provider(model: ResolvedModel, settings: Settings) -> ChatProvider:
     """The provider adapter that runs `model`. Adapters are kept per connection (protocol,
     URL, key, timeout): building an HTTP client costs ~30 ms (its TLS context) and a kept one
@@ -166,6 +175,9 @@ def open_provider(model: ResolvedModel, settings: Settings) -> ChatProvider:
 
     if model.provider == "embedded":
         return registry.chat_provider("embedded", settings=settings)
+    if model.base_url and model.base_url != settings.ollama_url:
+        # Checked at every call, not only when saved: DNS may have moved the host since.
+        netguard.check_url(model.base_url.replace("wss://", "https://", 1).replace("ws://", "http://", 1), settings)
     cache_key = (model.provider, model.base_url, model.api_key, model.timeout)
     with _providers_lock:
         provider = _providers.get(cache_key)
