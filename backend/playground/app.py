@@ -55,7 +55,7 @@ def _who_line(account: PlaygroundAccount, balance, language: str) -> str:
 
 
 def _error_line(exc: ServiceError, language: str) -> str:
-    return "⚠️ " + label("status.error", language, message=exc.message)
+    return "⚠ " + label("status.error", language, message=exc.message)
 
 
 def chat_status(progress: ChatProgress, language: str) -> str:
@@ -64,11 +64,11 @@ def chat_status(progress: ChatProgress, language: str) -> str:
     if progress.error is not None:
         text = _error_line(progress.error, language)
     elif progress.stopped is not None:
-        text = "⏹ " + label("status.stopped", language, charged=progress.stopped.charged_tokens)
+        text = "■ " + label("status.stopped", language, charged=progress.stopped.charged_tokens)
     elif progress.result is not None:
         r = progress.result
         if r.charged_to_user:
-            text = "✅ " + label(
+            text = "✓ " + label(
                 "status.used",
                 language,
                 prompt=r.prompt_tokens,
@@ -76,11 +76,11 @@ def chat_status(progress: ChatProgress, language: str) -> str:
                 charged=r.charged_tokens,
             )
         else:
-            text = "✅ " + label("status.admin_used", language, prompt=r.prompt_tokens, completion=r.completion_tokens)
+            text = "✓ " + label("status.admin_used", language, prompt=r.prompt_tokens, completion=r.completion_tokens)
     elif progress.done:
         text = label("status.ready", language)
     else:
-        return "⏳ " + label("status.streaming", language)
+        return "… " + label("status.streaming", language)
     return f"{text} {money}".strip()
 
 
@@ -94,13 +94,16 @@ def build_blocks(settings: Settings, maker: sessionmaker) -> gr.Blocks:
     with gr.Blocks(title=lbl("title"), analytics_enabled=False) as blocks:
         lang = gr.State(default_lang)
         conversation = gr.State(None)
-        with gr.Row():
-            title = gr.Markdown(f"## ☄️ {lbl('title')}\n{lbl('intro')}", elem_id="pg-title")
-            who = gr.Markdown("", elem_id="pg-who")
+        with gr.Row(equal_height=True):
+            with gr.Column(scale=3):
+                title = gr.Markdown(f"## ☄ {lbl('title')}\n{lbl('intro')}", elem_id="pg-title")
+            with gr.Column(scale=2):
+                who = gr.Markdown("", elem_id="pg-who")
         with gr.Tabs(selected="chat") as tabs:
             with gr.Tab(lbl("tab.chat"), id="chat") as chat_tab:
                 model = gr.Dropdown(choices=[], label=lbl("model"), elem_id="pg-model", interactive=True)
-                chatbot = gr.Chatbot(label=lbl("chatbot"), elem_id="pg-chatbot", height=420, buttons=["copy"])
+                chatbot = gr.Chatbot(label=lbl("chatbot"), elem_id="pg-chatbot", height=380, buttons=["copy"])
+                status = gr.Markdown(lbl("status.ready"), elem_id="pg-status")
                 chat_input = gr.MultimodalTextbox(
                     placeholder=lbl("chat.placeholder"),
                     show_label=False,
@@ -111,7 +114,6 @@ def build_blocks(settings: Settings, maker: sessionmaker) -> gr.Blocks:
                 with gr.Row():
                     stop = gr.Button(lbl("chat.stop"), variant="stop", elem_id="pg-stop", scale=0, min_width=120)
                     new_chat = gr.Button(lbl("chat.new"), elem_id="pg-new", scale=0, min_width=120)
-                status = gr.Markdown(lbl("status.ready"), elem_id="pg-status")
             with gr.Tab(lbl("tab.voice"), id="voice") as voice_tab:
                 audio = gr.Audio(
                     sources=["microphone", "upload"],
@@ -141,10 +143,10 @@ def build_blocks(settings: Settings, maker: sessionmaker) -> gr.Blocks:
                     return account, playground.model_choices(session, account), playground.balance(session, account)
 
             account, choices, balance = read()
-            ready = label("status.ready", language) if choices.names else "⚠️ " + label("chat.empty", language)
+            ready = label("status.ready", language) if choices.names else "⚠ " + label("chat.empty", language)
             return (
                 language,
-                f"## ☄️ {label('title', language)}\n{label('intro', language)}",
+                f"## ☄ {label('title', language)}\n{label('intro', language)}",
                 _who_line(account, balance, language),
                 gr.update(choices=choices.names, value=choices.default, label=label("model", language)),
                 gr.update(label=label("chatbot", language)),
@@ -263,6 +265,7 @@ def build_blocks(settings: Settings, maker: sessionmaker) -> gr.Blocks:
         new_chat.click(
             on_new_chat, [lang], [chatbot, conversation, status, chat_input], cancels=[chat_event], queue=False
         )
+        chatbot.clear(on_new_chat, [lang], [chatbot, conversation, status, chat_input], queue=False)
 
         # --- voice and pictures ----------------------------------------------------------------
         async def on_transcribe(path, language, request: gr.Request):
@@ -271,7 +274,7 @@ def build_blocks(settings: Settings, maker: sessionmaker) -> gr.Blocks:
                 found = await playground.transcribe(maker, settings, account=account, audio_path=path)
             except ServiceError as exc:
                 return gr.update(), _error_line(exc, language)
-            return found.content, "✅ " + label("status.voice_done", language, seconds=found.audio_seconds or 0.0)
+            return found.content, "✓ " + label("status.voice_done", language, seconds=found.audio_seconds or 0.0)
 
         transcribe.click(
             on_transcribe,
@@ -289,7 +292,7 @@ def build_blocks(settings: Settings, maker: sessionmaker) -> gr.Blocks:
                 balance = await anyio.to_thread.run_sync(playground._balance_now, maker, account)
             except ServiceError as exc:
                 return gr.update(), _error_line(exc, language), gr.update()
-            done = "✅ " + label("status.picture_done", language) + " " + _balance_line(balance, language)
+            done = "✓ " + label("status.picture_done", language) + " " + _balance_line(balance, language)
             return found.content, done.strip(), _who_line(account, balance, language)
 
         recognise.click(

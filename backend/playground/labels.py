@@ -38,8 +38,8 @@ LABELS: dict[str, tuple[str, str]] = {
     "send_to_chat": ("发送到对话", "Send to chat"),
     "who.user": ("当前用户：{name}", "Signed in as {name}"),
     "who.admin": (
-        "当前管理员：{name}（管理员测试，不计入任何用户）",
-        "Signed in as admin {name} (console test, charged to no user)",
+        "管理员 {name}（管理员测试，不计入任何用户）",
+        "Admin {name} (console test, charged to no user)",
     ),
     "balance": ("余额：{tokens} tokens，{pic_times} 次识图", "Balance: {tokens} tokens, {pic_times} picTimes"),
     "status.ready": ("就绪。", "Ready."),
