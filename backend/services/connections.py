@@ -32,7 +32,9 @@ from backend.services import netguard
 from backend.services.seed003 import Page, Viewer, bad_request, created_range, fmt, not_found, run_listing
 from db.models import ModelAiOnline, ModelInfo
 
-PROTOCOLS = ("openai", "ollama", "spark")
+# Chat protocols, then the recognition engines of backend/services/media.py.
+PROTOCOLS = ("openai", "ollama", "spark", "iflytek-iat", "iflytek-ocr", "openai-audio", "openai-vision")
+NO_MODEL_LIST = ("spark", "iflytek-iat", "iflytek-ocr")
 AI_TYPES = (1, 2, 3)  # llm, chat, image
 DEFAULT_TIMEOUT = 30
 MAX_TIMEOUT = 86400
@@ -359,7 +361,15 @@ def connection_target(session: Session, settings: Settings, viewer: Viewer, ai_i
     )
 
 
-_ENDPOINT_SUFFIXES = ("/chat/completions", "/completions", "/embeddings", "/models", "/api/chat", "/api/generate")
+_ENDPOINT_SUFFIXES = (
+    "/chat/completions",
+    "/completions",
+    "/embeddings",
+    "/models",
+    "/audio/transcriptions",
+    "/api/chat",
+    "/api/generate",
+)
 
 
 def api_base(ai_api: str, protocol: str) -> str:
@@ -398,8 +408,8 @@ def _model_names(protocol: str, body: Any) -> list[str]:
 def probe(target: ProbeTarget, settings: Settings) -> ProbeResult:
     """List the upstream's models and measure the round trip. Failures come back as
     `ok=False` with a reason (never the key); an unsafe URL raises UnsafeURL (400)."""
-    if target.protocol == "spark":
-        raise bad_request("test connection lists models; iFlytek Spark has no model list to test against")
+    if target.protocol in NO_MODEL_LIST:
+        raise bad_request("test connection lists models; iFlytek services have no model list to test against")
     url = models_url(target.ai_api, target.protocol)
     netguard.check_url(url, settings)
     headers = {"Accept": "application/json"}

@@ -378,10 +378,9 @@ def _secret(settings: Settings, row: ModelAiOnline) -> str | None:
 
 
 def _guarded_url(settings: Settings, row: ModelAiOnline) -> str:
-    """The connection's URL, after the SSRF guard (websocket URLs are checked as http/https)."""
+    """The connection's URL, after the SSRF guard."""
     url = row.ai_api.strip()
-    scheme, sep, rest = url.partition("://")
-    netguard.check_url({"ws": "http", "wss": "https"}.get(scheme.lower(), scheme) + sep + rest, settings)
+    netguard.check_url(url, settings)
     return url
 
 

@@ -177,7 +177,7 @@ def open_provider(model: ResolvedModel, settings: Settings) -> ChatProvider:
         return registry.chat_provider("embedded", settings=settings)
     if model.base_url and model.base_url != settings.ollama_url:
         # Checked at every call, not only when saved: DNS may have moved the host since.
-        netguard.check_url(model.base_url.replace("wss://", "https://", 1).replace("ws://", "http://", 1), settings)
+        netguard.check_url(model.base_url, settings)
     cache_key = (model.provider, model.base_url, model.api_key, model.timeout)
     with _providers_lock:
         provider = _providers.get(cache_key)

@@ -42,7 +42,7 @@ METADATA_ADDRESSES = frozenset(
 METADATA_HOSTS = frozenset(
     {"metadata", "metadata.google.internal", "metadata.goog", "metadata.azure.internal", "instance-data"}
 )
-SCHEMES = ("http", "https")
+SCHEMES = ("http", "https", "ws", "wss")  # ws(s): iFlytek Spark and IAT
 
 
 class UnsafeURL(ServiceError):
@@ -126,13 +126,13 @@ def check_url(url: str, settings: Settings, *, on_save: bool = False) -> Checked
     except ValueError:
         raise UnsafeURL("aiApi is not a valid URL") from None
     if parts.scheme.lower() not in SCHEMES:
-        raise UnsafeURL("aiApi must be an http(s) URL")
+        raise UnsafeURL("aiApi must be an http(s) URL (or ws(s) for iFlytek)")
     if parts.username is not None or parts.password is not None:
         raise UnsafeURL("aiApi must not carry a user name or password; put the key in aiToken")
     host = (parts.hostname or "").rstrip(".").lower()
     if not host:
         raise UnsafeURL("aiApi has no host")
-    port = port or (443 if parts.scheme.lower() == "https" else 80)
+    port = port or (443 if parts.scheme.lower() in ("https", "wss") else 80)
     if host in METADATA_HOSTS or host.endswith(".metadata.google.internal"):
         raise UnsafeURL("aiApi may not point at a cloud metadata service")
     names, networks = _allowlist(settings)
