@@ -38,8 +38,12 @@ footer { display: none !important; }
 
 
 def _account(maker: sessionmaker, request: gr.Request) -> PlaygroundAccount:
-    with maker() as session:
-        return playground.account_for(session, request.username)
+    """The signed-in account of this event; a gone or disabled account is a visible error."""
+    try:
+        with maker() as session:
+            return playground.account_for(session, request.username)
+    except ServiceError as exc:
+        raise gr.Error(exc.message) from None
 
 
 def _balance_line(balance, language: str) -> str:
@@ -289,7 +293,7 @@ def build_blocks(settings: Settings, maker: sessionmaker) -> gr.Blocks:
             try:
                 account = await anyio.to_thread.run_sync(_account, maker, request)
                 found = await playground.recognise_picture(maker, settings, account=account, image_path=path)
-                balance = await anyio.to_thread.run_sync(playground._balance_now, maker, account)
+                balance = await anyio.to_thread.run_sync(playground.current_balance, maker, account)
             except ServiceError as exc:
                 return gr.update(), _error_line(exc, language), gr.update()
             done = "✓ " + label("status.picture_done", language) + " " + _balance_line(balance, language)

@@ -19,7 +19,6 @@ embed the playground from another site.
 from __future__ import annotations
 
 import html
-from http.cookies import SimpleCookie
 from urllib.parse import parse_qsl, urlencode
 
 import anyio
@@ -133,11 +132,3 @@ class PlaygroundGate:
         response.headers["Cache-Control"] = "no-store"
         response.headers["Referrer-Policy"] = "no-referrer"
         return response
-
-
-def cookie_value(set_cookie_header: str) -> str | None:
-    """The session cookie's value in a Set-Cookie header (for tests and tools)."""
-    jar = SimpleCookie()
-    jar.load(set_cookie_header)
-    morsel = jar.get(COOKIE_NAME)
-    return morsel.value if morsel else None

@@ -382,13 +382,13 @@ async def stream_chat(
             except ServiceError as exc:  # the upstream failed mid-way: the delivered part is charged
                 if not reply:
                     history.pop()
-                left = await anyio.to_thread.run_sync(_balance_now, maker, account)
+                left = await anyio.to_thread.run_sync(current_balance, maker, account)
                 yield ChatProgress(history, reply, conversation_id, done=True, error=exc, balance=left)
                 return
             if event is None:
                 break
             if isinstance(event, ChatResult):
-                left = await anyio.to_thread.run_sync(_balance_now, maker, account)
+                left = await anyio.to_thread.run_sync(current_balance, maker, account)
                 conversation_id = event.conversation_id if not account.is_admin else None
                 yield ChatProgress(history, reply, conversation_id, done=True, result=event, balance=left)
                 return
@@ -413,7 +413,8 @@ async def stream_chat(
                 del _live[key]
 
 
-def _balance_now(maker: sessionmaker, account: PlaygroundAccount) -> quota.Balance | None:
+def current_balance(maker: sessionmaker, account: PlaygroundAccount) -> quota.Balance | None:
+    """The account's balance read now in a short session (None for an admin)."""
     with maker() as s:
         return balance(s, account)
 
