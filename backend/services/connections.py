@@ -22,14 +22,25 @@ from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 from sqlalchemy import delete, func, or_, select, update
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from backend import security
 from backend.config import Settings
 from backend.errors import ServiceError
 from backend.services import netguard
-from backend.services.seed003 import Page, Viewer, bad_request, created_range, fmt, not_found, run_listing
+from backend.services.seed003 import (
+    Page,
+    Viewer,
+    bad_request,
+    created_range,
+    flush_unique,
+    fmt,
+    name_taken,
+    not_found,
+    optional_text,
+    required_text,
+    run_listing,
+)
 from db.models import ModelAiOnline, ModelInfo
 
 # Chat protocols, then the recognition engines of backend/services/media.py.
@@ -141,25 +152,6 @@ def list_connections(
 # --- changes -----------------------------------------------------------------------------
 
 
-def _text(value: Any, field: str, limit: int, *, required: bool = False) -> str | None:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        if required:
-            raise bad_request(f"{field} is required")
-        return None
-    if not isinstance(value, str):
-        raise bad_request(f"{field} must be a string")
-    value = value.strip()
-    if len(value) > limit:
-        raise bad_request(f"{field} must be at most {limit} characters")
-    return value
-
-
-def _required(value: Any, field: str, limit: int) -> str:
-    text = _text(value, field, limit, required=True)
-    assert text is not None  # _text raises instead of returning None when required
-    return text
-
-
 def infer_protocol(ai_api: str) -> str:
     """Ollama when the URL looks like one (port 11434 or an /api/ path), else OpenAI-compatible."""
     parts = urlsplit(ai_api)
@@ -191,27 +183,17 @@ def _timeout(value: Any) -> int:
 
 
 def _check_api(settings: Settings, value: Any) -> str:
-    api = _required(value, "aiApi", 500)
+    api = required_text(value, "aiApi", 500)
     netguard.check_url(api, settings, on_save=True)
     return api
 
 
 def _name_taken(session: Session, name: str, exclude: int | None = None) -> bool:
-    query = select(ModelAiOnline.ai_id).where(ModelAiOnline.ai_name == name)
-    if exclude is not None:
-        query = query.where(ModelAiOnline.ai_id != exclude)
-    return session.scalars(query.limit(1)).first() is not None
+    return name_taken(session, ModelAiOnline.ai_name, ModelAiOnline.ai_id, name, exclude)
 
 
 def _duplicate(name: str) -> ServiceError:
     return ServiceError("APP_QUERY_METHOD_ERROR", f"an online model named {name!r} already exists", 409)
-
-
-def _flush_unique(session: Session, name: str) -> None:
-    try:
-        session.flush()
-    except IntegrityError:
-        raise _duplicate(name) from None  # a concurrent insert won the unique index
 
 
 def create_connection(
@@ -229,14 +211,14 @@ def create_connection(
 ) -> ModelAiOnline:
     """A new connection owned by the viewer (a user) or shared (an admin). aiName is
     unique (409); aiApi must pass the SSRF guard (400); the key is stored encrypted."""
-    name = _required(ai_name, "aiName", 50)
+    name = required_text(ai_name, "aiName", 50)
     api = _check_api(settings, ai_api)
-    token = _text(ai_token, "aiToken", 500)
+    token = optional_text(ai_token, "aiToken", 500)
     conn = ModelAiOnline(
         ai_name=name,
         ai_api=api,
         ai_token_encrypted=security.encrypt_secret(settings, token),
-        ai_version=_text(ai_version, "aiVersion", 50),
+        ai_version=optional_text(ai_version, "aiVersion", 50),
         ai_type=1 if ai_type is None else _ai_type(ai_type),
         timeout=DEFAULT_TIMEOUT if timeout is None else _timeout(timeout),
         protocol=infer_protocol(api) if protocol is None else _protocol(protocol),
@@ -245,7 +227,7 @@ def create_connection(
     if _name_taken(session, name):
         raise _duplicate(name)
     session.add(conn)
-    _flush_unique(session, name)
+    flush_unique(session, _duplicate(name))
     return conn
 
 
@@ -267,7 +249,7 @@ def update_connection(
     by this server keeps the stored key; an empty string clears it."""
     conn = get_connection(session, viewer, ai_id, for_change=True)
     if ai_name is not UNSET:
-        name = _required(ai_name, "aiName", 50)
+        name = required_text(ai_name, "aiName", 50)
         if _name_taken(session, name, exclude=conn.ai_id):
             raise _duplicate(name)
         conn.ai_name = name
@@ -277,9 +259,9 @@ def update_connection(
         if not isinstance(ai_token, str):
             raise bad_request("aiToken must be a string")
         if MASK_MARK not in ai_token:
-            conn.ai_token_encrypted = security.encrypt_secret(settings, _text(ai_token, "aiToken", 500))
+            conn.ai_token_encrypted = security.encrypt_secret(settings, optional_text(ai_token, "aiToken", 500))
     if ai_version is not UNSET:
-        conn.ai_version = _text(ai_version, "aiVersion", 50)
+        conn.ai_version = optional_text(ai_version, "aiVersion", 50)
     if ai_type is not UNSET and ai_type is not None:
         conn.ai_type = _ai_type(ai_type)
     if timeout is not UNSET and timeout is not None:
@@ -288,7 +270,7 @@ def update_connection(
         conn.protocol = _protocol(protocol)
     conn.updated_by = viewer.actor
     conn.updated_time = datetime.now(UTC)
-    _flush_unique(session, conn.ai_name)
+    flush_unique(session, _duplicate(conn.ai_name))
     return conn
 
 

@@ -21,6 +21,7 @@ from backend.services.seed003 import (
     Viewer,
     bad_request,
     created_range,
+    escape_like,
     fmt,
     not_found,
     run_listing,
@@ -70,10 +71,6 @@ def _visible(query, viewer: Viewer):
     return query if viewer.is_admin else query.where(ModelConversation.user_id == viewer.user_id)
 
 
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 def list_conversations(
     session: Session,
     viewer: Viewer,
@@ -91,7 +88,7 @@ def list_conversations(
     Returns the rows and, when paged, the total."""
     query = _visible(select(ModelConversation), viewer)
     if title:
-        query = query.where(ModelConversation.title.ilike(f"%{_escape_like(title)}%", escape="\\"))
+        query = query.where(ModelConversation.title.ilike(f"%{escape_like(title)}%", escape="\\"))
     if ai_name:
         query = query.where(ModelConversation.ai_name == ai_name)
     if user_id and viewer.is_admin:

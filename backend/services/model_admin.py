@@ -18,14 +18,26 @@ from typing import Any
 
 from pydantic import ValidationError
 from sqlalchemy import delete, or_, select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from backend.config import Settings
 from backend.errors import ServiceError
 from backend.services import connections
 from backend.services.personas import PersonaParams
-from backend.services.seed003 import Page, Viewer, bad_request, created_range, fmt, not_found, run_listing
+from backend.services.seed003 import (
+    Page,
+    Viewer,
+    bad_request,
+    created_range,
+    escape_like,
+    flush_unique,
+    fmt,
+    name_taken,
+    not_found,
+    optional_text,
+    required_text,
+    run_listing,
+)
 from db.models import ModelAiOnline, ModelFile, ModelFileEgMessage, ModelInfo, User
 
 UNSET: Any = object()
@@ -144,10 +156,6 @@ def model_detail(session: Session, settings: Settings, viewer: Viewer, model_id:
 # --- queries -----------------------------------------------------------------------------
 
 
-def _escape_like(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-
-
 def list_models(
     session: Session,
     viewer: Viewer,
@@ -167,7 +175,7 @@ def list_models(
     range, userId, linkType and disable."""
     query = _visible(select(ModelInfo), viewer)
     if model_name:
-        query = query.where(ModelInfo.model_name.ilike(f"%{_escape_like(model_name)}%", escape="\\"))
+        query = query.where(ModelInfo.model_name.ilike(f"%{escape_like(model_name)}%", escape="\\"))
     if ai_name:
         query = query.where(ModelInfo.ai_name == ai_name)
     if user_id:
@@ -184,25 +192,6 @@ def list_models(
 # --- models ------------------------------------------------------------------------------
 
 
-def _text(value: Any, field: str, limit: int, *, required: bool = False) -> str | None:
-    if value is None or (isinstance(value, str) and not value.strip()):
-        if required:
-            raise bad_request(f"{field} is required")
-        return None
-    if not isinstance(value, str):
-        raise bad_request(f"{field} must be a string")
-    value = value.strip()
-    if len(value) > limit:
-        raise bad_request(f"{field} must be at most {limit} characters")
-    return value
-
-
-def _required(value: Any, field: str, limit: int) -> str:
-    text = _text(value, field, limit, required=True)
-    assert text is not None  # _text raises instead of returning None when required
-    return text
-
-
 def _flag(value: Any, field: str) -> int:
     if value not in (0, 1):
         raise bad_request(f"{field} must be 0 or 1")
@@ -214,17 +203,7 @@ def _duplicate(name: str) -> ServiceError:
 
 
 def _name_taken(session: Session, name: str, exclude: int | None = None) -> bool:
-    query = select(ModelInfo.model_id).where(ModelInfo.model_name == name)
-    if exclude is not None:
-        query = query.where(ModelInfo.model_id != exclude)
-    return session.scalars(query.limit(1)).first() is not None
-
-
-def _flush_unique(session: Session, name: str) -> None:
-    try:
-        session.flush()
-    except IntegrityError:
-        raise _duplicate(name) from None  # a concurrent insert won the unique index
+    return name_taken(session, ModelInfo.model_name, ModelInfo.model_id, name, exclude)
 
 
 def _connection_for(session: Session, viewer: Viewer, aiol_id: Any) -> int:
@@ -255,8 +234,8 @@ def create_model(
     theirs; an admin's is shared unless the admin names a `userId`. modelName is unique
     (409). An online model is linked to `aiolId`, or else to the connection whose aiName
     equals the model's aiName, when the viewer may use one."""
-    name = _required(model_name, "modelName", 50)
-    base = _required(ai_name, "aiName", 50)
+    name = required_text(model_name, "modelName", 50)
+    base = required_text(ai_name, "aiName", 50)
     link = 0 if link_type is None else _flag(link_type, "linkType")
     owner: str | None = viewer.user_id
     if viewer.is_admin:
@@ -276,18 +255,18 @@ def create_model(
     session.flush()
     model = ModelInfo(
         model_name=name,
-        model_version=_text(model_version, "modelVersion", 50),
+        model_version=optional_text(model_version, "modelVersion", 50),
         model_file_id=persona.model_file_id,
         disable=0 if disable is None else _flag(disable, "disable"),
         user_id=owner,
         link_type=link,
-        description=_text(description, "description", 500),
+        description=optional_text(description, "description", 500),
         aiol_id=connection_id,
         ai_name=base,
         created_by=viewer.actor,
     )
     session.add(model)
-    _flush_unique(session, name)
+    flush_unique(session, _duplicate(name))
     return model
 
 
@@ -307,27 +286,27 @@ def update_model(
     """Change the given fields of a model the viewer owns (admins: any)."""
     model = get_model(session, viewer, model_id, for_change=True)
     if model_name is not UNSET:
-        name = _required(model_name, "modelName", 50)
+        name = required_text(model_name, "modelName", 50)
         if _name_taken(session, name, exclude=model.model_id):
             raise _duplicate(name)
         model.model_name = name
     if ai_name is not UNSET:
-        model.ai_name = _required(ai_name, "aiName", 50)
+        model.ai_name = required_text(ai_name, "aiName", 50)
     if link_type is not UNSET and link_type is not None:
         model.link_type = _flag(link_type, "linkType")
     if disable is not UNSET and disable is not None:
         model.disable = _flag(disable, "disable")
     if description is not UNSET:
-        model.description = _text(description, "description", 500)
+        model.description = optional_text(description, "description", 500)
     if model_version is not UNSET:
-        model.model_version = _text(model_version, "modelVersion", 50)
+        model.model_version = optional_text(model_version, "modelVersion", 50)
     if aiol_id is not UNSET:
         model.aiol_id = None if aiol_id is None else _connection_for(session, viewer, aiol_id)
     elif model.link_type == 1 and model.aiol_id is None and model.ai_name:
         model.aiol_id = _connection_named(session, viewer, model.ai_name)
     model.updated_by = viewer.actor
     model.updated_time = datetime.now(UTC)
-    _flush_unique(session, model.model_name)
+    flush_unique(session, _duplicate(model.model_name))
     return model
 
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Select, func, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from backend.errors import ServiceError
@@ -34,6 +35,49 @@ def bad_request(message: str) -> ServiceError:
 
 def not_found(what: str, ident: object) -> ServiceError:
     return ServiceError(NOT_FOUND, f"{what} {ident} not found", 404)
+
+
+def optional_text(value: Any, field: str, limit: int, *, required: bool = False) -> str | None:
+    """A request's text field, stripped; None when absent or blank (400 when `required`),
+    400 when not a string or longer than `limit`."""
+    if value is None or (isinstance(value, str) and not value.strip()):
+        if required:
+            raise bad_request(f"{field} is required")
+        return None
+    if not isinstance(value, str):
+        raise bad_request(f"{field} must be a string")
+    value = value.strip()
+    if len(value) > limit:
+        raise bad_request(f"{field} must be at most {limit} characters")
+    return value
+
+
+def required_text(value: Any, field: str, limit: int) -> str:
+    """A request's text field that must be present and not blank (400 otherwise)."""
+    text = optional_text(value, field, limit, required=True)
+    assert text is not None  # optional_text raises instead of returning None when required
+    return text
+
+
+def escape_like(text: str) -> str:
+    """`text` as a literal inside a LIKE pattern written with `escape="\\"`."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def name_taken(session: Session, name_column: Any, id_column: Any, name: str, exclude: int | None = None) -> bool:
+    """Whether another row (not the one whose id is `exclude`) already has this name."""
+    query = select(id_column).where(name_column == name)
+    if exclude is not None:
+        query = query.where(id_column != exclude)
+    return session.scalars(query.limit(1)).first() is not None
+
+
+def flush_unique(session: Session, duplicate: ServiceError) -> None:
+    """Flush, answering `duplicate` when a concurrent insert won the unique index."""
+    try:
+        session.flush()
+    except IntegrityError:
+        raise duplicate from None
 
 
 @dataclass(frozen=True)
