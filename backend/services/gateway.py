@@ -120,6 +120,11 @@ def _scrub(text: str, secret: str | None) -> str:
     return text
 
 
+def _cause(exc: Exception, secret: str | None) -> str:
+    """What went wrong upstream, for a message: the error's text (or its type), key removed."""
+    return _scrub(str(exc) or type(exc).__name__, secret)
+
+
 def _apply_overrides(params: PersonaParams, overrides: dict[str, Any] | None) -> PersonaParams:
     if not overrides:
         return params
@@ -150,16 +155,7 @@ def _completion_tokens(provider: ChatProvider, text: str) -> int:
 
 def _record_usage(maker: sessionmaker, call: ChatCall, **fields: Any) -> None:
     with maker.begin() as s:
-        usage.record(
-            s,
-            request_id=call.request_id,
-            user_id=call.caller.user_id,
-            academy=call.caller.academy,
-            admin_name=call.caller.admin_name,
-            model=call.model.name,
-            provider=call.model.provider,
-            **fields,
-        )
+        call.record_usage(s, **fields)
 
 
 class ChatCall:
@@ -210,6 +206,19 @@ class ChatCall:
     @property
     def max_tokens(self) -> int:
         return self.request.max_tokens
+
+    def record_usage(self, session: Session, **fields: Any) -> None:
+        """Write this call's usage row (who, which model) with the given measurements."""
+        usage.record(
+            session,
+            request_id=self.request_id,
+            user_id=self.caller.user_id,
+            academy=self.caller.academy,
+            admin_name=self.caller.admin_name,
+            model=self.model.name,
+            provider=self.model.provider,
+            **fields,
+        )
 
     # --- iteration --------------------------------------------------------------------
 
@@ -270,7 +279,7 @@ class ChatCall:
             raise
         except ProviderError as exc:
             _close_quietly(upstream)
-            cause = _scrub(str(exc) or type(exc).__name__, self.model.api_key)
+            cause = _cause(exc, self.model.api_key)
             status = 504 if isinstance(exc, ProviderTimeout) else (exc.status if exc.status in PASSED_STATUSES else 502)
             charged = self._finish_failed("error", "".join(delivered), first_at, error=cause)
             raise ChatFailed(
@@ -319,14 +328,8 @@ class ChatCall:
                     log.warning("chat %s: reservation was already closed (swept?)", self.request_id)
                 else:
                     charged = settled.tokens
-            usage.record(
+            self.record_usage(
                 s,
-                request_id=self.request_id,
-                user_id=self.caller.user_id,
-                academy=self.caller.academy,
-                admin_name=self.caller.admin_name,
-                model=self.model.name,
-                provider=self.model.provider,
                 prompt_tokens=prompt,
                 completion_tokens=completion,
                 latency_ms=latency,
@@ -367,14 +370,8 @@ class ChatCall:
                         charged = settled.tokens if settled else 0
                     else:
                         quota.release(s, reservation_id=self.reservation_id, note=status)
-                usage.record(
+                self.record_usage(
                     s,
-                    request_id=self.request_id,
-                    user_id=self.caller.user_id,
-                    academy=self.caller.academy,
-                    admin_name=self.caller.admin_name,
-                    model=self.model.name,
-                    provider=self.model.provider,
                     prompt_tokens=0,
                     completion_tokens=completion,
                     latency_ms=latency,
@@ -481,13 +478,13 @@ def start_chat(
     try:
         provider = model_registry.open_provider(model, settings)
     except (ProviderError, ValueError) as exc:
-        cause = _scrub(str(exc) or type(exc).__name__, model.api_key)
+        cause = _cause(exc, model.api_key)
         raise ServiceError("MODEL_ERROR", f"model {model.name!r} cannot be opened: {cause}", 502) from None
     messages = build_messages(model.system, model.examples, dialog)
     try:
         prompt_estimate = int(provider.count_tokens(messages))
     except ProviderError as exc:
-        cause = _scrub(str(exc) or type(exc).__name__, model.api_key)
+        cause = _cause(exc, model.api_key)
         raise ServiceError("MODEL_ERROR", f"model {model.name!r} failed: {cause}", exc.status) from None
 
     limit = max_tokens or (params.num_predict if params.num_predict and params.num_predict > 0 else None)
