@@ -58,6 +58,26 @@ def count_words(messages: list[dict[str, Any]]) -> int:
     return total
 
 
+class ScriptedReply:
+    """What every fake answers: `reply` streamed as `deltas` (see `split_reply`), and the
+    prompt size it reports (`prompt_tokens`, else `count_words` of the messages)."""
+
+    reply: str
+    chunks: int | None
+    prompt_tokens: int | None
+
+    @property
+    def deltas(self) -> list[str]:
+        return split_reply(self.reply, self.chunks)
+
+    @property
+    def reply_text(self) -> str:
+        return "".join(self.deltas)
+
+    def prompt_count(self, messages: list[dict[str, Any]]) -> int:
+        return self.prompt_tokens if self.prompt_tokens is not None else count_words(messages)
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _FakeHTTPServer

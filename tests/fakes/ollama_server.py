@@ -32,12 +32,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from tests.fakes import FakeHTTPServer, _Handler, count_words, split_reply
+from tests.fakes import FakeHTTPServer, ScriptedReply, _Handler
 
 CREATED_AT = "2025-01-01T00:00:00.000000Z"
 
 
-class OllamaServer(FakeHTTPServer):
+class OllamaServer(ScriptedReply, FakeHTTPServer):
     """An Ollama chat upstream (NDJSON streaming and JSON)."""
 
     def __init__(
@@ -60,14 +60,6 @@ class OllamaServer(FakeHTTPServer):
     @property
     def url(self) -> str:
         return self.base_url
-
-    @property
-    def deltas(self) -> list[str]:
-        return split_reply(self.reply, self.chunks)
-
-    @property
-    def reply_text(self) -> str:
-        return "".join(self.deltas)
 
     def handle(self, handler: _Handler, method: str, body: Any) -> None:
         path = handler.path.split("?")[0].rstrip("/")
@@ -110,7 +102,7 @@ class OllamaServer(FakeHTTPServer):
             "load_duration": 10,
         }
         if self.include_usage:
-            prompt = self.prompt_tokens if self.prompt_tokens is not None else count_words(body.get("messages") or [])
+            prompt = self.prompt_count(body.get("messages") or [])
             final.update(prompt_eval_count=prompt, prompt_eval_duration=100, eval_count=len(deltas), eval_duration=900)
         if body.get("stream", True) is False:
             final["message"] = {"role": "assistant", "content": "".join(deltas)}

@@ -35,10 +35,10 @@ import json
 import time
 from typing import Any
 
-from tests.fakes import FakeHTTPServer, _Handler, count_words, split_reply
+from tests.fakes import FakeHTTPServer, ScriptedReply, _Handler
 
 
-class OpenAIServer(FakeHTTPServer):
+class OpenAIServer(ScriptedReply, FakeHTTPServer):
     """An OpenAI-compatible chat upstream (SSE streaming and JSON)."""
 
     def __init__(
@@ -63,14 +63,6 @@ class OpenAIServer(FakeHTTPServer):
     @property
     def url(self) -> str:
         return f"{self.base_url}/v1"
-
-    @property
-    def deltas(self) -> list[str]:
-        return split_reply(self.reply, self.chunks)
-
-    @property
-    def reply_text(self) -> str:
-        return "".join(self.deltas)
 
     def handle(self, handler: _Handler, method: str, body: Any) -> None:
         path = handler.path.split("?")[0].rstrip("/")
@@ -102,7 +94,7 @@ class OpenAIServer(FakeHTTPServer):
         limit = body.get("max_tokens") or body.get("max_completion_tokens")
         if isinstance(limit, int) and limit < len(deltas):
             deltas, finish = deltas[:limit], "length"
-        prompt = self.prompt_tokens if self.prompt_tokens is not None else count_words(body["messages"])
+        prompt = self.prompt_count(body["messages"])
         usage = {"prompt_tokens": prompt, "completion_tokens": len(deltas), "total_tokens": prompt + len(deltas)}
         model = body.get("model") or self.model
         if body.get("stream"):

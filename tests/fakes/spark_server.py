@@ -50,13 +50,13 @@ from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from backend.providers.iflytek import verify
-from tests.fakes import count_words, split_reply
+from tests.fakes import ScriptedReply
 
 SIGNATURE_REFUSED = '{"message":"HMAC signature cannot be verified"}'
 DATE_REFUSED = '{"message":"HMAC signature cannot be verified, a valid date or x-date header is required"}'
 
 
-class SparkServer:
+class SparkServer(ScriptedReply):
     """A Spark chat websocket upstream that verifies iFlytek's URL signature."""
 
     def __init__(
@@ -112,14 +112,6 @@ class SparkServer:
     @property
     def secret(self) -> str:
         return f"{self.app_id}:{self.api_key}:{self.api_secret}"
-
-    @property
-    def deltas(self) -> list[str]:
-        return split_reply(self.reply, self.chunks)
-
-    @property
-    def reply_text(self) -> str:
-        return "".join(self.deltas)
 
     # --- server thread ---
 
@@ -204,7 +196,7 @@ class SparkServer:
         if isinstance(limit, int) and 0 < limit < len(deltas):
             deltas = deltas[:limit]
         messages = ((body.get("payload") or {}).get("message") or {}).get("text") or []
-        prompt = self.prompt_tokens if self.prompt_tokens is not None else count_words(messages)
+        prompt = self.prompt_count(messages)
         for seq, delta in enumerate(deltas):
             if self.fail_after_chunks is not None and seq >= self.fail_after_chunks:
                 await ws.send(_error_frame(self.fail_code or 10000, self.fail_message, sid))
