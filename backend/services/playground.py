@@ -238,7 +238,9 @@ class StopOutcome:
 @dataclass
 class LiveChat:
     """A chat in flight. `next_event` and `stop` take turns under one lock, so a stop waits
-    for at most the one token being produced, then closes the upstream call."""
+    for at most the one token being produced, then closes the upstream call. `delivered`
+    holds what reached the page (`mark_shown`): a piece produced while the consumer was being
+    cancelled never did, and is not kept."""
 
     maker: sessionmaker
     account: PlaygroundAccount
@@ -263,11 +265,18 @@ class LiveChat:
             except BaseException:  # the gateway settled the failure itself
                 self.finished = True
                 raise
-            if isinstance(event, str):
-                self.delivered.append(event)
-            else:
+            if not isinstance(event, str):
                 self.finished = True
             return event
+
+    def mark_shown(self, piece: str) -> bool:
+        """Record a piece as shown on the page, unless the chat was stopped meanwhile (then
+        the piece is dropped, so the page and the kept history agree)."""
+        with self.lock:
+            if self.outcome is not None:
+                return False
+            self.delivered.append(piece)
+            return True
 
     def stop(self) -> StopOutcome | None:
         """Close the call: the gateway charges what was delivered and releases the rest; the
@@ -392,6 +401,8 @@ async def stream_chat(
                 conversation_id = event.conversation_id if not account.is_admin else None
                 yield ChatProgress(history, reply, conversation_id, done=True, result=event, balance=left)
                 return
+            if not live.mark_shown(event):
+                break
             reply += event
             history[-1] = _message("assistant", reply)
             yield ChatProgress(history, reply, conversation_id)
