@@ -10,8 +10,9 @@ or form field) picks the engine; see `backend.services.media` for engines and ch
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import anyio
 from fastapi import APIRouter, Query, Request
@@ -23,6 +24,7 @@ from backend.errors import ServiceError
 from backend.services import media
 
 router = APIRouter(tags=["voice and pictures"])
+T = TypeVar("T")
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries, part headers and small form fields around the file
 WAV_TYPES = {"audio/wav", "audio/x-wav", "audio/wave", "audio/vnd.wave"}
@@ -126,22 +128,28 @@ def _engine_name(model: str | None, upload: Upload) -> str | None:
     return name
 
 
+async def _checked_upload(
+    request: Request, model: str | None, kind: str, check: Callable[..., T]
+) -> tuple[str, T, str | None]:
+    """The signed-in user's id, the upload checked by `check` (in a worker thread: it
+    decodes the file) and the engine name the request picks, in that order of checks."""
+    settings: Settings = request.app.state.settings
+    user_id = await caller_id(request)
+    upload = await read_upload(request, settings, kind)
+    checked = await anyio.to_thread.run_sync(
+        lambda: check(upload.data, upload.filename, limit=settings.upload_max_bytes)
+    )
+    return user_id, checked, _engine_name(model, upload)
+
+
 @router.post("/voiceModel/chat", openapi_extra=_body_doc("voice"))
 async def voice_chat(request: Request, model: ModelParam = None) -> dict:
     """Transcribe a voice clip: raw 16 kHz 16-bit mono PCM, or WAV at any rate and channel
     count, as multipart field `file` or as the raw body."""
     settings: Settings = request.app.state.settings
-    user_id = await caller_id(request)
-    upload = await read_upload(request, settings, "voice")
-    clip = await anyio.to_thread.run_sync(
-        lambda: media.voice_clip(upload.data, upload.filename, limit=settings.upload_max_bytes)
-    )
+    user_id, clip, engine = await _checked_upload(request, model, "voice", media.voice_clip)
     result = await media.transcribe_voice(
-        maker=request.app.state.sessionmaker,
-        settings=settings,
-        user_id=user_id,
-        clip=clip,
-        engine=_engine_name(model, upload),
+        maker=request.app.state.sessionmaker, settings=settings, user_id=user_id, clip=clip, engine=engine
     )
     return envelope.ok("请求成功", content=result.content, model=result.engine, seconds=result.audio_seconds)
 
@@ -151,16 +159,8 @@ async def picture_chat(request: Request, model: ModelParam = None) -> dict:
     """Read the text in a picture (jpg, jpeg, png, webp, bmp) sent as multipart field
     `file`; one picTime per successful recognition."""
     settings: Settings = request.app.state.settings
-    user_id = await caller_id(request)
-    upload = await read_upload(request, settings, "picture")
-    picture = await anyio.to_thread.run_sync(
-        lambda: media.picture(upload.data, upload.filename, limit=settings.upload_max_bytes)
-    )
+    user_id, picture, engine = await _checked_upload(request, model, "picture", media.picture)
     result = await media.read_picture(
-        maker=request.app.state.sessionmaker,
-        settings=settings,
-        user_id=user_id,
-        picture=picture,
-        engine=_engine_name(model, upload),
+        maker=request.app.state.sessionmaker, settings=settings, user_id=user_id, picture=picture, engine=engine
     )
     return envelope.ok("请求成功", content=result.content, model=result.engine)
