@@ -14,14 +14,15 @@ from sqlalchemy import text
 from backend.api import admin, auth, conversations, envelope, keys, media, models, openai_compat, user
 from backend.api import text as text_api
 from backend.config import Settings, get_settings
-from backend.services import quota
+from backend.services import quota, usage_rollup
 from db.session import get_sessionmaker
 
 log = logging.getLogger("meteor.server")
 
 
 def _sweeper(app: FastAPI, stop: threading.Event) -> None:
-    """Release reservations left behind by crashed requests, every few seconds."""
+    """Release reservations left behind by crashed requests, and roll completed days of usage
+    up for the dashboard, every few seconds."""
     settings: Settings = app.state.settings
     while not stop.wait(settings.sweeper_interval_seconds):
         try:
@@ -29,8 +30,10 @@ def _sweeper(app: FastAPI, stop: threading.Event) -> None:
                 released = quota.sweep_expired(session)
             if released:
                 log.info("sweeper released %d expired reservations", released)
+            with app.state.sessionmaker.begin() as session:
+                usage_rollup.catch_up(session)  # completed days into the dashboard's usage roll-up
         except Exception:  # keep sweeping; a transient DB error must not kill the thread
-            log.exception("reservation sweeper failed")
+            log.exception("sweeper failed")
 
 
 def create_app(settings: Settings | None = None, *, playground: bool = True) -> FastAPI:

@@ -9,11 +9,12 @@ conversations and models join to users. Every column the dashboard filters on is
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    Date,
     DateTime,
     Float,
     ForeignKey,
@@ -228,6 +229,49 @@ class UsageRecord(Base):
         Index("ix_usage_model_created", "model", "created_at"),
         Index("ix_usage_academy_created", "academy", "created_at"),
     )
+
+
+class UsageRollupDay(Base):
+    """A UTC day whose usage_records are rolled up into usage_daily (one row per day, also for
+    days without usage); written in the same transaction as that day's usage_daily rows."""
+
+    __tablename__ = "usage_rollup_days"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)  # usage rows of the day
+    rolled_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class UsageDaily(Base):
+    """usage_records of one complete UTC day summed per academy, model, kind and outcome
+    (backend/services/usage_rollup.py). '' stands for a missing academy or model."""
+
+    __tablename__ = "usage_daily"
+
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    academy: Mapped[str] = mapped_column(String(64), primary_key=True, default="")
+    model: Mapped[str] = mapped_column(String(128), primary_key=True, default="")
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    status: Mapped[str] = mapped_column(String(16), primary_key=True)
+    requests: Mapped[int] = mapped_column(BigInteger, default=0)
+    prompt_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    latency_ms_sum: Mapped[int] = mapped_column(BigInteger, default=0)
+    latency_count: Mapped[int] = mapped_column(BigInteger, default=0)  # rows with a latency
+    ttft_ms_sum: Mapped[int] = mapped_column(BigInteger, default=0)
+    ttft_count: Mapped[int] = mapped_column(BigInteger, default=0)  # rows with a time to first token
+
+
+class UsageTopUsers(Base):
+    """The heaviest users (by tokens) of the rolled-up days [from_day, to_day): a JSON list of
+    [user_id, tokens, requests], heaviest first, cut at usage_rollup.TOP_KEEP entries."""
+
+    __tablename__ = "usage_top_users"
+
+    from_day: Mapped[date] = mapped_column(Date, primary_key=True)
+    to_day: Mapped[date] = mapped_column(Date, primary_key=True)
+    ranking: Mapped[str] = mapped_column(Text().with_variant(mysql.MEDIUMTEXT(), "mysql", "mariadb"))  # ~50 kB
+    computed_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 # --- seed 003: models, personas, connections, conversations ------------------------------

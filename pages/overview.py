@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pandas as pd
 import streamlit as st
 
-from backend.services import dashboard
+from backend.services import dashboard, usage_rollup
 from db.session import get_sessionmaker
 from pages._frame import READ_TTL, db_url, require, t
 
@@ -17,7 +17,7 @@ require("admin", "super")
 @st.cache_data(ttl=READ_TTL, show_spinner=False)
 def figures(url: str, days: int, today: str) -> dict:
     day = datetime.fromisoformat(today).date()
-    with get_sessionmaker(url)() as session:
+    with get_sessionmaker(url).begin() as session:  # keeps the day roll-up it may write
         return {
             "overview": dashboard.overview(session, today=day),
             "per_day": dashboard.tokens_per_day(session, days=days, today=day),
@@ -28,7 +28,7 @@ def figures(url: str, days: int, today: str) -> dict:
 
 
 st.title(t("page.overview"))
-days = st.select_slider(t("common.days"), options=(7, 14, 30, 90), value=30, key="overview_days")
+days = st.select_slider(t("common.days"), options=usage_rollup.WINDOW_DAYS, value=30, key="overview_days")
 data = figures(db_url(), days, datetime.now(UTC).date().isoformat())
 o = data["overview"]
 

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 import pandas as pd
 import streamlit as st
 
-from backend.services import dashboard
+from backend.services import dashboard, usage_rollup
 from db.session import get_sessionmaker
 from pages._frame import READ_TTL, account, db_url, render_browser, t
 
@@ -19,7 +19,7 @@ own = me.kind == "user"
 @st.cache_data(ttl=READ_TTL, show_spinner=False)
 def charts(url: str, days: int, today: str, user_id: str | None) -> dict:
     day = datetime.fromisoformat(today).date()
-    with get_sessionmaker(url)() as session:
+    with get_sessionmaker(url).begin() as session:  # keeps the day roll-up it may write
         return {
             "per_day": dashboard.tokens_per_day(session, days=days, today=day, user_id=user_id),
             "status": dashboard.status_counts(session, days=days, today=day, user_id=user_id),
@@ -27,7 +27,7 @@ def charts(url: str, days: int, today: str, user_id: str | None) -> dict:
 
 
 st.title(t("page.my_usage" if own else "page.usage"))
-days = st.select_slider(t("common.days"), options=(7, 14, 30, 90), value=30, key="usage_days")
+days = st.select_slider(t("common.days"), options=usage_rollup.WINDOW_DAYS, value=30, key="usage_days")
 data = charts(db_url(), days, datetime.now(UTC).date().isoformat(), me.id if own else None)
 per_day = pd.DataFrame(data["per_day"])
 

@@ -1,7 +1,9 @@
 """What the dashboard's overview shows, and the user & quota actions of its admin pages.
 
-Every figure is one aggregate query (COUNT / SUM / GROUP BY over an indexed range); no
-function here loads a whole table. Actions (in-place edits, bulk grants, disabling) go
+Every figure is an aggregate query (COUNT / SUM / GROUP BY over an indexed range); no
+function here loads a whole table. Usage charts read the daily roll-up for complete days
+and the raw rows only for today (backend/services/usage_rollup.py), so they cost the same
+on any traffic. Actions (in-place edits, bulk grants, disabling) go
 through `accounts` and `quota`, so each writes its ledger and audit rows, in the caller's
 transaction.
 """
@@ -18,8 +20,8 @@ from sqlalchemy.orm import Session
 
 from backend.config import Settings
 from backend.errors import ServiceError
-from backend.services import accounts, audit, quota
-from db.models import UsageRecord, User
+from backend.services import accounts, audit, quota, usage_rollup
+from db.models import UsageDaily, UsageRecord, User
 
 USED_TOKENS = UsageRecord.prompt_tokens + UsageRecord.completion_tokens
 
@@ -62,13 +64,32 @@ def overview(session: Session, *, today: date | None = None) -> Overview:
     return Overview(int(users), int(academies), int(tokens), int(pic_times), int(requests), int(used))
 
 
-def _usage_where(start: datetime, end: datetime, academy: str | None, user_id: str | None) -> list[Any]:
-    where = [UsageRecord.created_at >= start, UsageRecord.created_at < end]
+def _split(session: Session, days: int, today: date | None, user_id: str | None) -> usage_rollup.Window:
+    """The window's days: rolled-up ones are read from usage_daily, the rest (today) from the raw
+    rows. One user's rows come straight from usage_records through the (user_id, created_at) index."""
+    start, end = _window(days, today)
+    if user_id:
+        return usage_rollup.raw_window(start.date(), end.date())
+    return usage_rollup.window(session, start.date(), end.date())
+
+
+def _raw_where(win: usage_rollup.Window, academy: str | None, user_id: str | None) -> list[Any]:
+    where = [win.raw_condition()]
     if academy:
         where.append(UsageRecord.academy == academy)
     if user_id:
         where.append(UsageRecord.user_id == user_id)
     return where
+
+
+def _daily_where(win: usage_rollup.Window, academy: str | None) -> list[Any]:
+    where = [win.daily_condition()]
+    if academy:
+        where.append(UsageDaily.academy == academy)
+    return where
+
+
+DAILY_TOKENS = UsageDaily.prompt_tokens + UsageDaily.completion_tokens
 
 
 def tokens_per_day(
@@ -80,99 +101,145 @@ def tokens_per_day(
     user_id: str | None = None,
 ) -> list[dict[str, Any]]:
     """[{day, tokens, requests, latency_ms, ttft_ms}] for the last `days` days, oldest first;
-    days without usage are present with zeros."""
-    start, end = _window(days, today)
+    days without usage are present with zeros. Rolled-up days come from usage_daily."""
+    win = _split(session, days, today, user_id)
+    found: dict[str, list[int]] = {}  # day -> [tokens, requests, latency sum, latency n, ttft sum, ttft n]
+    if win.has_rolled:
+        rows = session.execute(
+            select(
+                UsageDaily.day,
+                func.sum(DAILY_TOKENS),
+                func.sum(UsageDaily.requests),
+                func.sum(UsageDaily.latency_ms_sum),
+                func.sum(UsageDaily.latency_count),
+                func.sum(UsageDaily.ttft_ms_sum),
+                func.sum(UsageDaily.ttft_count),
+            )
+            .where(*_daily_where(win, academy))
+            .group_by(UsageDaily.day)
+        ).all()
+        for r in rows:
+            found[str(r[0])[:10]] = [int(v or 0) for v in r[1:]]
     day = func.date(UsageRecord.created_at)
     rows = session.execute(
         select(
-            day.label("day"),
+            day,
             func.coalesce(func.sum(USED_TOKENS), 0),
             func.count(),
-            func.avg(UsageRecord.latency_ms),
-            func.avg(UsageRecord.ttft_ms),
+            func.coalesce(func.sum(UsageRecord.latency_ms), 0),
+            func.count(UsageRecord.latency_ms),
+            func.coalesce(func.sum(UsageRecord.ttft_ms), 0),
+            func.count(UsageRecord.ttft_ms),
         )
-        .where(*_usage_where(start, end, academy, user_id))
+        .where(*_raw_where(win, academy, user_id))
         .group_by(day)
     ).all()
-    found = {str(r[0])[:10]: r for r in rows}
+    for r in rows:
+        key = str(r[0])[:10]
+        values = [int(v or 0) for v in r[1:]]
+        found[key] = [a + b for a, b in zip(found.get(key, [0] * 6), values, strict=True)]
     out = []
     for i in range(max(1, days)):
-        key = (start.date() + timedelta(days=i)).isoformat()
-        r = found.get(key)
+        key = (win.start + timedelta(days=i)).isoformat()
+        tokens, requests, latency, latency_n, ttft, ttft_n = found.get(key, [0] * 6)
         out.append(
             {
                 "day": key,
-                "tokens": int(r[1]) if r else 0,
-                "requests": int(r[2]) if r else 0,
-                "latency_ms": round(float(r[3]), 1) if r and r[3] is not None else None,
-                "ttft_ms": round(float(r[4]), 1) if r and r[4] is not None else None,
+                "tokens": tokens,
+                "requests": requests,
+                "latency_ms": round(latency / latency_n, 1) if latency_n else None,
+                "ttft_ms": round(ttft / ttft_n, 1) if ttft_n else None,
             }
         )
     return out
 
 
-def _grouped(session: Session, column: Any, start: datetime, end: datetime, limit: int, **where: Any):
-    total = func.coalesce(func.sum(USED_TOKENS), 0)
-    return session.execute(
-        select(column, total.label("tokens"), func.count().label("requests"))
-        .where(*_usage_where(start, end, where.get("academy"), where.get("user_id")))
-        .group_by(column)
-        .order_by(total.desc())
-        .limit(limit)
-    ).all()
+def _grouped(
+    session: Session, daily_column: Any, raw_column: Any, win: usage_rollup.Window, limit: int, user_id: str | None
+) -> list[tuple[str, int, int]]:
+    """(group, tokens, requests) by a column, most tokens first: usage_daily for the rolled-up
+    days plus the raw rows of the others. NULL and '' are one group ('' in usage_daily)."""
+    totals: dict[str, list[int]] = {}
+    parts = []
+    if win.has_rolled:
+        parts.append(
+            select(daily_column, func.sum(DAILY_TOKENS), func.sum(UsageDaily.requests))
+            .where(win.daily_condition())
+            .group_by(daily_column)
+        )
+    group = func.coalesce(raw_column, "")
+    parts.append(
+        select(group, func.coalesce(func.sum(USED_TOKENS), 0), func.count())
+        .where(*_raw_where(win, None, user_id))
+        .group_by(group)
+    )
+    for stmt in parts:
+        for name, tokens, requests in session.execute(stmt):
+            entry = totals.setdefault(name or "", [0, 0])
+            entry[0] += int(tokens or 0)
+            entry[1] += int(requests or 0)
+    ranked = sorted(totals.items(), key=lambda kv: (-kv[1][0], kv[0]))
+    return [(name, tokens, requests) for name, (tokens, requests) in ranked[:limit]]
 
 
 def tokens_per_model(
     session: Session, *, days: int = 30, today: date | None = None, limit: int = 20, user_id: str | None = None
 ) -> list[dict[str, Any]]:
     """[{model, tokens, requests}] over the last `days` days, most used first."""
-    start, end = _window(days, today)
-    rows = _grouped(session, UsageRecord.model, start, end, limit, user_id=user_id)
-    return [{"model": r[0] or "-", "tokens": int(r[1]), "requests": int(r[2])} for r in rows]
+    win = _split(session, days, today, user_id)
+    rows = _grouped(session, UsageDaily.model, UsageRecord.model, win, limit, user_id)
+    return [{"model": name or "-", "tokens": tokens, "requests": requests} for name, tokens, requests in rows]
 
 
 def tokens_per_academy(
     session: Session, *, days: int = 30, today: date | None = None, limit: int = 30
 ) -> list[dict[str, Any]]:
     """[{academy, tokens, requests}] over the last `days` days, most used first."""
-    start, end = _window(days, today)
-    rows = _grouped(session, UsageRecord.academy, start, end, limit)
-    return [{"academy": r[0] or "-", "tokens": int(r[1]), "requests": int(r[2])} for r in rows]
+    win = _split(session, days, today, None)
+    rows = _grouped(session, UsageDaily.academy, UsageRecord.academy, win, limit, None)
+    return [{"academy": name or "-", "tokens": tokens, "requests": requests} for name, tokens, requests in rows]
 
 
 def top_users(session: Session, *, days: int = 30, today: date | None = None, limit: int = 10) -> list[dict[str, Any]]:
-    """[{username, academy, tokens, requests}]: the heaviest users of the last `days` days."""
-    start, end = _window(days, today)
-    rows = _grouped(session, UsageRecord.user_id, start, end, limit + 1)
-    ids = [r[0] for r in rows if r[0]][:limit]
+    """[{username, academy, tokens, requests}]: the heaviest users of the last `days` days
+    (usage without a user, e.g. admin console tests, is left out)."""
+    win = _split(session, days, today, None)
+    rows = usage_rollup.top_users(session, win, limit=limit)
+    ids = [user_id for user_id, _, _ in rows]
     names = {u.id: u for u in session.execute(select(User.id, User.username, User.academy).where(User.id.in_(ids)))}
     out = []
     for user_id, tokens, requests in rows:
-        if not user_id:
-            continue
         user = names.get(user_id)
         out.append(
             {
                 "username": user.username if user else user_id,
                 "academy": user.academy if user else None,
-                "tokens": int(tokens),
-                "requests": int(requests),
+                "tokens": tokens,
+                "requests": requests,
             }
         )
-    return out[:limit]
+    return out
 
 
 def status_counts(
     session: Session, *, days: int = 30, today: date | None = None, user_id: str | None = None
 ) -> list[dict[str, Any]]:
     """[{status, requests}] over the last `days` days (ok / error / cancelled)."""
-    start, end = _window(days, today)
-    rows = session.execute(
-        select(UsageRecord.status, func.count())
-        .where(*_usage_where(start, end, None, user_id))
-        .group_by(UsageRecord.status)
-    ).all()
-    return [{"status": r[0], "requests": int(r[1])} for r in rows]
+    win = _split(session, days, today, user_id)
+    counts: dict[str, int] = {}
+    parts = [
+        select(UsageRecord.status, func.count()).where(*_raw_where(win, None, user_id)).group_by(UsageRecord.status)
+    ]
+    if win.has_rolled:
+        parts.append(
+            select(UsageDaily.status, func.sum(UsageDaily.requests))
+            .where(win.daily_condition())
+            .group_by(UsageDaily.status)
+        )
+    for stmt in parts:
+        for status, requests in session.execute(stmt):
+            counts[status] = counts.get(status, 0) + int(requests or 0)
+    return [{"status": status, "requests": requests} for status, requests in counts.items()]
 
 
 # --- users & quotas ----------------------------------------------------------------------

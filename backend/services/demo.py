@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from backend import security
 from backend.config import Settings
+from backend.services import usage_rollup
 from db.models import QuotaLedger, UsageRecord, User, Voucher
 
 ACADEMIES = (
@@ -156,6 +157,8 @@ def seed_demo(
         session.execute(insert(usage_table), rows)
         if progress:
             progress("usage", start + size, usage)
+    if usage:
+        usage_rollup.invalidate(session, since=oldest.date())  # rows went into days that may be rolled up
     return (
         f"seeded {users} demo users in {len(ACADEMIES)} academies (password {DEMO_PASSWORD!r}, names demo_{tag}_*), "
         f"{len(voucher_rows)} vouchers and {usage} usage records over the last {days} days"
