@@ -61,7 +61,17 @@ def _owner(session: SessionDep, user_id: str | None, username: str | None) -> Us
     return user
 
 
-def _created(public: apikeys.ApiKeyPublic, plain: str) -> dict:
+def _create_key(session: SessionDep, body: ApiKeyCreate, *, user_id: str, actor: str) -> dict:
+    """Create the key the body describes for `user_id`, commit, and show the plain key once."""
+    public, plain = apikeys.create_key(
+        session,
+        user_id=user_id,
+        name=body.name,
+        expires_at=body.expiry(),
+        allowed_models=body.allowed_models,
+        actor=actor,
+    )
+    session.commit()
     return envelope.ok("API key created; copy it now, it is not shown again", key=plain, api_key=public.as_dict())
 
 
@@ -71,16 +81,7 @@ def _created(public: apikeys.ApiKeyPublic, plain: str) -> dict:
 @router.post("/user/api_keys")
 def create_my_key(body: ApiKeyCreate, user: CurrentUser, session: SessionDep) -> dict:
     """Create a key for the signed-in user."""
-    public, plain = apikeys.create_key(
-        session,
-        user_id=user.id,
-        name=body.name,
-        expires_at=body.expiry(),
-        allowed_models=body.allowed_models,
-        actor=f"user:{user.username}",
-    )
-    session.commit()
-    return _created(public, plain)
+    return _create_key(session, body, user_id=user.id, actor=f"user:{user.username}")
 
 
 @router.get("/user/api_keys")
@@ -105,16 +106,7 @@ def revoke_my_key(key_id: int, user: CurrentUser, session: SessionDep) -> dict:
 def admin_create_key(body: AdminApiKeyCreate, admin: CurrentAdmin, session: SessionDep) -> dict:
     """Create a key for any user."""
     owner = _owner(session, body.user_id, body.username)
-    public, plain = apikeys.create_key(
-        session,
-        user_id=owner.id,
-        name=body.name,
-        expires_at=body.expiry(),
-        allowed_models=body.allowed_models,
-        actor=f"admin:{admin.name}",
-    )
-    session.commit()
-    return _created(public, plain)
+    return _create_key(session, body, user_id=owner.id, actor=f"admin:{admin.name}")
 
 
 @router.get("/admin/api_keys")
