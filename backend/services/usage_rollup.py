@@ -152,6 +152,8 @@ def ensure_rolled_up(session: Session, *, through: date) -> int:
             # readers fall back to the raw rows of any day without a marker
             return rolled
         rolled += 1
+    if rolled:  # rankings of ranges that end before the newest complete day are not read again
+        session.execute(delete(UsageTopUsers).where(UsageTopUsers.to_day <= through))
     session.info[_SESSION_KEY] = through
     return rolled
 
@@ -256,8 +258,6 @@ def ranking(session: Session, rolled_from: date, rolled_to: date) -> list[tuple[
     result = [(r[0], int(r[1]), int(r[2])) for r in rows]
     try:
         with session.begin_nested():
-            # rankings of ranges that no longer end at the newest rolled day are not read again
-            session.execute(delete(UsageTopUsers).where(UsageTopUsers.to_day < rolled_to - timedelta(days=2)))
             session.add(UsageTopUsers(from_day=rolled_from, to_day=rolled_to, ranking=json.dumps(result)))
             session.flush()
     except (IntegrityError, OperationalError):

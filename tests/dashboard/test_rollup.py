@@ -397,3 +397,18 @@ def test_a_day_is_complete_only_after_the_settling_margin(hour):
     now = datetime(2026, 3, 10, hour, 0, tzinfo=UTC)
     assert usage_rollup.complete_through(now) == day - timedelta(days=2 if hour == 0 else 1)
     assert usage_rollup.complete_through(now + usage_rollup.SETTLE) == day - timedelta(days=1)
+
+
+def test_rankings_of_past_days_are_dropped_when_a_day_is_rolled_up(maker, settings):
+    _usage_dataset(maker, settings)
+    through = usage_rollup.complete_through()
+    with maker.begin() as s:
+        usage_rollup.catch_up(s)
+        s.add(UsageTopUsers(from_day=_first_day(), to_day=through - timedelta(days=3), ranking="[]"))
+    with maker.begin() as s:  # a new day ends: yesterday is rolled up again from scratch
+        usage_rollup.invalidate(s, since=through)
+        assert usage_rollup.catch_up(s) == 1
+    with maker() as s:
+        ranges = set(s.execute(select(UsageTopUsers.from_day, UsageTopUsers.to_day)).all())
+        assert ranges == _ranked_ranges()
+        assert s.scalar(select(func.sum(UsageDaily.requests))) == _raw_requests_through(s, through)
