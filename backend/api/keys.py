@@ -14,7 +14,6 @@ from pydantic import BaseModel, Field, model_validator
 
 from backend.api import envelope
 from backend.api.deps import CurrentAdmin, CurrentUser, SessionDep
-from backend.errors import ServiceError
 from backend.services import accounts, apikeys
 from db.models import User
 
@@ -55,10 +54,7 @@ class AdminApiKeyCreate(ApiKeyCreate):
 def _owner(session: SessionDep, user_id: str | None, username: str | None) -> User:
     if username is not None:
         return accounts.require_user_by_name(session, username)
-    user = session.get(User, user_id)
-    if user is None:
-        raise ServiceError("USER_NOT_FOUND", f"user {user_id} not found", 404)
-    return user
+    return accounts.require_user(session, user_id)
 
 
 def _create_key(session: SessionDep, body: ApiKeyCreate, *, user_id: str, actor: str) -> dict:

@@ -47,6 +47,14 @@ def get_user_by_name(session: Session, username: str) -> User | None:
     return session.scalar(select(User).where(User.username == username))
 
 
+def require_user(session: Session, user_id: str) -> User:
+    """The user with this id; USER_NOT_FOUND (404) when there is none."""
+    user = session.get(User, user_id)
+    if user is None:
+        raise ServiceError("USER_NOT_FOUND", f"user {user_id} not found", 404)
+    return user
+
+
 def require_user_by_name(session: Session, username: str, code: str = "USER_NOT_FOUND") -> User:
     user = get_user_by_name(session, username)
     if user is None:

@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 
 from backend import security
 from backend.errors import ServiceError, forbidden, unauthorized
-from backend.services import audit
+from backend.services import accounts, audit
 from db.models import ApiKey, ModelInfo, User
 
 MAX_KEYS_PER_USER = 50
@@ -110,9 +110,7 @@ def create_key(
     actor: str,
 ) -> tuple[ApiKeyPublic, str]:
     """Create a key for a user; returns its public view and the key itself (shown once)."""
-    user = session.get(User, user_id)
-    if user is None:
-        raise ServiceError("USER_NOT_FOUND", f"user {user_id} not found", 404)
+    accounts.require_user(session, user_id)
     if expires_at is not None:
         if expires_at.tzinfo is None:
             expires_at = expires_at.replace(tzinfo=UTC)
