@@ -293,9 +293,7 @@ def test_unsaved_connection(
 ) -> dict[str, Any]:
     session.rollback()  # only the token check touched the database; hold nothing while probing
     data = parse_body(ProbeIn, body)
-    protocol = data.protocol.lower() if data.protocol else connections.infer_protocol(data.ai_api)
-    if protocol not in connections.PROTOCOLS:
-        raise bad_request(f"protocol must be one of {', '.join(connections.PROTOCOLS)}")
+    protocol = connections.check_protocol(data.protocol) if data.protocol else connections.infer_protocol(data.ai_api)
     target = connections.ProbeTarget(
         ai_api=data.ai_api,
         protocol=protocol,

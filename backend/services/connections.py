@@ -164,7 +164,8 @@ def infer_protocol(ai_api: str) -> str:
     return "openai"
 
 
-def _protocol(value: Any) -> str:
+def check_protocol(value: Any) -> str:
+    """A protocol name from a request, lower-cased; 400 unless it is one of PROTOCOLS."""
     if not isinstance(value, str) or value.lower() not in PROTOCOLS:
         raise bad_request(f"protocol must be one of {', '.join(PROTOCOLS)}")
     return value.lower()
@@ -221,7 +222,7 @@ def create_connection(
         ai_version=optional_text(ai_version, "aiVersion", 50),
         ai_type=1 if ai_type is None else _ai_type(ai_type),
         timeout=DEFAULT_TIMEOUT if timeout is None else _timeout(timeout),
-        protocol=infer_protocol(api) if protocol is None else _protocol(protocol),
+        protocol=infer_protocol(api) if protocol is None else check_protocol(protocol),
         created_by=viewer.actor,
     )
     if _name_taken(session, name):
@@ -267,7 +268,7 @@ def update_connection(
     if timeout is not UNSET and timeout is not None:
         conn.timeout = _timeout(timeout)
     if protocol is not UNSET and protocol is not None:
-        conn.protocol = _protocol(protocol)
+        conn.protocol = check_protocol(protocol)
     conn.updated_by = viewer.actor
     conn.updated_time = datetime.now(UTC)
     flush_unique(session, _duplicate(conn.ai_name))
