@@ -91,7 +91,9 @@ class Stack:
     alice_id: str
 
 
-@pytest.fixture(scope="session")
+# Package scope: Playwright's sync API keeps an event loop running in the main thread
+# until it stops, which would break every later test that calls asyncio.run().
+@pytest.fixture(scope="package")
 def stack(tmp_path_factory) -> Iterator[Stack]:
     data = tmp_path_factory.mktemp("browser-data")
     logs = tmp_path_factory.mktemp("browser-logs")
@@ -167,7 +169,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
                 stop(process)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browser():
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing (apt-get install chromium; .ci/run does it)")
