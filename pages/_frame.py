@@ -25,6 +25,7 @@ from db.session import get_sessionmaker
 
 LANG_KEY = "meteor_language"
 FLASH_KEY = "meteor_flash"
+NOTICE_KEY = "meteor_notice"  # an i18n key shown as a warning on top of the start page it sent the person to
 READ_TTL = 30  # seconds a read-only frame may be reused; writes clear the cache at once
 
 T = TypeVar("T")
@@ -62,6 +63,29 @@ def t(key: str, **values: object) -> str:
     return i18n.translate(key, language(), **values)
 
 
+def col(name: str) -> str:
+    """The header of a column (or chart axis) named `name` in the current language; frames keep
+    the stable field names (tests, CSV exports), only what the browser shows is translated."""
+    return t(f"col.{name}") if i18n.has(f"col.{name}") else name
+
+
+def status_label(value: object) -> str:
+    """A stored status value (active, disabled, ok, error, …) in the current language."""
+    return t(f"status.{value}") if i18n.has(f"status.{value}") else str(value)
+
+
+def columns_config(frame: pd.DataFrame, labels: dict[str, str] | None = None) -> dict[str, Any]:
+    """`column_config` that shows every column of `frame` under its translated header (`labels`
+    maps a column to another `col.` name, e.g. a camelCase seed field) and the values of a
+    `status` column translated; the frame itself keeps the stored names and values."""
+    config: dict[str, Any] = {name: col((labels or {}).get(name, name)) for name in frame.columns}
+    if "status" in frame.columns:
+        config["status"] = st.column_config.SelectboxColumn(
+            col("status"), options=sorted({str(v) for v in frame["status"].dropna()}), format_func=status_label
+        )
+    return config
+
+
 def account() -> DashboardAccount:
     """The signed-in account, re-checked against the database. Home.py's gate has normally
     done so this run already; the page checks again because Streamlit may run a file under
@@ -80,6 +104,9 @@ def account() -> DashboardAccount:
         st.stop()
     state[ACCOUNT_KEY] = current
     show_flash()
+    notice = state.get(NOTICE_KEY)  # Home.py clears it when another page is opened
+    if notice:
+        st.warning(t(notice))
     return current
 
 
@@ -88,7 +115,7 @@ def require(*roles: str) -> DashboardAccount:
     already leaves out pages a role may not open)."""
     current = account()
     if current.role not in roles:
-        st.error(t("common.error", msg="permission denied"))
+        st.error(t("common.permission_denied"))
         st.stop()
     return current
 
@@ -194,7 +221,7 @@ def render_browser(
         numbers: tuple[tuple[str, float | None, float | None], ...] = ()
         if spec.numbers:
             n1, n2, n3 = st.columns(3)
-            column = n1.selectbox(t("common.number_column"), spec.numbers, key=f"{key}_ncol")
+            column = n1.selectbox(t("common.number_column"), spec.numbers, format_func=col, key=f"{key}_ncol")
             low = n2.number_input(t("common.min"), value=None, key=f"{key}_nmin")
             high = n3.number_input(t("common.max"), value=None, key=f"{key}_nmax")
             if low is not None or high is not None:
@@ -204,7 +231,9 @@ def render_browser(
     s1, s2, s3, s4 = st.columns(4)
     columns = [c for c in spec.columns if c not in hide]
     default_sort = spec.default_sort or spec.key
-    sort = s1.selectbox(t("common.sort_by"), columns, index=columns.index(default_sort), key=f"{key}_sort")
+    sort = s1.selectbox(
+        t("common.sort_by"), columns, index=columns.index(default_sort), format_func=col, key=f"{key}_sort"
+    )
     descending = s2.toggle(t("common.descending"), value=True, key=f"{key}_desc")
     size = s3.selectbox(
         t("common.page_size"), (25, 50, 100, 200), index=(25, 50, 100, 200).index(page_size), key=f"{key}_size"
@@ -232,7 +261,7 @@ def render_browser(
     if frame.empty:
         st.info(t("common.none"))
     else:
-        st.dataframe(frame, hide_index=True, width="stretch", key=f"{key}_frame")
+        st.dataframe(frame, hide_index=True, width="stretch", column_config=columns_config(frame), key=f"{key}_frame")
     st.caption(t("common.page_of", page=result.page, pages=result.pages, total=result.total))
     if export and st.button(t("common.export_csv"), key=f"{key}_export"):
         with st.spinner(t("common.working")):

@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from backend.services import apikeys
-from pages._frame import read, require, run_action, t
+from pages._frame import columns_config, read, require, run_action, t
 
 me = require("user")
 state = st.session_state
@@ -26,7 +26,10 @@ if state.get("apikeys_new"):
 
 keys = read(lambda s: [k.as_dict() for k in apikeys.list_keys(s, user_id=me.id)])
 frame = pd.DataFrame(keys, columns=["id", "name", "prefix", "status", "created_at", "last_used_at", "expires_at"])
-st.dataframe(frame, hide_index=True, width="stretch")
+if frame.empty:
+    st.info(t("common.none"))
+else:
+    st.dataframe(frame, hide_index=True, width="stretch", column_config=columns_config(frame))
 
 active = [k for k in keys if k["status"] == "active"]
 if active:

@@ -13,7 +13,7 @@ from backend.errors import ServiceError
 from backend.services import connections, model_admin
 from backend.services.personas import PersonaParams, field_help
 from backend.services.seed003 import Viewer
-from pages._frame import language, maker, read, require, run_action, settings, t
+from pages._frame import columns_config, language, maker, read, require, run_action, settings, t
 
 me = require("admin", "super")
 viewer = Viewer.for_admin(me.name)
@@ -47,12 +47,28 @@ conns, _ = read(lambda s: connections.list_connections(s, config, viewer, bare_l
 conn_names = {c["aiId"]: c["aiName"] for c in conns}
 
 st.subheader(t("models.list"))
+model_frame = pd.DataFrame(
+    models, columns=["modelId", "modelName", "modelVersion", "aiName", "linkType", "aiolId", "disable", "isDefault"]
+)
+model_frame["aiolId"] = model_frame["aiolId"].map(lambda i: conn_names.get(i, "") if i is not None else "")
+model_frame["linkType"] = model_frame["linkType"].map(lambda v: t("models.link.online" if v else "models.link.local"))
+model_frame["disable"] = model_frame["disable"].astype(bool)
 st.dataframe(
-    pd.DataFrame(
-        models, columns=["modelId", "modelName", "modelVersion", "aiName", "linkType", "aiolId", "disable", "isDefault"]
-    ),
+    model_frame,
     hide_index=True,
     width="stretch",
+    column_config=columns_config(
+        model_frame,
+        {
+            "modelId": "model_id",
+            "modelName": "model_name",
+            "modelVersion": "model_version",
+            "aiName": "base_model",
+            "linkType": "link_type",
+            "aiolId": "connection",
+            "isDefault": "is_default",
+        },
+    ),
 )
 
 by_id = {m["modelId"]: m for m in models}
@@ -106,7 +122,8 @@ with st.form(f"models_form_{picked}"):
             values[field] = [s.strip() for s in text.split(",") if s.strip()] or None
             continue
         kind, low, high = param_bounds(field)
-        rng = f" [{'' if low is None else low} … {'' if high is None else high}]"
+        unbounded = (low is None or low <= -JS_SAFE) and (high is None or high >= JS_SAFE)
+        rng = "" if unbounded else f" [{'' if low is None else low} … {'' if high is None else high}]"
         values[field] = box.number_input(
             field + rng,
             min_value=None if low is None else kind(low),
@@ -219,11 +236,21 @@ if picked:
 # --- connections ---------------------------------------------------------------------------
 st.divider()
 st.subheader(t("models.connections"))
-st.dataframe(
-    pd.DataFrame(conns, columns=["aiId", "aiName", "aiApi", "aiToken", "protocol", "aiType", "timeout", "shared"]),
-    hide_index=True,
-    width="stretch",
+conn_frame = pd.DataFrame(
+    conns, columns=["aiId", "aiName", "aiApi", "aiToken", "protocol", "aiType", "timeout", "shared"]
 )
+if conn_frame.empty:
+    st.info(t("common.none"))
+else:
+    st.dataframe(
+        conn_frame,
+        hide_index=True,
+        width="stretch",
+        column_config=columns_config(
+            conn_frame,
+            {"aiId": "ai_id", "aiName": "ai_name", "aiApi": "ai_api", "aiToken": "ai_token", "aiType": "ai_type"},
+        ),
+    )
 with st.form("models_conn_add", clear_on_submit=True):
     k1, k2, k3 = st.columns(3)
     conn_name = k1.text_input(t("models.conn.name"), key="models_conn_name")
@@ -263,7 +290,12 @@ if conn_names:
                 result = None
                 st.error(t("models.conn.failed", detail=exc.message))
         if result is not None and result.ok:
-            shown = ", ".join(result.models[:10])
-            st.success(t("models.conn.ok", detail=f"{result.latency_ms} ms · {len(result.models)} models: {shown}"))
+            found = t(
+                "models.conn.models_found",
+                ms=result.latency_ms,
+                n=len(result.models),
+                names=", ".join(result.models[:10]),
+            )
+            st.success(t("models.conn.ok", detail=found))
         elif result is not None:
             st.error(t("models.conn.failed", detail=result.error))

@@ -9,7 +9,7 @@ import streamlit as st
 
 from backend.services import dashboard, usage_rollup
 from db.session import get_sessionmaker
-from pages._frame import READ_TTL, db_url, require, t
+from pages._frame import READ_TTL, col, db_url, require, t
 
 require("admin", "super")
 
@@ -41,41 +41,33 @@ c[4].metric(t("overview.requests_today"), f"{o.requests_today:,}")
 c[5].metric(t("overview.tokens_today"), f"{o.tokens_today:,}")
 
 st.subheader(t("overview.chart.per_day"))
-per_day = pd.DataFrame(data["per_day"])
-st.bar_chart(per_day, x="day", y="tokens", x_label=t("col.day"), y_label=t("col.tokens"))
+per_day = pd.DataFrame(data["per_day"], columns=["day", "tokens", "requests"])
+if per_day.empty or not per_day["tokens"].any():  # a fresh install: no zero-height bars on a 0.000000 axis
+    st.info(t("overview.no_usage"))
+else:
+    st.bar_chart(per_day, x="day", y="tokens", x_label=col("day"), y_label=col("tokens"))
 
 left, right = st.columns(2)
 with left:
     st.subheader(t("overview.chart.per_model"))
     per_model = pd.DataFrame(data["per_model"], columns=["model", "tokens", "requests"])
     if per_model.empty:
-        st.info(t("common.none"))
+        st.info(t("overview.no_usage"))
     else:
-        st.bar_chart(per_model, x="model", y="tokens", x_label=t("col.model"), y_label=t("col.tokens"), horizontal=True)
+        st.bar_chart(per_model, x="model", y="tokens", x_label=col("model"), y_label=col("tokens"), horizontal=True)
 with right:
     st.subheader(t("overview.chart.per_academy"))
     per_academy = pd.DataFrame(data["per_academy"], columns=["academy", "tokens", "requests"])
     if per_academy.empty:
-        st.info(t("common.none"))
+        st.info(t("overview.no_usage"))
     else:
         st.bar_chart(
-            per_academy, x="academy", y="tokens", x_label=t("col.academy"), y_label=t("col.tokens"), horizontal=True
+            per_academy, x="academy", y="tokens", x_label=col("academy"), y_label=col("tokens"), horizontal=True
         )
 
 st.subheader(t("overview.top_users"))
 top = pd.DataFrame(data["top_users"], columns=["username", "academy", "tokens", "requests"])
 if top.empty:
-    st.info(t("common.none"))
+    st.info(t("overview.no_usage"))
 else:
-    st.dataframe(
-        top.rename(
-            columns={
-                "username": t("col.username"),
-                "academy": t("col.academy"),
-                "tokens": t("col.tokens"),
-                "requests": t("col.requests"),
-            }
-        ),
-        hide_index=True,
-        width="stretch",
-    )
+    st.dataframe(top, hide_index=True, width="stretch", column_config={c: col(c) for c in top.columns})

@@ -10,7 +10,7 @@ import streamlit as st
 
 from backend.services import dashboard, usage_rollup
 from db.session import get_sessionmaker
-from pages._frame import READ_TTL, account, db_url, render_browser, t
+from pages._frame import READ_TTL, account, col, db_url, render_browser, status_label, t
 
 me = account()
 own = me.kind == "user"
@@ -29,21 +29,32 @@ def charts(url: str, days: int, today: str, user_id: str | None) -> dict:
 st.title(t("page.my_usage" if own else "page.usage"))
 days = st.select_slider(t("common.days"), options=usage_rollup.WINDOW_DAYS, value=30, key="usage_days")
 data = charts(db_url(), days, datetime.now(UTC).date().isoformat(), me.id if own else None)
-per_day = pd.DataFrame(data["per_day"])
+per_day = pd.DataFrame(data["per_day"], columns=["day", "requests", "latency_ms", "ttft_ms"])
+used = not per_day.empty and bool(per_day["requests"].any())
 
 left, right = st.columns(2)
 with left:
     st.subheader(t("usage.chart.requests"))
-    st.bar_chart(per_day, x="day", y="requests", x_label=t("col.day"), y_label=t("col.requests"))
+    if used:
+        st.bar_chart(per_day, x="day", y="requests", x_label=col("day"), y_label=col("requests"))
+    else:
+        st.info(t("overview.no_usage"))
 with right:
     st.subheader(t("usage.chart.latency"))
-    st.line_chart(per_day, x="day", y=["latency_ms", "ttft_ms"], x_label=t("col.day"))
+    if used:  # the legend shows the series' names: translated copies of the two columns
+        latency = per_day.rename(columns={"latency_ms": col("latency_ms"), "ttft_ms": col("ttft_ms")})
+        st.line_chart(
+            latency, x="day", y=[col("latency_ms"), col("ttft_ms")], x_label=col("day"), y_label=t("usage.ms")
+        )
+    else:
+        st.info(t("overview.no_usage"))
 st.subheader(t("usage.chart.status"))
 status = pd.DataFrame(data["status"], columns=["status", "requests"])
 if status.empty:
-    st.info(t("common.none"))
+    st.info(t("overview.no_usage"))
 else:
-    st.bar_chart(status, x="status", y="requests", horizontal=True)
+    status["status"] = status["status"].map(status_label)
+    st.bar_chart(status, x="status", y="requests", x_label=col("status"), y_label=col("requests"), horizontal=True)
 
 st.subheader(t("usage.records"))
 if own:

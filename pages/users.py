@@ -10,7 +10,7 @@ import streamlit as st
 
 from backend.errors import ServiceError
 from backend.services import accounts, browse, dashboard
-from pages._frame import FLASH_KEY, academy_options, db_url, read, require, run_action, settings, t
+from pages._frame import FLASH_KEY, academy_options, col, db_url, read, require, run_action, settings, status_label, t
 
 me = require("admin", "super")
 state = st.session_state
@@ -31,7 +31,7 @@ with st.form("users_search"):
         t("common.status"),
         ["", *dashboard.USER_STATUSES],
         key="users_status",
-        format_func=lambda s: s or t("common.all"),
+        format_func=lambda s: status_label(s) if s else t("common.all"),
     )
     searched = st.form_submit_button(t("common.search"))
 
@@ -49,7 +49,7 @@ if searched or state.get("users_query") != query or "users_shown" not in state:
     state.pop("users_plan", None)
 
 shown: list[dict] = state["users_shown"]
-st.caption(t("common.page_of", page=1, pages=max(1, -(-state["users_total"] // 200)), total=state["users_total"]))
+st.caption(t("users.shown", total=state["users_total"], shown=len(shown)))
 st.caption(t("users.edit_hint"))
 
 frame = pd.DataFrame(
@@ -65,12 +65,17 @@ st.data_editor(
     num_rows="fixed",
     disabled=["id", "username", "email", "created_at"],
     column_config={
-        "selected": st.column_config.CheckboxColumn("✓", width="small"),
+        "selected": st.column_config.CheckboxColumn("✓", width="small", help=col("selected")),
         "id": None,
-        "tokens": st.column_config.NumberColumn(t("account.tokens"), min_value=0, step=1, format="%d"),
-        "pic_times": st.column_config.NumberColumn(t("account.pic_times"), min_value=0, step=1, format="%d"),
-        "academy": st.column_config.TextColumn(t("common.academy"), max_chars=64),
-        "status": st.column_config.SelectboxColumn(t("common.status"), options=dashboard.USER_STATUSES, required=True),
+        "username": col("username"),
+        "email": col("email"),
+        "tokens": st.column_config.NumberColumn(col("tokens"), min_value=0, step=1, format="%d"),
+        "pic_times": st.column_config.NumberColumn(col("pic_times"), min_value=0, step=1, format="%d"),
+        "academy": st.column_config.TextColumn(col("academy"), max_chars=64),
+        "status": st.column_config.SelectboxColumn(
+            col("status"), options=dashboard.USER_STATUSES, format_func=status_label, required=True
+        ),
+        "created_at": col("created_at"),
     },
 )
 edited_rows: dict = state.get(editor_key, {}).get("edited_rows", {})
@@ -92,16 +97,34 @@ if st.button(t("users.review"), key="users_review"):
 plan: list[dashboard.UserEdit] = state.get("users_plan") or []
 if plan:
     st.subheader(t("users.pending"))
+
+    def shown_value(name: str, value: object) -> object:
+        return status_label(value) if name == "status" else value
+
+    # "field" keeps the stored name (hidden); the person reads its translated header in "field_label"
     st.dataframe(
         pd.DataFrame(
             [
-                {"username": e.username, "field": name, "before": e.before[name], "after": value}
+                {
+                    "username": e.username,
+                    "field": name,
+                    "field_label": col(name),
+                    "before": shown_value(name, e.before[name]),
+                    "after": shown_value(name, value),
+                }
                 for e in plan
                 for name, value in e.after.items()
             ]
         ).astype(str),
         hide_index=True,
         width="stretch",
+        column_config={
+            "username": col("username"),
+            "field": None,
+            "field_label": col("field"),
+            "before": col("before"),
+            "after": col("after"),
+        },
     )
     ok, cancel = st.columns(2)
     if ok.button(t("users.confirm_apply", n=len(plan)), type="primary", key="users_confirm"):
