@@ -7,17 +7,32 @@ from the `METEOR_*` environment like the API server's.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import streamlit as st
 from streamlit_authenticator.utilities import LoginError
 
 from backend.services import dashboard_auth as auth
 from backend.services import i18n
-from pages._frame import LANG_KEY, language, maker, settings, t
+from pages._frame import LANG_KEY, NOTICE_KEY, language, maker, settings, t
 
 st.set_page_config(page_title="Meteor", page_icon="☄️", layout="wide")
 
 state = st.session_state
 REVOKED_KEY = "meteor_revoked_message"
+# every page file's address; an address the role has no page for gets a hidden stand-in page
+PAGE_PATHS = tuple(sorted(p.stem for p in (Path(__file__).parent / "pages").glob("*.py") if not p.stem.startswith("_")))
+
+# The cookie component (extra-streamlit-components, inside streamlit-authenticator) is an
+# iframe with no visible content; taken out of the page flow it leaves no empty bar above
+# the title. It still loads and reads / writes the cookie.
+st.html(
+    """<style>
+    .stElementContainer:has(iframe[title*="CookieManager"]) {
+        position: absolute; width: 0; height: 0; overflow: hidden; margin: 0; padding: 0;
+    }
+    </style>"""
+)
 
 with st.sidebar:
     st.selectbox(
@@ -35,7 +50,7 @@ def forget_session(message_key: str | None = None) -> None:
     """Clear the authenticator's and Meteor's session state (the cookie is deleted too)."""
     if state.get("authentication_status"):
         authenticator.logout(location="unrendered")
-    for key in (auth.ACCOUNT_KEY, auth.VERSION_KEY):
+    for key in (auth.ACCOUNT_KEY, auth.VERSION_KEY, NOTICE_KEY):
         state.pop(key, None)
     if message_key:
         state[REVOKED_KEY] = message_key
@@ -114,6 +129,32 @@ def page(path: str, title_key: str, icon: str, **kwargs) -> st.Page:
     return st.Page(path, title=t(title_key), icon=icon, **kwargs)
 
 
+def stand_ins(target, taken: set[str]) -> list[st.Page]:
+    """Hidden pages at the addresses of the page files this navigation leaves out, so opening
+    one (a bookmark, a typed /users) runs `target` instead of Streamlit's English "Page not
+    found" box: the login form, or a switch to the role's start page with a translated notice.
+    They only run `target`; the page file behind the address never runs."""
+    return [
+        st.Page(target, title=t("app.title"), url_path=path, visibility="hidden")
+        for path in PAGE_PATHS
+        if path not in taken
+    ]
+
+
+def with_stand_ins(sections: dict[str, list[st.Page]]) -> dict[str, list[st.Page]]:
+    """The role's navigation plus a refusing stand-in at every other page address."""
+    pages = [p for section in sections.values() for p in section]
+    start = next(p for p in pages if p.url_path == "")
+
+    def refused() -> None:
+        state[NOTICE_KEY] = "nav.refused"
+        st.switch_page(start)
+
+    taken = {Path(str(p._page)).stem for p in pages}
+    last = list(sections)[-1]
+    return {**sections, last: [*sections[last], *stand_ins(refused, taken)]}
+
+
 def pages_for(role: str) -> dict[str, list[st.Page]]:
     """The navigation of each role; anything not listed here is unreachable for that role."""
     if role == "user":
@@ -153,7 +194,8 @@ def pages_for(role: str) -> dict[str, list[st.Page]]:
 
 account = current_account()
 if account is None:
-    st.navigation([st.Page(login_page, title=t("login.title"), icon=":material/login:", url_path="login")]).run()
+    sign_in = st.Page(login_page, title=t("login.title"), icon=":material/login:", url_path="login")
+    st.navigation([sign_in, *stand_ins(login_page, set())]).run()
     st.stop()
 
 with st.sidebar:
@@ -164,4 +206,7 @@ with st.sidebar:
         forget_session()
         st.rerun()
 
-st.navigation(pages_for(account.role)).run()
+current = st.navigation(with_stand_ins(pages_for(account.role)))
+if current.url_path != "":  # the refusal notice stays on the start page (across reruns) until the person moves on
+    state.pop(NOTICE_KEY, None)
+current.run()
