@@ -110,5 +110,7 @@ def test_a_user_cannot_open_an_admin_page_by_its_address(page, stack):
     expect(page.locator("h1").first).to_be_visible(timeout=RUN_TIMEOUT)
     settle(page)
     assert page.locator("h1", has_text=zh("page.users")).count() == 0
+    expect(page.get_by_text(zh("nav.refused"))).to_be_visible(timeout=RUN_TIMEOUT)  # translated, on the start page
+    assert page.get_by_text("Page not found").count() == 0  # not Streamlit's English box
     expect(page.locator("body")).not_to_contain_text("demo_")  # no other user's row leaks
     screenshot(page, "dashboard-user-admin-page-refused")
