@@ -88,7 +88,9 @@ def run_all() -> None:
             if proc.poll() is None:
                 proc.terminate()
 
+    # Handled explicitly: a shell that starts us in the background ignores SIGINT otherwise.
     signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
     try:
         while api.poll() is None and ui.poll() is None:
             try:

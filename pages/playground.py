@@ -13,7 +13,9 @@ config = settings()
 st.title(t("page.playground"))
 if st.button(t("playground.refresh"), key="playground_refresh") or "playground_url" not in st.session_state:
     token = auth.playground_token(config, me)
-    st.session_state["playground_url"] = auth.playground_url(config, token, language())
+    st.session_state["playground_url"] = auth.playground_url(
+        config, token, language(), browser_host=st.context.headers.get("Host")
+    )
 url = st.session_state["playground_url"]
 
 st.caption(t("playground.intro", minutes=max(1, config.playground_token_seconds // 60)))

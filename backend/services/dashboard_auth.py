@@ -333,11 +333,18 @@ def playground_token(settings: Settings, account: DashboardAccount) -> str:
     )
 
 
-def playground_url(settings: Settings, token: str, language: str | None = None) -> str:
-    """Where the dashboard's browser finds the playground, already signed in."""
-    from urllib.parse import urlencode
+def playground_url(settings: Settings, token: str, language: str | None = None, browser_host: str | None = None) -> str:
+    """Where the dashboard's browser finds the playground, already signed in. Without
+    METEOR_PUBLIC_API_URL, the API is addressed by the host name the browser used for the
+    dashboard (`localhost`, `127.0.0.1`, a LAN name), so the playground's cookie stays same-site."""
+    from urllib.parse import urlencode, urlsplit
 
-    base = (settings.public_api_url or f"http://127.0.0.1:{settings.api_port}").rstrip("/")
+    host = "127.0.0.1"
+    if browser_host:
+        parsed = urlsplit(f"//{browser_host}")
+        if parsed.hostname:
+            host = f"[{parsed.hostname}]" if ":" in parsed.hostname else parsed.hostname
+    base = (settings.public_api_url or f"http://{host}:{settings.api_port}").rstrip("/")
     query = {"token": token}
     if language:
         query["lang"] = language

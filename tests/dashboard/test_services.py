@@ -341,3 +341,18 @@ def _fields(text: str) -> list[str]:
     import string
 
     return [name for _, name, _, _ in string.Formatter().parse(text) if name]
+
+
+def test_playground_url_follows_the_dashboards_host_name(settings):
+    for browser_host, expected in [
+        ("localhost:8501", "localhost"),
+        ("10.1.2.3:8501", "10.1.2.3"),
+        ("[::1]:8501", "[::1]"),
+        (None, "127.0.0.1"),
+    ]:
+        url = auth.playground_url(settings, "tok", browser_host=browser_host)
+        assert url.startswith(f"http://{expected}:{settings.api_port}/playground/?token=tok"), url
+    pinned = settings.model_copy(update={"public_api_url": "https://ai.example.edu/"})
+    assert auth.playground_url(pinned, "tok", browser_host="localhost:8501").startswith(
+        "https://ai.example.edu/playground/?token=tok"
+    )
