@@ -31,6 +31,7 @@ from backend.services import netguard
 from backend.services.seed003 import (
     Page,
     Viewer,
+    audit_admin_change,
     bad_request,
     created_range,
     flush_unique,
@@ -229,6 +230,7 @@ def create_connection(
         raise _duplicate(name)
     session.add(conn)
     flush_unique(session, _duplicate(name))
+    audit_admin_change(session, viewer, "add_connection", "connection", conn.ai_id, name=name, protocol=conn.protocol)
     return conn
 
 
@@ -272,6 +274,20 @@ def update_connection(
     conn.updated_by = viewer.actor
     conn.updated_time = datetime.now(UTC)
     flush_unique(session, _duplicate(conn.ai_name))
+    changed = [
+        name
+        for name, value in (
+            ("aiName", ai_name),
+            ("aiApi", ai_api),
+            ("aiToken", ai_token),
+            ("aiVersion", ai_version),
+            ("aiType", ai_type),
+            ("timeout", timeout),
+            ("protocol", protocol),
+        )
+        if value is not UNSET
+    ]
+    audit_admin_change(session, viewer, "modify_connection", "connection", conn.ai_id, fields=changed)
     return conn
 
 
@@ -289,6 +305,7 @@ def delete_connections(session: Session, viewer: Viewer, ids: list[int]) -> int:
     session.execute(
         delete(ModelAiOnline).where(ModelAiOnline.ai_id.in_(ids)).execution_options(synchronize_session=False)
     )
+    audit_admin_change(session, viewer, "delete_connections", "connection", ",".join(map(str, ids)))
     return len(ids)
 
 

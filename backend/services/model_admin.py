@@ -27,6 +27,7 @@ from backend.services.personas import PersonaParams
 from backend.services.seed003 import (
     Page,
     Viewer,
+    audit_admin_change,
     bad_request,
     created_range,
     escape_like,
@@ -267,6 +268,7 @@ def create_model(
     )
     session.add(model)
     flush_unique(session, _duplicate(name))
+    audit_admin_change(session, viewer, "add_model", "model", model.model_id, name=name, link_type=link)
     return model
 
 
@@ -307,6 +309,20 @@ def update_model(
     model.updated_by = viewer.actor
     model.updated_time = datetime.now(UTC)
     flush_unique(session, _duplicate(model.model_name))
+    changed = [
+        name
+        for name, value in (
+            ("modelName", model_name),
+            ("aiName", ai_name),
+            ("linkType", link_type),
+            ("disable", disable),
+            ("description", description),
+            ("modelVersion", model_version),
+            ("aiolId", aiol_id),
+        )
+        if value is not UNSET
+    ]
+    audit_admin_change(session, viewer, "modify_model", "model", model.model_id, fields=changed)
     return model
 
 
@@ -331,6 +347,9 @@ def delete_models(session: Session, viewer: Viewer, ids: list[int]) -> int:
         session.execute(
             delete(ModelFile).where(ModelFile.model_file_id.in_(file_ids)).execution_options(synchronize_session=False)
         )
+    audit_admin_change(
+        session, viewer, "delete_models", "model", ",".join(map(str, ids)), names=[m.model_name for m in models]
+    )
     return len(ids)
 
 
@@ -461,4 +480,14 @@ def update_persona(session: Session, viewer: Viewer, body: dict[str, Any]) -> Mo
     model.updated_by = viewer.actor
     model.updated_time = datetime.now(UTC)
     session.flush()
+    audit_admin_change(
+        session,
+        viewer,
+        "modify_persona",
+        "model",
+        model.model_id,
+        parameters=sorted(values),
+        system=system is not UNSET,
+        examples=None if examples is None else len(examples),
+    )
     return model

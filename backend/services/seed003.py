@@ -21,6 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from backend.errors import ServiceError
+from backend.services import audit
 
 BAD_REQUEST = "APP_QUERY_METHOD_ERROR"
 NOT_FOUND = "APP_NOT_FOUND_ERROR"
@@ -103,6 +104,21 @@ class Viewer:
     @classmethod
     def for_admin(cls, name: str) -> Viewer:
         return cls(admin_name=name)
+
+
+def audit_admin_change(
+    session: Session, viewer: Viewer, action: str, target_type: str, target_id: Any, **detail: Any
+) -> None:
+    """Admins' changes to models, personas and connections go to the audit log (never a key)."""
+    if viewer.is_admin:
+        audit.record(
+            session,
+            actor=viewer.actor,
+            action=action,
+            target_type=target_type,
+            target_id=str(target_id),
+            detail=detail or None,
+        )
 
 
 _IDS = re.compile(r"^[0-9]+(,[0-9]+)*$")
