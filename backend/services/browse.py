@@ -20,6 +20,7 @@ from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from backend.errors import ServiceError
+from backend.services import usage_rollup
 from db import models as m
 
 EXPORT_MAX_ROWS = 200_000
@@ -361,9 +362,14 @@ def _plain(value: Any) -> Any:
 
 
 def count(session: Session, table: str, filters: BrowseFilters | None = None) -> int:
-    """How many rows of `table` match `filters`."""
+    """How many rows of `table` match `filters`. Usage rows filtered at most by academy and
+    dates are counted from the daily roll-up (and today's rows), not row by row."""
     spec = spec_for(table)
-    where = conditions(spec, filters or BrowseFilters())
+    filters = filters or BrowseFilters()
+    if table == "usage" and not (filters.text or "").strip() and not filters.numbers and not filters.equals:
+        academy = (filters.academy or "").strip() or None
+        return usage_rollup.count_usage(session, academy=academy, date_from=filters.date_from, date_to=filters.date_to)
+    where = conditions(spec, filters)
     stmt = select(func.count()).select_from(spec.source)
     if where:
         stmt = stmt.where(and_(*where))

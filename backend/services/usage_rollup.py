@@ -219,6 +219,48 @@ def raw_window(start: date, end: date) -> Window:
     return Window(start, end, start, start)
 
 
+def count_usage(
+    session: Session, *, academy: str | None = None, date_from: date | None = None, date_to: date | None = None
+) -> int:
+    """How many usage rows there are (of one academy; within the whole UTC days date_from to
+    date_to, both inclusive, either open): the roll-up's totals for the rolled-up days plus an
+    indexed count of the other rows. Uses what is rolled up already; rolls nothing up."""
+    low, high, marked = session.execute(
+        select(func.min(UsageRollupDay.day), func.max(UsageRollupDay.day), func.count())
+    ).one()
+    run_from = run_to = None
+    if marked and (_as_date(high) - _as_date(low)).days + 1 == marked:  # one unbroken run
+        run_from, run_to = _as_date(low), _as_date(high) + timedelta(days=1)
+        if date_from is not None:
+            run_from = max(run_from, date_from)
+        if date_to is not None:
+            run_to = min(run_to, date_to + timedelta(days=1))
+    where = []
+    if academy:
+        where.append(UsageRecord.academy == academy)
+    if date_from is not None:
+        where.append(UsageRecord.created_at >= day_start(date_from))
+    if date_to is not None:
+        where.append(UsageRecord.created_at < day_start(date_to + timedelta(days=1)))
+    rolled = 0
+    if run_from is not None and run_from < run_to:
+        if academy:
+            rolled = session.scalar(
+                select(func.coalesce(func.sum(UsageDaily.requests), 0)).where(
+                    UsageDaily.academy == academy, UsageDaily.day >= run_from, UsageDaily.day < run_to
+                )
+            )
+        else:
+            rolled = session.scalar(
+                select(func.coalesce(func.sum(UsageRollupDay.requests), 0)).where(
+                    UsageRollupDay.day >= run_from, UsageRollupDay.day < run_to
+                )
+            )
+        where.append(or_(UsageRecord.created_at < day_start(run_from), UsageRecord.created_at >= day_start(run_to)))
+    raw = session.scalar(select(func.count()).select_from(UsageRecord).where(*where))
+    return int(rolled or 0) + int(raw or 0)
+
+
 # --- heaviest users ------------------------------------------------------------------------
 
 

@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import delete, func, select, text
 
-from backend.services import dashboard, usage_rollup
+from backend.services import browse, dashboard, usage_rollup
 from backend.services.demo import seed_demo
 from db.models import UsageDaily, UsageRecord, UsageRollupDay, UsageTopUsers, User
 from tests.conftest import make_settings
@@ -412,3 +412,50 @@ def test_rankings_of_past_days_are_dropped_when_a_day_is_rolled_up(maker, settin
         ranges = set(s.execute(select(UsageTopUsers.from_day, UsageTopUsers.to_day)).all())
         assert ranges == _ranked_ranges()
         assert s.scalar(select(func.sum(UsageDaily.requests))) == _raw_requests_through(s, through)
+
+
+def test_usage_row_counts_from_the_rollup_equal_the_raw_counts(maker, settings):
+    _usage_dataset(maker, settings)
+    today = datetime.now(UTC).date()
+    cases = [
+        {},
+        {"academy": "CS"},
+        {"academy": "Nowhere"},
+        {"date_from": today - timedelta(days=3)},
+        {"date_to": today - timedelta(days=2)},
+        {"date_from": today - timedelta(days=5), "date_to": today - timedelta(days=1), "academy": "Math"},
+        {"date_from": today, "date_to": today},
+        {"date_from": today - timedelta(days=1), "date_to": today - timedelta(days=4)},  # empty range
+        {"date_from": today - timedelta(days=40), "date_to": today - timedelta(days=30)},  # before any row
+    ]
+
+    def raw_count(s, academy=None, date_from=None, date_to=None):
+        where = []
+        if academy:
+            where.append(UsageRecord.academy == academy)
+        if date_from:
+            where.append(UsageRecord.created_at >= usage_rollup.day_start(date_from))
+        if date_to:
+            where.append(UsageRecord.created_at < usage_rollup.day_start(date_to + timedelta(days=1)))
+        return s.scalar(select(func.count()).select_from(UsageRecord).where(*where))
+
+    with maker() as s:  # nothing rolled up yet: every row is counted raw
+        assert [usage_rollup.count_usage(s, **c) for c in cases] == [raw_count(s, **c) for c in cases]
+    with maker.begin() as s:
+        usage_rollup.ensure_rolled_up(s, through=usage_rollup.complete_through())
+    with maker() as s:
+        expected = [raw_count(s, **c) for c in cases]
+        assert expected[0] > expected[1] > 0 and expected[2] == 0
+        assert [usage_rollup.count_usage(s, **c) for c in cases] == expected
+        assert browse.count(s, "usage") == expected[0]
+        assert browse.count(s, "usage", browse.BrowseFilters(academy="CS")) == expected[1]
+        assert browse.count(s, "usage", browse.BrowseFilters(text="m1")) == s.scalar(
+            select(func.count()).where(UsageRecord.model.like("%m1%"))
+        )
+    old = _midnight(4)
+    with maker.begin() as s:  # proof the count reads the roll-up: raw rows removed behind its back still count
+        removed = s.execute(
+            delete(UsageRecord).where(UsageRecord.created_at >= old, UsageRecord.created_at < _midnight(3))
+        ).rowcount
+    with maker() as s:
+        assert removed > 0 and browse.count(s, "usage") == expected[0]
