@@ -49,7 +49,8 @@ if searched or state.get("users_query") != query or "users_shown" not in state:
     state.pop("users_plan", None)
 
 shown: list[dict] = state["users_shown"]
-st.caption(t("users.shown", total=state["users_total"], shown=len(shown)))
+total = state["users_total"]
+st.caption(t("users.shown", total=total, shown=len(shown)) if total > len(shown) else t("users.shown_all", total=total))
 st.caption(t("users.edit_hint"))
 
 frame = pd.DataFrame(

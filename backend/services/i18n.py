@@ -203,6 +203,7 @@ STRINGS: dict[str, tuple[str, str]] = {
         "Edit tokens / picTimes / academy / status in the table, then press “Review changes”.",
     ),
     "users.review": ("检查修改", "Review changes"),
+    "users.shown_all": ("共 {total} 个用户", "{total} users"),
     "users.shown": (
         "共 {total} 个用户，表格显示前 {shown} 个；用搜索缩小范围",
         "{total} users, the table shows the first {shown}; search to narrow it down",
