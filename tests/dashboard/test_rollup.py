@@ -315,7 +315,7 @@ def test_two_processes_rolling_up_the_same_days_count_them_once(maker, settings)
                 waiting.set()
                 break
             waiting.wait(0.05)
-        assert waiting.is_set(), "the second roll-up did not wait on the first one's markers"
+        assert waiting.is_set(), f"the second roll-up did not wait on the first one's markers: {results}"
     release_first.set()
     a.join(WAIT)
     b.join(WAIT)
