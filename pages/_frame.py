@@ -63,6 +63,11 @@ def t(key: str, **values: object) -> str:
     return i18n.translate(key, language(), **values)
 
 
+def error_text(exc: ServiceError) -> str:
+    """A domain error in the current language, with the service's detail."""
+    return t("common.error", msg=i18n.error_message(exc.code, exc.message, language()))
+
+
 def col(name: str) -> str:
     """The header of a column (or chart axis) named `name` in the current language; frames keep
     the stable field names (tests, CSV exports), only what the browser shows is translated."""
@@ -128,7 +133,7 @@ def run_action(action: Callable[[Session], T], *, success: str | Callable[[T], s
         with maker().begin() as session:
             result = action(session)
     except ServiceError as exc:
-        st.error(t("common.error", msg=exc.message))
+        st.error(error_text(exc))
         return None
     st.cache_data.clear()
     if success:
@@ -255,7 +260,7 @@ def render_browser(
             int(size),
         )
     except ServiceError as exc:
-        st.error(t("common.error", msg=exc.message))
+        st.error(error_text(exc))
         st.stop()
     frame = pd.DataFrame(result.rows, columns=result.columns).drop(columns=list(hide), errors="ignore")
     if frame.empty:

@@ -7,7 +7,7 @@ import streamlit as st
 from backend.errors import ServiceError
 from backend.services import dashboard, quota
 from backend.services import dashboard_auth as auth
-from pages._frame import FLASH_KEY, account, maker, read, settings, t
+from pages._frame import FLASH_KEY, account, error_text, maker, read, settings, t
 
 me = account()
 state = st.session_state
@@ -38,7 +38,7 @@ with st.form("account_password", clear_on_submit=True):
                 with maker().begin() as session:
                     version = auth.change_password(session, settings(), me, old_password=old, new_password=new)
             except ServiceError as exc:
-                st.error(t("common.error", msg=exc.message))
+                st.error(error_text(exc))
             else:
                 # this session carries on with the new version (and a new cookie); every other is revoked
                 state[auth.VERSION_KEY] = version

@@ -8,7 +8,7 @@ import streamlit as st
 from backend.errors import ServiceError
 from backend.services import conversations
 from backend.services.seed003 import Viewer
-from pages._frame import account, read, render_browser, t
+from pages._frame import account, error_text, read, render_browser, t
 
 me = account()
 own = me.kind == "user"
@@ -39,7 +39,7 @@ if ids:
     try:
         detail = read(lambda s: conversations.conversation_detail(s, viewer, picked))
     except ServiceError as exc:
-        st.error(t("common.error", msg=exc.message))
+        st.error(error_text(exc))
         st.stop()
     st.subheader(t("conv.messages"))
     if not detail["modelMessageList"]:

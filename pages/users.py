@@ -10,7 +10,19 @@ import streamlit as st
 
 from backend.errors import ServiceError
 from backend.services import accounts, browse, dashboard
-from pages._frame import FLASH_KEY, academy_options, col, db_url, read, require, run_action, settings, status_label, t
+from pages._frame import (
+    FLASH_KEY,
+    academy_options,
+    col,
+    db_url,
+    error_text,
+    read,
+    require,
+    run_action,
+    settings,
+    status_label,
+    t,
+)
 
 me = require("admin", "super")
 state = st.session_state
@@ -91,7 +103,7 @@ if st.button(t("users.review"), key="users_review"):
     try:
         state["users_plan"] = dashboard.plan_user_edits(shown, field_edits)
     except ServiceError as exc:
-        st.error(t("common.error", msg=exc.message))
+        st.error(error_text(exc))
     if not state.get("users_plan"):
         st.info(t("users.no_changes"))
 

@@ -363,6 +363,43 @@ def translate(key: str, language: str, **values: object) -> str:
     return text.format(**values) if values else text
 
 
+# What each domain error means, in Chinese; the service's own (English) message follows it
+# as the detail. In English the service's message is shown as it is.
+ERROR_MEANINGS: dict[str, str] = {
+    "USER_NAME_REPEAT": "名称已被使用",
+    "USER_NOT_FOUND": "找不到该用户",
+    "PERMISSION_NOT_ALLOW": "没有权限",
+    "LOGIN_ERROR": "登录失败",
+    "REGISTER_ERROR": "注册信息不正确",
+    "TOKEN_NOT_ENOUGH": "tokens 余额不足",
+    "PIC_TIMES_NOT_ENOUGH": "识图次数不足",
+    "MODEL_ERROR": "模型调用失败",
+    "ADD_USER_ERROR": "用户信息不正确",
+    "MODIFY_USER_ERROR": "无法修改该用户",
+    "ADD_ADMIN_ERROR": "管理员信息不正确",
+    "MODIFY_ADMIN_ERROR": "无法修改该管理员",
+    "DELETE_ADMIN_ERROR": "无法删除该管理员",
+    "ADD_TOKEN_ERROR": "兑换码信息不正确",
+    "TOKEN_REPEAT": "兑换码名称已存在",
+    "TOKEN_NOT_FOUND": "找不到该兑换码",
+    "MODIFY_TOKEN_ERROR": "无法修改该兑换码",
+    "TOKEN_NOT_AVAILABLE": "兑换码不可用",
+    "TOKEN_ALREADY_GET": "已经兑换过该兑换码",
+    "TABLE_NOT_FOUND": "没有这张表",
+    "QUERY_TABLE_ERROR": "查询条件不正确",
+    "APP_NOT_FOUND_ERROR": "找不到该记录",
+    "APP_QUERY_METHOD_ERROR": "请求参数不正确",
+}
+
+
+def error_message(code: str, message: str, language: str) -> str:
+    """A domain error (`ServiceError.code`, `.message`) as the dashboard shows it."""
+    meaning = ERROR_MEANINGS.get(code)
+    if normalize(language) == "en" or meaning is None:
+        return message
+    return f"{meaning}（{message}）"
+
+
 def has(key: str) -> bool:
     """Whether `key` has a translation (callers fall back to a stored name when it has none)."""
     return key in STRINGS

@@ -356,3 +356,13 @@ def test_playground_url_follows_the_dashboards_host_name(settings):
     assert auth.playground_url(pinned, "tok", browser_host="localhost:8501").startswith(
         "https://ai.example.edu/playground/?token=tok"
     )
+
+
+def test_domain_errors_are_shown_in_the_dashboards_language():
+    assert i18n.error_message("TOKEN_REPEAT", "voucher name 'x' already exists", "zh-CN") == (
+        "兑换码名称已存在（voucher name 'x' already exists）"
+    )
+    assert i18n.error_message("TOKEN_REPEAT", "voucher name 'x' already exists", "en") == (
+        "voucher name 'x' already exists"
+    )
+    assert i18n.error_message("SOMETHING_NEW", "detail", "zh-CN") == "detail"
