@@ -28,6 +28,7 @@ on the next read.
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -45,6 +46,8 @@ TOP_KEEP = 1000
 WINDOW_DAYS = (7, 14, 30, 90)  # the dashboard's windows, whose rankings the sweeper prepares
 USED_TOKENS = UsageRecord.prompt_tokens + UsageRecord.completion_tokens
 _SESSION_KEY = "meteor_usage_rolled_through"
+
+log = logging.getLogger("meteor.usage_rollup")
 
 
 def day_start(day: date) -> datetime:
@@ -147,9 +150,10 @@ def ensure_rolled_up(session: Session, *, through: date) -> int:
                 _roll_day(session, day)
         except IntegrityError:
             continue  # another process rolled this day up first
-        except OperationalError:
+        except OperationalError as exc:
             # lock timeout or deadlock against another roll-up: leave the rest to a later call;
             # readers fall back to the raw rows of any day without a marker
+            log.warning("usage roll-up stopped at %s: %s", day, exc.orig if exc.orig is not None else exc)
             return rolled
         rolled += 1
     if rolled:  # rankings of ranges that end before the newest complete day are not read again

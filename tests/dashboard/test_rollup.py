@@ -265,9 +265,11 @@ def _is_waiting_on_a_lock(maker, backend_id: int) -> bool:
         if s.bind.dialect.name == "postgresql":
             query = "SELECT count(*) FROM pg_stat_activity WHERE pid = :id AND wait_event_type = 'Lock'"
         else:
+            # The processlist, not innodb_trx: MariaDB's trx_mysql_thread_id can go stale once
+            # server threads are reused, so only the connection's running statement is reliable.
             query = (
-                "SELECT count(*) FROM information_schema.innodb_trx "
-                "WHERE trx_mysql_thread_id = :id AND trx_state = 'LOCK WAIT'"
+                "SELECT count(*) FROM information_schema.processlist "
+                "WHERE id = :id AND command = 'Query' AND info LIKE 'INSERT INTO usage_rollup_days%'"
             )
         return bool(s.scalar(text(query), {"id": backend_id}))
 
