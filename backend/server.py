@@ -13,6 +13,7 @@ from sqlalchemy import text
 
 from backend.api import admin, auth, conversations, envelope, keys, media, models, openai_compat, user
 from backend.api import text as text_api
+from backend.api.get_body import GetBodyAsQuery
 from backend.config import Settings, get_settings
 from backend.services import quota, usage_rollup
 from db.session import get_sessionmaker
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None, *, playground: bool = True) -> 
     app.state.settings = settings
     app.state.sessionmaker = get_sessionmaker(settings.resolved_database_url)
     envelope.install(app)
+    app.add_middleware(GetBodyAsQuery)
     for module in (auth, admin, user, text_api, keys, openai_compat, media, conversations, models):
         app.include_router(module.router)
 
