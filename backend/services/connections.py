@@ -29,6 +29,7 @@ from backend.config import Settings
 from backend.errors import ServiceError
 from backend.services import netguard
 from backend.services.seed003 import (
+    UNSET,
     Page,
     Viewer,
     audit_admin_change,
@@ -36,6 +37,7 @@ from backend.services.seed003 import (
     created_range,
     flush_unique,
     fmt,
+    given,
     name_taken,
     not_found,
     optional_text,
@@ -52,7 +54,6 @@ DEFAULT_TIMEOUT = 30
 MAX_TIMEOUT = 86400
 PROBE_TIMEOUT_CAP = 30.0
 PROBE_MAX_MODELS = 200
-UNSET: Any = object()
 MASK_MARK = "…"
 
 
@@ -274,19 +275,15 @@ def update_connection(
     conn.updated_by = viewer.actor
     conn.updated_time = datetime.now(UTC)
     flush_unique(session, _duplicate(conn.ai_name))
-    changed = [
-        name
-        for name, value in (
-            ("aiName", ai_name),
-            ("aiApi", ai_api),
-            ("aiToken", ai_token),
-            ("aiVersion", ai_version),
-            ("aiType", ai_type),
-            ("timeout", timeout),
-            ("protocol", protocol),
-        )
-        if value is not UNSET
-    ]
+    changed = given(
+        aiName=ai_name,
+        aiApi=ai_api,
+        aiToken=ai_token,
+        aiVersion=ai_version,
+        aiType=ai_type,
+        timeout=timeout,
+        protocol=protocol,
+    )
     audit_admin_change(session, viewer, "modify_connection", "connection", conn.ai_id, fields=changed)
     return conn
 

@@ -17,6 +17,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from backend.services.seed003 import (
+    UNSET,
     Page,
     Viewer,
     bad_request,
@@ -33,7 +34,6 @@ log = logging.getLogger("meteor.conversations")
 TITLE_MAX = 50
 AI_NAME_MAX = 50
 ROLE_MAX = 50
-UNSET: Any = object()
 DEFAULT_TITLE = "New conversation"
 
 

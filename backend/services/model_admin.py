@@ -25,6 +25,7 @@ from backend.errors import ServiceError
 from backend.services import connections
 from backend.services.personas import PersonaParams
 from backend.services.seed003 import (
+    UNSET,
     Page,
     Viewer,
     audit_admin_change,
@@ -33,6 +34,7 @@ from backend.services.seed003 import (
     escape_like,
     flush_unique,
     fmt,
+    given,
     name_taken,
     not_found,
     optional_text,
@@ -41,7 +43,6 @@ from backend.services.seed003 import (
 )
 from db.models import ModelAiOnline, ModelFile, ModelFileEgMessage, ModelInfo, User
 
-UNSET: Any = object()
 TEXT_MAX = 16000  # a MySQL TEXT holds 65,535 bytes: 16,000 four-byte characters
 MAX_EXAMPLES = 100
 
@@ -309,19 +310,15 @@ def update_model(
     model.updated_by = viewer.actor
     model.updated_time = datetime.now(UTC)
     flush_unique(session, _duplicate(model.model_name))
-    changed = [
-        name
-        for name, value in (
-            ("modelName", model_name),
-            ("aiName", ai_name),
-            ("linkType", link_type),
-            ("disable", disable),
-            ("description", description),
-            ("modelVersion", model_version),
-            ("aiolId", aiol_id),
-        )
-        if value is not UNSET
-    ]
+    changed = given(
+        modelName=model_name,
+        aiName=ai_name,
+        linkType=link_type,
+        disable=disable,
+        description=description,
+        modelVersion=model_version,
+        aiolId=aiol_id,
+    )
     audit_admin_change(session, viewer, "modify_model", "model", model.model_id, fields=changed)
     return model
 
