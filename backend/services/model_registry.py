@@ -25,6 +25,7 @@ from backend.errors import ServiceError
 from backend.providers.base import ChatProvider
 from backend.services import netguard
 from backend.services.bootstrap import EMBEDDED_BASE_MODEL
+from backend.services.connections import api_base
 from backend.services.personas import PersonaParams
 from db.models import ModelFile, ModelInfo
 
@@ -162,8 +163,6 @@ PROVIDER_CACHE_SIZE = 64
 def _upstream_base(ai_api: str, protocol: str) -> str:
     """The document stores full endpoints (`…/v1/chat/completions`); SDKs want the base.
     Spark's websocket URL is the endpoint itself."""
-    from backend.services.connections import api_base
-
     return ai_api if protocol == "spark" else api_base(ai_api, protocol)
 
 
