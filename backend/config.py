@@ -49,6 +49,9 @@ class Settings(BaseSettings):
     api_port: int = 8000
     ui_port: int = 8501
     public_api_url: str | None = None  # what the dashboard's browser uses to reach the playground
+    # Origins whose pages may call the API (bearer-authenticated, so never with credentials): "*" (any),
+    # a comma-separated list, or "" (no CORS). /playground (cookie-authenticated) is never opened.
+    cors_origins: str = "*"
     admin_password: SecretStr | None = None
 
     bcrypt_rounds: int = Field(default=12, ge=4, le=16)
@@ -101,6 +104,11 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'meteor.db').resolve()}"
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        """The allowed origins (`["*"]` for any); a trailing slash is dropped (browsers send none)."""
+        return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
 
     @property
     def private_host_allowlist(self) -> set[str]:

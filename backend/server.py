@@ -13,6 +13,7 @@ from sqlalchemy import text
 
 from backend.api import admin, auth, conversations, envelope, keys, media, models, openai_compat, user
 from backend.api import text as text_api
+from backend.api.cors import ApiCors
 from backend.api.get_body import GetBodyAsQuery
 from backend.config import Settings, get_settings
 from backend.services import quota, usage_rollup
@@ -73,6 +74,7 @@ def create_app(settings: Settings | None = None, *, playground: bool = True) -> 
 
     if playground:
         _mount_playground(app, settings)
+    app.add_middleware(ApiCors, origins=settings.cors_origin_list)  # outermost: preflights never reach a route
     return app
 
 
