@@ -15,6 +15,7 @@ import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -80,10 +81,14 @@ class Settings(BaseSettings):
     voice_costs_quota: bool = False
     voice_tokens_per_second: int = 1
     legacy_uuid_auth: bool = False  # accept the seed's uuid + username instead of a Bearer token
+    # seed-000 errors: "auto" answers HTTP 200 + the code to the original clients only (see
+    # backend/api/envelope.py: original_client), "200" to every caller, "http" to none
+    seed000_error_status: Literal["auto", "http", "200"] = "auto"
     upload_max_bytes: int = 10 * 1024 * 1024
     body_max_bytes: int = Field(default=64 * 1024, ge=1024)  # /auth /admin /user and the rest
     chat_body_max_bytes: int = Field(default=1024 * 1024, ge=1024)  # /textModel /v1 /model
     default_voice_engine: str = "embedded"
+    voice_language: str = "auto"  # embedded voice engine: auto (detect Chinese or English), zh, en
     default_picture_engine: str = "embedded"
     default_max_tokens: int = 512
     model_titles: bool = True  # new conversations get a title written by their model, in the background

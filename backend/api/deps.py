@@ -100,19 +100,29 @@ CurrentUser = Annotated[User, Depends(current_user)]
 
 
 def resolve_caller(
-    request: Request, session: Session, settings: Settings, *, uuid: str | None = None, username: str | None = None
+    request: Request,
+    session: Session,
+    settings: Settings,
+    *,
+    uuid: str | None = None,
+    username: str | None = None,
+    uuid_alone: bool = False,
 ) -> User:
     """The user behind a request: a Bearer user token, or — only with METEOR_LEGACY_UUID_AUTH
-    switched on — the seed's `uuid` + `username` pair (from the body or the headers)."""
+    switched on — the seed's `uuid` + `username` pair (from the body or the headers).
+
+    `uuid_alone` is for the one call the original desktop client makes with the id and no
+    name (`POST /user/get_token {token_id, user_id, user_academy}`): there the id suffices,
+    as it did in the original; a name, when sent, must still match."""
     token = bearer_token(request)
     if token is not None:
         return user_from_token(session, settings, token)
     if settings.legacy_uuid_auth:
         uuid = uuid or request.headers.get("uuid")
         username = username or request.headers.get("username")
-        if uuid and username:
+        if uuid and (username or uuid_alone):
             user = session.get(User, str(uuid))
-            if user is None or user.username != username:
+            if user is None or (username and user.username != username):
                 raise ServiceError("USER_NOT_FOUND", "no user has this uuid and username", 404)
             if user.status != "active":
                 raise forbidden("this account is disabled")

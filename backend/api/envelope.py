@@ -4,6 +4,11 @@
 - seed 003 (`/model/...`): `{"code": 200, "message": "Success", "data": ...}`, errors with
   the HTTP status as code and `data: null`
 - OpenAI-compatible (`/v1/...`): `{"error": {"message", "type", "code"}}`
+
+Seed-000 errors carry the fitting HTTP status, except towards the original clients, which
+read a reply only when its status is 200 (the original backend answered every domain error
+with 200 and the string code): see `original_client`. The real status then travels in the
+`X-Meteor-Status` header.
 """
 
 from __future__ import annotations
@@ -88,10 +93,41 @@ OPENAI_TYPES = {
 }
 
 
+def original_client(request: Request) -> bool:
+    """Whether a seed-000 error goes to this caller as the original backend answered it
+    (HTTP 200, the code in the body). `METEOR_SEED000_ERROR_STATUS`: `200` always, `http`
+    never, `auto` (default) for the two original clients, recognised by what they send:
+
+    - the desktop client: `METEOR_LEGACY_UUID_AUTH` is on and the request has no
+      `Authorization` header (the client never sends one: it names the user by `uuid` +
+      `username`, or `user_id` when redeeming, and logs in and registers without any);
+    - the Vue admin app: a browser (an `Origin` header) calling an `/admin/...` path — Meteor's
+      own admin UI is the dashboard, which calls no API from the browser.
+    """
+    settings = getattr(request.app.state, "settings", None)
+    mode = getattr(settings, "seed000_error_status", "http")
+    if mode == "200":
+        return True
+    if mode != "auto":
+        return False
+    if settings.legacy_uuid_auth and "authorization" not in request.headers:
+        return True
+    return request.url.path.startswith("/admin/") and "origin" in request.headers
+
+
 def error_response(
-    path: str, code: str, message: str, status: int, extra: dict | None = None, headers: dict | None = None
+    path: str,
+    code: str,
+    message: str,
+    status: int,
+    extra: dict | None = None,
+    request: Request | None = None,
+    headers: dict | None = None,
 ) -> JSONResponse:
     fam = family(path)
+    if fam == "seed000" and request is not None and status != 200 and original_client(request):
+        body = {"code": code, "msg": message, **(extra or {})}
+        return JSONResponse(body, status_code=200, headers={**(headers or {}), "X-Meteor-Status": str(status)})
     if fam == "seed003":
         body: dict[str, Any] = {"code": status, "message": message, "data": None}
     elif fam == "openai":
@@ -120,14 +156,14 @@ def describe_validation(exc: RequestValidationError) -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(request.url.path, exc.code, exc.message, exc.status)
+        return error_response(request.url.path, exc.code, exc.message, exc.status, request=request)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         path = request.url.path
         code = VALIDATION_CODES.get(path, "APP_QUERY_METHOD_ERROR")
         status = 400 if family(path) == "seed003" else 422
-        return error_response(path, code, describe_validation(exc), status)
+        return error_response(path, code, describe_validation(exc), status, request=request)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -146,7 +182,9 @@ def install(app: FastAPI) -> None:
         else:
             message = str(exc.detail)
         # 405 keeps Starlette's Allow header (the methods the path has)
-        return error_response(path, code, message, exc.status_code, headers=getattr(exc, "headers", None))
+        return error_response(
+            path, code, message, exc.status_code, request=request, headers=getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(DataError)
     @app.exception_handler(OverflowError)
@@ -157,7 +195,7 @@ def install(app: FastAPI) -> None:
         path = request.url.path
         code = VALIDATION_CODES.get(path, "APP_QUERY_METHOD_ERROR")
         status = 400 if family(path) == "seed003" else 422
-        return error_response(path, code, "a value is out of range for its field", status)
+        return error_response(path, code, "a value is out of range for its field", status, request=request)
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
