@@ -172,6 +172,7 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 400:  # a body that cannot even be decoded
             code = VALIDATION_CODES.get(path, "APP_QUERY_METHOD_ERROR")
             message = f"request body could not be read: {exc.detail}"
+            return error_response(path, code, message, 400, request=request)
         elif exc.status_code == 413:  # backend/api/body_limit.py
             code = VALIDATION_CODES.get(path, "APP_QUERY_METHOD_ERROR")
             message = str(exc.detail)
@@ -182,9 +183,7 @@ def install(app: FastAPI) -> None:
         else:
             message = str(exc.detail)
         # 405 keeps Starlette's Allow header (the methods the path has)
-        return error_response(
-            path, code, message, exc.status_code, request=request, headers=getattr(exc, "headers", None)
-        )
+        return error_response(path, code, message, exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(DataError)
     @app.exception_handler(OverflowError)
