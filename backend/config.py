@@ -49,6 +49,7 @@ class Settings(BaseSettings):
     api_port: int = 8000
     ui_port: int = 8501
     public_api_url: str | None = None  # what the dashboard's browser uses to reach the playground
+    public_ui_url: str | None = None  # the dashboard's own public address: the origin that embeds the playground
     admin_password: SecretStr | None = None
 
     bcrypt_rounds: int = Field(default=12, ge=4, le=16)
