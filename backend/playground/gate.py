@@ -4,9 +4,14 @@
   upload, file) is allowed only for a valid, unrevoked Bearer access token or playground
   session cookie; it hands Gradio `user:<id>` / `admin:<id>` as the user name.
 - `PlaygroundGate` is an ASGI middleware for the paths under the mount:
-  * `GET …?token=<dashboard link token>`: checked against the database; on success a 303
-    to the same URL without the token that sets the HttpOnly session cookie (the token
-    leaves the address bar and the history); otherwise a 401 page.
+  * a request whose `Origin` is not the playground's own or the dashboard's is refused
+    (403, no CORS headers; see `backend.playground.origins`);
+  * `GET …?token=<dashboard link token>`: checked against the database and used up (a link
+    signs in once, see `services.playground.redeem_link`); on success a 303 to the same URL
+    without the token that sets the HttpOnly session cookie (the token leaves the address
+    bar and the history); otherwise a 401 page. A browser signed in as another account gets
+    the switch page instead (`backend.playground.links`), and `POST /playground/` of that
+    page's form is the only way to switch;
   * `GET /playground/` with no valid credentials: a 401 page that says where to sign in,
     instead of Gradio's bare JSON.
   * Files (see `backend.playground.files`): an upload is moved into the caller's own folder;
@@ -118,6 +123,9 @@ class PlaygroundGate:
         if scope["type"] != "http" or not self._under_mount(scope["path"]):
             await self.app(scope, receive, send)
             return
+        if not origins.is_allowed(self.settings, scope):
+            await self._foreign_origin(scope, receive, send)
+            return
         rest = scope["path"][len(self.prefix) :]
         if API in rest:
             await self._gradio_api(scope, receive, send, "/" + rest.lstrip("/"))
@@ -142,6 +150,16 @@ class PlaygroundGate:
                 await denied_page(language)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+    async def _foreign_origin(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A request from a web origin the playground does not serve (see
+        `backend.playground.origins`): 403, preflight included, with no CORS headers, so the
+        browser neither sends credentialed requests nor lets the page read an answer."""
+        request = Request(scope)
+        log.warning("playground: a request from the foreign origin %r was refused", request.headers.get("origin"))
+        message = label("error.origin", self._language(request))
+        response = JSONResponse({"detail": {"error": message}}, status_code=403, headers={"Vary": "Origin"})
+        await response(scope, receive, send)
 
     # --- sign-in links ------------------------------------------------------------------
 
@@ -208,9 +226,6 @@ class PlaygroundGate:
     async def _switch(self, scope: Scope, request: Request, receive: Receive) -> Response:
         """The switch page's own form, posted from this browser: checked against this
         browser's session cookie, then the link is used up and the session switched."""
-        if not origins.is_allowed(self.settings, scope):
-            log.warning("playground: an account switch posted from a foreign origin was refused")
-            return denied_page(self.settings.language, "switch.refused", status=403)
         body = await _read_body(receive, 64 * 1024)
         form = dict(parse_qsl((body or b"").decode("utf-8", "replace"), keep_blank_values=True))
         language = form.get(LANG_PARAM) or self.settings.language

@@ -18,6 +18,7 @@ import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from backend.playground import origins
 from backend.playground.gate import COOKIE_NAME
 from backend.server import create_app
 from backend.services import playground
@@ -172,3 +173,54 @@ def test_a_foreign_link_asks_before_switching_accounts(pg_app, maker, settings):
     assert re.fullmatch(r"\??lang=en", r.headers["location"].split("/playground/")[-1])
     assert _signed_in_as(browser) == f"user:{mallory.id}"
     assert TestClient(pg_app).get(f"/playground/?token={foreign}", follow_redirects=False).status_code == 401
+
+
+# --- finding 15: origins --------------------------------------------------------------------
+
+
+def test_foreign_origins_are_refused_and_the_dashboard_and_same_origin_are_served(pg_app, maker, settings):  # noqa: F811
+    user = make_user(maker, settings)
+    browser = TestClient(pg_app, base_url="http://127.0.0.1:8000")
+    browser.get(f"/playground/?token={link_token(settings, maker, 'user', user.id)}", follow_redirects=False)
+    join = {"data": [], "fn_index": 0, "session_hash": "origin-test", "event_data": None, "trigger_id": None}
+    ui = pg_app.state.settings.ui_port
+    for origin in ("http://127.0.0.1:8000", f"http://127.0.0.1:{ui}"):
+        r = browser.get("/playground/config", headers={"Origin": origin})
+        assert r.status_code == 200, origin
+        pre = browser.options(
+            "/playground/gradio_api/queue/join",
+            headers={"Origin": origin, "Access-Control-Request-Method": "POST"},
+        )
+        if origin != "http://127.0.0.1:8000":
+            assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == origin
+        assert (
+            browser.post("/playground/gradio_api/queue/join", json=join, headers={"Origin": origin}).status_code == 200
+        )
+    for origin in ("http://localhost:9999", "http://127.0.0.1:7860", "https://evil.example", "null", "http://[::1]"):
+        pre = browser.options(
+            "/playground/gradio_api/queue/join",
+            headers={"Origin": origin, "Access-Control-Request-Method": "POST"},
+        )
+        assert pre.status_code == 403 and "access-control-allow-origin" not in pre.headers, origin
+        for method, path in (("GET", "/playground/config"), ("POST", "/playground/gradio_api/queue/join")):
+            r = browser.request(method, path, headers={"Origin": origin}, json=join if method == "POST" else None)
+            assert r.status_code == 403, (origin, path)
+            assert (
+                "access-control-allow-origin" not in r.headers and "access-control-allow-credentials" not in r.headers
+            )
+    assert browser.get("/playground/config").status_code == 200  # no Origin: a navigation or same-origin GET
+
+
+def test_configured_public_addresses_are_the_allowed_origins(tmp_path):
+    settings = make_settings(
+        "sqlite://", tmp_path, public_api_url="https://api.uni.example/", public_ui_url="https://console.uni.example"
+    )
+
+    def allowed(origin: str) -> bool:
+        headers = [(b"host", b"api.uni.example"), (b"origin", origin.encode()), (b"x-forwarded-proto", b"https")]
+        return origins.is_allowed(settings, {"type": "http", "scheme": "http", "headers": headers})
+
+    assert allowed("https://api.uni.example") and allowed("https://api.uni.example:443")
+    assert allowed("https://console.uni.example")
+    for foreign in ("http://console.uni.example", "https://api.uni.example:8501", "https://evil.example", "null"):
+        assert not allowed(foreign), foreign
