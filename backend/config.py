@@ -57,6 +57,7 @@ class Settings(BaseSettings):
     # Origins whose pages may call the API (bearer-authenticated, so never with credentials): "*" (any),
     # a comma-separated list, or "" (no CORS). /playground (cookie-authenticated) is never opened.
     cors_origins: str = "*"
+    public_ui_url: str | None = None  # the dashboard's own public address: the origin that embeds the playground
     admin_password: SecretStr | None = None
 
     bcrypt_rounds: int = Field(default=12, ge=4, le=16)

@@ -210,6 +210,17 @@ class LoginLimit(Base):
     count: Mapped[int] = mapped_column(Integer, default=0)
 
 
+class PlaygroundLink(Base):
+    """Playground sign-in links already exchanged: a link (its JWT id) signs in once, on
+    whichever API server it reaches first. Rows past `expires_at` are swept on the next use."""
+
+    __tablename__ = "playground_links"
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    used_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
 class ApiKey(Base):
     """Per-user `sk-...` keys for the OpenAI-compatible /v1; only a SHA-256 is stored."""
 

@@ -24,6 +24,7 @@ from sqlalchemy.orm import sessionmaker
 
 from backend.config import Settings
 from backend.errors import ServiceError
+from backend.playground import logs
 from backend.playground.gate import LANG_PARAM, PlaygroundAuth, PlaygroundGate
 from backend.playground.labels import label
 from backend.services import playground
@@ -352,6 +353,7 @@ def mount(app: FastAPI, settings: Settings) -> None:
     blocks = build_blocks(settings, maker)
     blocks.queue(default_concurrency_limit=settings.model_concurrency)
     app.add_middleware(PlaygroundGate, prefix=PATH, settings=settings, maker=maker)
+    logs.install()  # sign-in link tokens never reach the access log
     gr.mount_gradio_app(
         app,
         blocks,

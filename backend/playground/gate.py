@@ -4,9 +4,14 @@
   upload, file) is allowed only for a valid, unrevoked Bearer access token or playground
   session cookie; it hands Gradio `user:<id>` / `admin:<id>` as the user name.
 - `PlaygroundGate` is an ASGI middleware for the paths under the mount:
-  * `GET …?token=<dashboard link token>`: checked against the database; on success a 303
-    to the same URL without the token that sets the HttpOnly session cookie (the token
-    leaves the address bar and the history); otherwise a 401 page.
+  * a request whose `Origin` is not the playground's own or the dashboard's is refused
+    (403, no CORS headers; see `backend.playground.origins`);
+  * `GET …?token=<dashboard link token>`: checked against the database and used up (a link
+    signs in once, see `services.playground.redeem_link`); on success a 303 to the same URL
+    without the token that sets the HttpOnly session cookie (the token leaves the address
+    bar and the history); otherwise a 401 page. A browser signed in as another account gets
+    the switch page instead (`backend.playground.links`), and `POST /playground/` of that
+    page's form is the only way to switch;
   * `GET /playground/` with no valid credentials: a 401 page that says where to sign in,
     instead of Gradio's bare JSON.
   * Files (see `backend.playground.files`): an upload is moved into the caller's own folder;
@@ -35,7 +40,7 @@ from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Re
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.config import Settings
-from backend.playground import files
+from backend.playground import files, links, origins
 from backend.playground.labels import label
 from backend.services import playground
 from backend.services.playground import PlaygroundAccount
@@ -81,7 +86,7 @@ class PlaygroundAuth:
         return account.subject if account else None
 
 
-def denied_page(language: str | None, reason: str = "denied.body") -> HTMLResponse:
+def denied_page(language: str | None, reason: str = "denied.body", status: int = 401) -> HTMLResponse:
     title, body = html.escape(label("denied.title", language)), html.escape(label(reason, language))
     page = (
         "<!doctype html><html><head><meta charset='utf-8'>"
@@ -90,7 +95,7 @@ def denied_page(language: str | None, reason: str = "denied.body") -> HTMLRespon
         "h1{font-size:1.4rem}</style></head>"
         f"<body><h1>🔐 {title}</h1><p>{body}</p></body></html>"
     )
-    return HTMLResponse(page, status_code=401, headers={"Cache-Control": "no-store"})
+    return HTMLResponse(page, status_code=status, headers={"Cache-Control": "no-store"})
 
 
 class PlaygroundGate:
@@ -118,15 +123,22 @@ class PlaygroundGate:
         if scope["type"] != "http" or not self._under_mount(scope["path"]):
             await self.app(scope, receive, send)
             return
+        if not origins.is_allowed(self.settings, scope):
+            await self._foreign_origin(scope, receive, send)
+            return
         rest = scope["path"][len(self.prefix) :]
         if API in rest:
             await self._gradio_api(scope, receive, send, "/" + rest.lstrip("/"))
             return
+        request = Request(scope)
+        language = request.query_params.get(LANG_PARAM) or self.settings.language
+        if scope["method"] == "POST" and scope["path"] in (self.prefix, self.prefix + "/"):
+            response = await self._switch(scope, request, receive)
+            await response(scope, receive, send)
+            return
         if scope["method"] not in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
-        request = Request(scope)
-        language = request.query_params.get(LANG_PARAM) or self.settings.language
         link = request.query_params.get(LINK_PARAM)
         if link is not None:
             response = await self._exchange(scope, request, link, language)
@@ -139,29 +151,94 @@ class PlaygroundGate:
                 return
         await self.app(scope, receive, send)
 
-    def _check_link(self, token: str) -> PlaygroundAccount | None:
-        with self.maker() as session:
-            return playground.check_link_token(session, self.settings, token)
+    async def _foreign_origin(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """A request from a web origin the playground does not serve (see
+        `backend.playground.origins`): 403, preflight included, with no CORS headers, so the
+        browser neither sends credentialed requests nor lets the page read an answer."""
+        request = Request(scope)
+        log.warning("playground: a request from the foreign origin %r was refused", request.headers.get("origin"))
+        message = label("error.origin", self._language(request))
+        response = JSONResponse({"detail": {"error": message}}, status_code=403, headers={"Vary": "Origin"})
+        await response(scope, receive, send)
+
+    # --- sign-in links ------------------------------------------------------------------
+
+    def _link_outcome(
+        self, token: str, cookie: str | None
+    ) -> tuple[str, PlaygroundAccount | None, PlaygroundAccount | None]:
+        """What a link does in this browser: ("signed_in", account) after using it up,
+        ("kept", account) when it was used before by this same account's browser, ("ask",
+        current, link's account) when the browser is signed in as someone else, ("denied",)."""
+        with self.maker.begin() as session:
+            current = playground.authenticate(session, self.settings, cookie=cookie) if cookie else None
+            target = playground.check_link_token(session, self.settings, token)
+            if target is None:
+                used = playground.link_account(session, self.settings, token)
+                if current is not None and used is not None and used.subject == current.subject:
+                    return "kept", current, None
+                return "denied", None, None
+            if current is not None and current.subject != target.subject:
+                return "ask", current, target
+            account = playground.redeem_link(session, self.settings, token)
+            return ("signed_in", account, None) if account is not None else ("denied", None, None)
+
+    def _redeem(self, token: str) -> PlaygroundAccount | None:
+        with self.maker.begin() as session:
+            return playground.redeem_link(session, self.settings, token)
 
     async def _exchange(self, scope: Scope, request: Request, token: str, language: str) -> Response:
-        account = await anyio.to_thread.run_sync(self._check_link, token)
-        if account is None:
-            return denied_page(language, "denied.link")
+        cookie = request.cookies.get(COOKIE_NAME)
+        outcome, account, other = await anyio.to_thread.run_sync(self._link_outcome, token, cookie)
         rest = [(k, v) for k, v in parse_qsl(request.url.query, keep_blank_values=True) if k != LINK_PARAM]
-        response = RedirectResponse("?" + urlencode(rest), status_code=303)
-        secure = is_https(scope, request)
-        response.set_cookie(
-            COOKIE_NAME,
-            playground.session_token(self.settings, account),
-            max_age=self.settings.access_token_minutes * 60,
-            path=self.prefix,
-            httponly=True,
-            secure=secure,
-            samesite="none" if secure else "lax",
-        )
+        if outcome == "denied":
+            return denied_page(language, "denied.link")
+        if outcome == "ask":
+            return links.switch_page(
+                language=language,
+                action=self.prefix + "/",
+                current=account.name,
+                other=other.name,
+                link=token,
+                confirm=links.confirm_code(self.settings, cookie, token),
+                keep=rest,
+            )
+        return self._signed_in(scope, request, "?" + urlencode(rest), account if outcome == "signed_in" else None)
+
+    def _signed_in(self, scope: Scope, request: Request, location: str, account: PlaygroundAccount | None) -> Response:
+        """303 to the playground, with a new session cookie for `account` (None: keep the
+        browser's own)."""
+        response = RedirectResponse(location, status_code=303)
+        if account is not None:
+            secure = is_https(scope, request)
+            response.set_cookie(
+                COOKIE_NAME,
+                playground.session_token(self.settings, account),
+                max_age=self.settings.access_token_minutes * 60,
+                path=self.prefix,
+                httponly=True,
+                secure=secure,
+                samesite="none" if secure else "lax",
+            )
         response.headers["Cache-Control"] = "no-store"
         response.headers["Referrer-Policy"] = "no-referrer"
         return response
+
+    async def _switch(self, scope: Scope, request: Request, receive: Receive) -> Response:
+        """The switch page's own form, posted from this browser: checked against this
+        browser's session cookie, then the link is used up and the session switched."""
+        body = await _read_body(receive, 64 * 1024)
+        form = dict(parse_qsl((body or b"").decode("utf-8", "replace"), keep_blank_values=True))
+        language = form.get(LANG_PARAM) or self.settings.language
+        token, given = form.get(LINK_PARAM, ""), form.get("confirm")
+        cookie = request.cookies.get(COOKIE_NAME)
+        if not token or not links.confirm_matches(self.settings, cookie, token, given):
+            log.warning("playground: an account switch without this browser's confirmation was refused")
+            return denied_page(language, "switch.refused", status=403)
+        account = await anyio.to_thread.run_sync(self._redeem, token)
+        if account is None:
+            return denied_page(language, "denied.link")
+        keep = [(k, v) for k, v in form.items() if k not in (LINK_PARAM, "confirm")]
+        return self._signed_in(scope, request, self.prefix + "/?" + urlencode(keep), account)
 
     # --- files ---------------------------------------------------------------------------
 

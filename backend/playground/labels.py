@@ -87,6 +87,7 @@ LABELS: dict[str, tuple[str, str]] = {
         "找不到这个文件，或它不是你上传的；请重新上传。",
         "That file is not one you uploaded, or it is gone; upload it again.",
     ),
+    "error.origin": ("体验场不接受来自其他网站的请求。", "The playground does not take requests from other sites."),
     "error.generic": (
         "出了点问题，请重试；如果一直出现，请联系管理员。",
         "Something went wrong; try again, and tell an admin if it keeps happening.",

@@ -5,7 +5,8 @@ Who may use it. Only signed-in Meteor accounts, identified on every request by o
 - the playground session cookie, a signed token of type `playground_session` that
   `session_token` issues after a sign-in link was checked;
 - a sign-in link `?token=…`: the dashboard's short-lived token of type `playground`
-  (`dashboard_auth.playground_token`), exchanged once for the cookie.
+  (`dashboard_auth.playground_token`), exchanged for the cookie exactly once
+  (`redeem_link`: its JWT id goes into `playground_links`, so every API server agrees).
 Every check compares the token's version with the account's `token_version` in the
 database, so a logout or password change on the dashboard or the API ends the playground
 session too; a disabled user is refused.
@@ -27,12 +28,13 @@ import logging
 import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import anyio
-from sqlalchemy import or_, select
+from sqlalchemy import delete, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend import security
@@ -40,7 +42,7 @@ from backend.config import Settings
 from backend.errors import ServiceError
 from backend.services import gateway, media, quota
 from backend.services.gateway import Caller, ChatCall, ChatResult
-from db.models import Admin, ModelInfo, UsageRecord, User
+from db.models import Admin, ModelInfo, PlaygroundLink, UsageRecord, User
 
 log = logging.getLogger("meteor.playground")
 
@@ -125,9 +127,56 @@ def authenticate(
     return None
 
 
+def _link(session: Session, settings: Settings, token: str) -> tuple[PlaygroundAccount, dict[str, Any]] | None:
+    for role in KINDS:
+        try:
+            claims = security.decode_token(settings, token, role=role, kind=LINK_KIND)
+        except security.TokenError:
+            continue
+        account = _load(session, role, str(claims["sub"]))
+        if account is None or account.token_version != claims["ver"] or not claims.get("jti"):
+            return None
+        return account, claims
+    return None
+
+
 def check_link_token(session: Session, settings: Settings, token: str) -> PlaygroundAccount | None:
-    """The account a dashboard sign-in link (`?token=`, type `playground`) signs in, or None."""
-    return _from_token(session, settings, token, LINK_KIND)
+    """The account a dashboard sign-in link (`?token=`, type `playground`) signs in, or None
+    (forged, expired, revoked, or already used). Does not use the link up: see `redeem_link`."""
+    found = _link(session, settings, token)
+    if found is None or session.get(PlaygroundLink, str(found[1]["jti"])) is not None:
+        return None
+    return found[0]
+
+
+def link_account(session: Session, settings: Settings, token: str) -> PlaygroundAccount | None:
+    """The account a genuine, unexpired, unrevoked link is for, used or not (so a browser
+    already signed in by it can be told apart from one replaying it)."""
+    found = _link(session, settings, token)
+    return found[0] if found is not None else None
+
+
+def redeem_link(session: Session, settings: Settings, token: str) -> PlaygroundAccount | None:
+    """Use a sign-in link up and return the account it signs in; None when it is not valid or
+    was already used, here or on another API server (the link's JWT id is inserted into
+    `playground_links`; a second insert of the same id fails on its primary key, whichever
+    server tries). Expired rows are swept first. The caller commits."""
+    found = _link(session, settings, token)
+    if found is None:
+        return None
+    account, claims = found
+    now = datetime.now(UTC)
+    session.execute(delete(PlaygroundLink).where(PlaygroundLink.expires_at < now - timedelta(minutes=1)))
+    try:
+        with session.begin_nested():
+            session.add(
+                PlaygroundLink(
+                    jti=str(claims["jti"])[:64], used_at=now, expires_at=datetime.fromtimestamp(claims["exp"], UTC)
+                )
+            )
+    except IntegrityError:
+        return None
+    return account
 
 
 def session_token(settings: Settings, account: PlaygroundAccount) -> str:
