@@ -75,7 +75,8 @@ from backend.providers import iflytek_iat, iflytek_ocr, openai_audio, openai_vis
 from backend.providers.base import ProviderError
 from backend.providers.iflytek_keys import parse_keys
 from backend.providers.recognition import SAMPLE_RATE, SAMPLE_WIDTH, Picture, pcm_seconds
-from backend.services import netguard, quota
+from backend.services import connections, netguard, quota
+from backend.services.seed003 import Viewer
 from db.models import ModelAiOnline, UsageRecord, User
 
 EMBEDDED = "embedded"
@@ -356,8 +357,11 @@ class Engine:
     load: Callable[[], Any]
 
 
-def _connection(session: Session, name: str, kind: str, protocols: set[str]) -> ModelAiOnline:
-    row = session.scalar(select(ModelAiOnline).where(ModelAiOnline.ai_name == name))
+def _connection(session: Session, viewer: Viewer, name: str, kind: str, protocols: set[str]) -> ModelAiOnline:
+    """The connection `name` picks, by the same visibility rule as everywhere else
+    (`connections.find_by_name`): another user's private connection is a 404 worded
+    exactly like a name that does not exist."""
+    row = connections.find_by_name(session, viewer, name)
     if row is None:
         raise ServiceError("MODEL_ERROR", f"no {kind} engine named {name!r}; use 'embedded' or a connection name", 404)
     if row.protocol not in protocols:
@@ -378,9 +382,10 @@ def _secret(settings: Settings, row: ModelAiOnline) -> str | None:
 
 
 def _guarded_url(settings: Settings, row: ModelAiOnline) -> str:
-    """The connection's URL, after the SSRF guard."""
+    """The connection's URL, after the SSRF guard (a user's own connection: public
+    addresses only). The engine's client checks again, per connection it opens."""
     url = row.ai_api.strip()
-    netguard.check_url(url, settings)
+    netguard.check_url(url, settings, allow_private=connections.reaches_private(row))
     return url
 
 
@@ -409,34 +414,56 @@ def _online(settings: Settings, row: ModelAiOnline, kind: str) -> Engine:
     url = _guarded_url(settings, row)
     timeout = float(row.timeout or 30)
     model = row.ai_version or row.ai_name
-    key = (kind, row.protocol, url, hashlib.sha256((secret or "").encode()).hexdigest(), model, timeout)
+    guard = netguard.Guard(settings, connections.reaches_private(row))
+    key = (
+        kind,
+        row.protocol,
+        url,
+        hashlib.sha256((secret or "").encode()).hexdigest(),
+        model,
+        timeout,
+        guard.allow_private,
+        settings.allow_loopback,  # what else the guard decides by
+        settings.allowed_private_hosts,
+    )
     builders: dict[str, Callable[[], Any]] = {
-        "voice": lambda: openai_audio.OpenAITranscriber(url, secret, model, timeout=timeout),
-        "picture": lambda: openai_vision.OpenAIVisionReader(url, secret, model, timeout=timeout),
+        "voice": lambda: openai_audio.OpenAITranscriber(url, secret, model, timeout=timeout, guard=guard),
+        "picture": lambda: openai_vision.OpenAIVisionReader(url, secret, model, timeout=timeout, guard=guard),
     }
     if row.protocol == iflytek_iat.PROTOCOL:
-        builders["voice"] = lambda: iflytek_iat.IflytekIAT(url, parse_keys(secret), timeout=timeout)
+        builders["voice"] = lambda: iflytek_iat.IflytekIAT(url, parse_keys(secret), timeout=timeout, guard=guard)
     elif row.protocol == iflytek_ocr.PROTOCOL:
-        builders["picture"] = lambda: iflytek_ocr.IflytekOCR(url, parse_keys(secret), timeout=timeout)
+        builders["picture"] = lambda: iflytek_ocr.IflytekOCR(url, parse_keys(secret), timeout=timeout, guard=guard)
     return Engine(row.ai_name, row.protocol, False, lambda: _client(key, builders[kind]))
 
 
-def voice_engine(session: Session, settings: Settings, name: str | None = None) -> Engine:
-    """The voice engine `name` picks (default `Settings.default_voice_engine`)."""
+def _viewer(user_id: str | None) -> Viewer:
+    """Who picks the engine: the signed-in user. Without one (the server's own default
+    engine, e.g. a bench) only shared connections are visible."""
+    return Viewer.for_user(user_id) if user_id else Viewer()
+
+
+def voice_engine(
+    session: Session, settings: Settings, name: str | None = None, *, user_id: str | None = None
+) -> Engine:
+    """The voice engine `name` picks (default `Settings.default_voice_engine`) for `user_id`."""
     name = (name or settings.default_voice_engine or EMBEDDED).strip()
     workers = settings.model_concurrency
     if name in VOICE_ALIASES:
         return Engine(EMBEDDED, "whisper", True, lambda: whisper_stt.shared(workers))
-    return _online(settings, _connection(session, name, "voice", VOICE_PROTOCOLS), "voice")
+    return _online(settings, _connection(session, _viewer(user_id), name, "voice", VOICE_PROTOCOLS), "voice")
 
 
-def picture_engine(session: Session, settings: Settings, name: str | None = None) -> Engine:
-    """The picture engine `name` picks (default `Settings.default_picture_engine`)."""
+def picture_engine(
+    session: Session, settings: Settings, name: str | None = None, *, user_id: str | None = None
+) -> Engine:
+    """The picture engine `name` picks (default `Settings.default_picture_engine`) for `user_id`."""
     name = (name or settings.default_picture_engine or EMBEDDED).strip()
     workers = settings.model_concurrency
     if name in PICTURE_ALIASES:
         return Engine(EMBEDDED, "rapidocr", True, lambda: rapid_ocr.shared(workers))
-    return _online(settings, _connection(session, name, "picture", PICTURE_PROTOCOLS), "picture")
+    viewer = _viewer(user_id)
+    return _online(settings, _connection(session, viewer, name, "picture", PICTURE_PROTOCOLS), "picture")
 
 
 # --- pools ----------------------------------------------------------------------------------
@@ -597,6 +624,10 @@ async def _recognize(
         content = await media_pool.run(lambda: work(engine.load()))
     except BaseException as exc:
         latency = int((time.monotonic() - started) * 1000)
+        if isinstance(exc, ServiceError):  # a damaged picture, an address the guard refused
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(finish, "error", latency, exc.message)
+            raise
         if isinstance(exc, ProviderError):
             status, message = "error", str(exc)
         elif isinstance(exc, Exception):
@@ -627,7 +658,7 @@ async def transcribe_voice(
         settings=settings,
         user_id=user_id,
         kind="voice",
-        choose=lambda session: voice_engine(session, settings, engine),
+        choose=lambda session: voice_engine(session, settings, engine, user_id=user_id),
         work=lambda transcriber: transcriber.transcribe(clip.pcm),
         tokens=voice_tokens(settings, clip.seconds),
         audio_seconds=round(clip.seconds, 3),
@@ -646,7 +677,7 @@ async def read_picture(
         settings=settings,
         user_id=user_id,
         kind="picture",
-        choose=lambda session: picture_engine(session, settings, engine),
+        choose=lambda session: picture_engine(session, settings, engine, user_id=user_id),
         work=lambda reader: reader.read(picture),
         pic_times=1,
     )
