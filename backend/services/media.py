@@ -8,7 +8,10 @@ from a client's file name.
   starting with `RIFF…WAVE`), which is decoded and resampled to 16 kHz mono PCM.
 - A picture is JPEG, PNG, WebP or BMP; the bytes must be what the name's extension says,
   and at most `MAX_PICTURE_PIXELS` pixels (checked from the header before decoding, so a
-  decompression bomb is refused without being inflated).
+  decompression bomb is refused without being inflated). The upload check reads only the
+  header and the file's structure; the pixels are decoded (`decode_picture`) inside the
+  engine's pool job, i.e. after the caller was signed in, admitted to the pool and had the
+  picTime reserved — a user without picTimes never costs the server a decode.
 
 Engines. `embedded` is the offline engine (Whisper tiny.en for voice, RapidOCR for
 pictures); any other name is the `ai_name` of an online connection (`model_ai_online`)
@@ -88,7 +91,10 @@ PICTURE_PROTOCOLS = {iflytek_ocr.PROTOCOL, openai_vision.PROTOCOL, OPENAI}
 
 PICTURE_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "bmp": "BMP"}
 VOICE_EXTENSIONS = {"pcm", "raw", "wav"}
-MAX_PICTURE_PIXELS = 40_000_000
+# 4096 × 4096: a 16 MP photo passes, OCR engines scale larger pictures down anyway. Decoding
+# one costs up to ~7 bytes per pixel (RGBA + the RGB copy), ~120 MB at the cap.
+MAX_PICTURE_PIXELS = 4096 * 4096
+DECODE_CONCURRENCY = 2  # pictures decoded at once per process, whatever the pools' sizes
 MAX_CLIP_SECONDS = 600
 ONLINE_WORKERS = 16
 
@@ -289,9 +295,13 @@ def voice_clip(data: bytes, filename: str | None = None, *, limit: int | None = 
 
 
 def picture(data: bytes, filename: str | None = None, *, limit: int | None = None) -> Picture:
-    """Check and decode an uploaded picture. Errors: GET_FILE_FAIL (empty, 413 too large),
-    FILE_FORMAT_ILLEGAL (wrong extension, bytes unlike the name, not a picture, damaged,
-    413 more than MAX_PICTURE_PIXELS pixels — a decompression bomb)."""
+    """Check an uploaded picture WITHOUT decoding its pixels: size, extension, format and
+    dimensions come from the header, and the file's structure is verified (PNG chunk CRCs,
+    a truncated file) — memory stays proportional to the upload, not to its pixels. The
+    pixels are decoded later by `decode_picture`, in the engine pool, after the caller was
+    admitted and charged. Errors: GET_FILE_FAIL (empty, 413 too large), FILE_FORMAT_ILLEGAL
+    (wrong extension, bytes unlike the name, not a picture, damaged, 413 more than
+    MAX_PICTURE_PIXELS pixels — a decompression bomb)."""
     if not data:
         raise ServiceError("GET_FILE_FAIL", "the uploaded picture is empty (0 bytes)", 400)
     if limit is not None and len(data) > limit:
@@ -317,11 +327,39 @@ def picture(data: bytes, filename: str | None = None, *, limit: int | None = Non
     if width * height > MAX_PICTURE_PIXELS:
         raise _bomb(width, height)
     try:
-        image.load()
-        rgb = _as_rgb(image)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        raise ServiceError("FILE_FORMAT_ILLEGAL", f"the {found} picture is damaged or truncated", 400) from None
-    return Picture(data=data, format=found, image=rgb)
+        image.verify()  # reads the structure, inflates nothing
+    except Exception:  # Pillow raises many types for broken files
+        raise _damaged(found) from None
+    return Picture(data=data, format=found, dimensions=(width, height))
+
+
+def _damaged(found: str) -> ServiceError:
+    return ServiceError("FILE_FORMAT_ILLEGAL", f"the {found} picture is damaged or truncated", 400)
+
+
+_decode_slots = threading.BoundedSemaphore(DECODE_CONCURRENCY)
+
+
+def decode_picture(checked: Picture) -> Picture:
+    """The checked picture with its pixels decoded to RGB. Runs inside the engine pool job,
+    after admission and the picTime reservation, and at most DECODE_CONCURRENCY at once per
+    process (each decode holds up to ~7 bytes per pixel: MAX_PICTURE_PIXELS → ~120 MB)."""
+    if checked.image is not None:
+        return checked
+    with _decode_slots:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = Image.open(io.BytesIO(checked.data), formats=[checked.format])
+                if image.size[0] * image.size[1] > MAX_PICTURE_PIXELS:
+                    raise _bomb(*image.size)
+                image.load()
+                rgb = _as_rgb(image)
+        except ServiceError:
+            raise
+        except Exception:  # a file whose compressed data is broken despite a sound structure
+            raise _damaged(checked.format) from None
+    return Picture(data=checked.data, format=checked.format, image=rgb, dimensions=rgb.size)
 
 
 def _bomb(width: int | None = None, height: int | None = None) -> ServiceError:
@@ -678,6 +716,6 @@ async def read_picture(
         user_id=user_id,
         kind="picture",
         choose=lambda session: picture_engine(session, settings, engine, user_id=user_id),
-        work=lambda reader: reader.read(picture),
+        work=lambda reader: reader.read(decode_picture(picture)),  # decoded only now: admitted and paid
         pic_times=1,
     )
