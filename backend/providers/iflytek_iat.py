@@ -124,7 +124,9 @@ class IflytekIAT:
         parts = urlsplit(self.url)
         port = parts.port or (443 if parts.scheme.lower() == "wss" else 80)
         address = self.guard.address(parts.hostname or "", port)
-        return socket.create_connection((address, port), timeout=self.timeout)
+        sock = socket.create_connection((address, port), timeout=self.timeout)
+        sock.settimeout(None)  # as websockets leaves the sockets it opens: its own deadlines apply
+        return sock
 
     def _send_all(self, ws, pcm: bytes, errors: list[BaseException]) -> None:
         try:

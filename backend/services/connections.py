@@ -6,10 +6,17 @@
   before the server calls it.
 - Ownership: a connection a user created (created_by = the user's id) is theirs; one an
   admin created is shared: every user may read it (key masked) and link models to it, only
-  admins change it. Another user's connection answers 404.
+  admins change it. Another user's connection answers 404, by id or by name
+  (`find_by_name`, used wherever a connection is chosen by its name).
+- Reach: only shared connections (and an admin's unsaved test) may call loopback or
+  private addresses (`reaches_private`); a user's own connection reaches public hosts
+  only, whatever METEOR_ALLOW_LOOPBACK / METEOR_ALLOWED_PRIVATE_HOSTS say.
+- `aiToken` must be printable ASCII (`check_token`): it is sent as an HTTP header value.
 - `probe()` lists the upstream's models (OpenAI-compatible `GET {base}/models`, Ollama
   `GET /api/tags`) and measures the latency. It never follows redirects (a redirect could
-  lead past the guard) and never puts the key into an answer or an error message.
+  lead past the guard), connects only to addresses the guard checked for that very
+  connection (`netguard.guarded_transport`) and never puts the key into an answer or an
+  error message.
 """
 
 from __future__ import annotations
