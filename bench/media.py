@@ -73,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
     pcm = speech_pcm()
     png = render_lines(ENGLISH_LINES)
-    picture = media.picture(png, "page.png")
+    picture = media.decode_picture(media.picture(png, "page.png"))
 
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as stack:
         data_dir = Path(tmp)

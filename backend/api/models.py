@@ -300,6 +300,7 @@ def test_unsaved_connection(
         protocol=protocol,
         timeout=float(data.timeout or connections.DEFAULT_TIMEOUT),
         token=data.ai_token,
+        allow_private=viewer.is_admin,  # loopback / private addresses are for admins only
     )
     return success(connections.probe(target, settings).public())
 

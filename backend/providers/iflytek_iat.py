@@ -7,14 +7,20 @@ carries `common.app_id` and the `business` parameters, every frame carries
 `data.encoding = raw` and up to 8000 bytes of base64 audio; frames are paced
 `frame_interval` seconds apart (40 ms, as iFlytek asks). The text is the concatenation of
 every answer's `data.result.ws[].cw[].w`, until an answer with `data.status == 2`.
+
+Given a `netguard.Guard`, the TCP connection is opened to the address the SSRF guard
+checked (`resolve_checked`) and handed to the websocket client (`sock=`), which keeps the
+host name for the Host header and TLS; a redirect answer is an error, never followed.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import socket
 import threading
 import time
+from urllib.parse import urlsplit
 
 from websockets.exceptions import InvalidStatus, WebSocketException
 from websockets.sync.client import connect
@@ -22,10 +28,23 @@ from websockets.sync.client import connect
 from backend.providers.base import ProviderError, ProviderTimeout
 from backend.providers.iflytek import signed_url
 from backend.providers.iflytek_keys import IflytekKeys
+from backend.services import netguard
 
 PROTOCOL = "iflytek-iat"
 FRAME_BYTES = 8000
 AUDIO_FORMAT = "audio/L16;rate=16000"
+
+
+def _invalid_status(exc: BaseException) -> InvalidStatus | None:
+    """The handshake's InvalidStatus behind `exc` (itself, its cause or its context)."""
+    current: BaseException | None = exc
+    for _ in range(5):
+        if current is None:
+            return None
+        if isinstance(current, InvalidStatus):
+            return current
+        current = current.__cause__ or current.__context__
+    return None
 
 
 class IflytekIAT:
@@ -40,8 +59,10 @@ class IflytekIAT:
         timeout: float = 30.0,
         frame_interval: float = 0.04,
         business: dict | None = None,
+        guard: netguard.Guard | None = None,
     ) -> None:
         self.name = name
+        self.guard = guard
         self.url = url
         self.keys = keys
         self.timeout = timeout
@@ -70,21 +91,42 @@ class IflytekIAT:
         deadline = time.monotonic() + self.timeout
         url = signed_url(self.url, self.keys.api_key, self.keys.api_secret, "GET")
         try:
-            with connect(url, open_timeout=self.timeout, close_timeout=2, max_size=4 * 1024 * 1024) as ws:
+            sock = self._socket()
+            with connect(url, sock=sock, open_timeout=self.timeout, close_timeout=2, max_size=4 * 1024 * 1024) as ws:
                 sender_error: list[BaseException] = []
                 sender = threading.Thread(target=self._send_all, args=(ws, pcm, sender_error), daemon=True)
                 sender.start()
                 text = self._receive_all(ws, deadline)
                 sender.join(timeout=max(0.0, deadline - time.monotonic()))
                 return text
-        except InvalidStatus as exc:
-            status = exc.response.status_code
-            hint = "check the app id, API key and API secret" if status in (401, 403) else "see iFlytek's status"
-            raise ProviderError(f"iFlytek IAT refused the connection (HTTP {status}); {hint}") from None
         except TimeoutError:
             raise ProviderTimeout(f"iFlytek IAT did not answer within {self.timeout:g} s") from None
-        except (OSError, WebSocketException) as exc:
-            raise ProviderError(f"iFlytek IAT connection failed: {type(exc).__name__}") from None
+        except (OSError, WebSocketException, ValueError) as exc:
+            # a redirect is refused by the client (it was handed a socket) while handling the
+            # handshake's InvalidStatus: report that status
+            refused = _invalid_status(exc)
+            if refused is None:
+                raise ProviderError(f"iFlytek IAT connection failed: {type(exc).__name__}") from None
+            status = refused.response.status_code
+            if 300 <= status < 400:
+                hint = "a redirect, which is not followed; point the connection at the final URL"
+            elif status in (401, 403):
+                hint = "check the app id, API key and API secret"
+            else:
+                hint = "see iFlytek's status"
+            raise ProviderError(f"iFlytek IAT refused the connection (HTTP {status}); {hint}") from None
+
+    def _socket(self) -> socket.socket | None:
+        """The TCP connection, opened to the address the guard checked (the name still goes
+        into the Host header and the TLS server name); None without a guard."""
+        if self.guard is None:
+            return None
+        parts = urlsplit(self.url)
+        port = parts.port or (443 if parts.scheme.lower() == "wss" else 80)
+        address = self.guard.address(parts.hostname or "", port)
+        sock = socket.create_connection((address, port), timeout=self.timeout)
+        sock.settimeout(None)  # as websockets leaves the sockets it opens: its own deadlines apply
+        return sock
 
     def _send_all(self, ws, pcm: bytes, errors: list[BaseException]) -> None:
         try:

@@ -20,19 +20,31 @@ from backend.providers.base import ProviderError, ProviderTimeout
 from backend.providers.iflytek import signed_url
 from backend.providers.iflytek_keys import IflytekKeys
 from backend.providers.recognition import Picture
+from backend.services import netguard
 
 PROTOCOL = "iflytek-ocr"
 ENCODINGS = {"JPEG": "jpg", "PNG": "png", "BMP": "bmp"}
 
 
 class IflytekOCR:
-    """One configured OCR connection."""
+    """One configured OCR connection. Its HTTP client never follows a redirect, ignores
+    environment proxies and, given a `netguard.Guard`, connects only to checked addresses."""
 
-    def __init__(self, url: str, keys: IflytekKeys, *, name: str = PROTOCOL, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        url: str,
+        keys: IflytekKeys,
+        *,
+        name: str = PROTOCOL,
+        timeout: float = 30.0,
+        guard: netguard.Guard | None = None,
+    ) -> None:
         self.name = name
         self.url = url
         self.keys = keys
         self.timeout = timeout
+        transport = guard.transport() if guard is not None else httpx.HTTPTransport()
+        self.client = httpx.Client(transport=transport, follow_redirects=False, trust_env=False, timeout=timeout)
 
     def request_body(self, picture: Picture) -> dict:
         data, fmt = picture.encoded(tuple(ENCODINGS))
@@ -49,11 +61,16 @@ class IflytekOCR:
     def read(self, picture: Picture) -> str:
         url = signed_url(self.url, self.keys.api_key, self.keys.api_secret, "POST")
         try:
-            response = httpx.post(url, json=self.request_body(picture), timeout=self.timeout)
+            response = self.client.post(url, json=self.request_body(picture))
         except httpx.TimeoutException:
             raise ProviderTimeout(f"iFlytek OCR did not answer within {self.timeout:g} s") from None
         except httpx.HTTPError as exc:
             raise ProviderError(f"iFlytek OCR connection failed: {type(exc).__name__}") from None
+        if response.is_redirect:
+            raise ProviderError(
+                f"iFlytek OCR answered HTTP {response.status_code}, a redirect; redirects are not followed, "
+                "point the connection at the final URL"
+            )
         if response.status_code in (401, 403):
             raise ProviderError(
                 f"iFlytek OCR refused the request (HTTP {response.status_code}); "

@@ -2,7 +2,8 @@
 
 `POST {ai_api}/chat/completions` with one user message holding a transcription prompt and
 the picture as a `data:` URL (`image_url` content part), model = the connection's
-`ai_version`, or its `ai_name` when that is empty; temperature 0, retries off.
+`ai_version`, or its `ai_name` when that is empty; temperature 0, retries off. The HTTP client is the one
+`openai_audio.http_client` builds (no redirects, pinned to checked addresses).
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ import base64
 import openai
 
 from backend.providers.base import ProviderError
-from backend.providers.openai_audio import upstream_error
+from backend.providers.openai_audio import http_client, upstream_error
 from backend.providers.recognition import Picture
+from backend.services import netguard
 
 PROTOCOL = "openai-vision"
 PROMPT = (
@@ -34,12 +36,19 @@ class OpenAIVisionReader:
         name: str = PROTOCOL,
         timeout: float = 60.0,
         max_tokens: int = 1024,
+        guard: netguard.Guard | None = None,
     ) -> None:
         self.name = name
         self.model = model
         self.timeout = timeout
         self.max_tokens = max_tokens
-        self.client = openai.OpenAI(base_url=base_url, api_key=api_key or "none", timeout=timeout, max_retries=0)
+        self.client = openai.OpenAI(
+            base_url=base_url,
+            api_key=api_key or "none",
+            timeout=timeout,
+            max_retries=0,
+            http_client=http_client(guard, timeout),  # no redirects; pinned to checked addresses
+        )
 
     def messages(self, picture: Picture) -> list[dict]:
         data_url = f"data:{picture.mime};base64,{base64.b64encode(picture.data).decode()}"

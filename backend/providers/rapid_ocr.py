@@ -62,6 +62,8 @@ class EmbeddedRapidOCR:
             self._idle.put(_new_instance())
 
     def read(self, picture: Picture) -> str:
+        if picture.image is None:
+            raise ProviderError("the picture was not decoded (media.decode_picture) before OCR", 500)
         engine = self._idle.get()
         try:
             result, _elapsed = engine(picture.image)

@@ -2,7 +2,7 @@
 
 - `Transcriber.transcribe(pcm)` takes a clip as raw PCM (16 kHz, 16-bit little-endian,
   mono) and returns its text.
-- `PictureReader.read(picture)` takes a validated, already decoded `Picture` and returns
+- `PictureReader.read(picture)` takes a validated, decoded `Picture` and returns
   the text found in it, one line per line of text.
 
 Both are synchronous and blocking: `backend.services.media` runs them off the event loop
@@ -27,12 +27,14 @@ MIME_BY_FORMAT = {"JPEG": "image/jpeg", "PNG": "image/png", "WEBP": "image/webp"
 
 @dataclass(frozen=True)
 class Picture:
-    """An uploaded picture: the bytes as sent, the format Pillow found in them, and the
-    decoded RGB image (so no engine has to decode the upload again)."""
+    """An uploaded picture: the bytes as sent, the format Pillow found in them, its
+    dimensions (from the header) and, once `media.decode_picture` ran (in the engine pool,
+    after the caller was charged), the decoded RGB image, so no engine decodes it again."""
 
     data: bytes
     format: str  # JPEG, PNG, WEBP or BMP
-    image: Image.Image
+    image: Image.Image | None = None
+    dimensions: tuple[int, int] | None = None
 
     @property
     def mime(self) -> str:
@@ -40,13 +42,18 @@ class Picture:
 
     @property
     def size(self) -> tuple[int, int]:
-        return self.image.size
+        if self.image is not None:
+            return self.image.size
+        assert self.dimensions is not None
+        return self.dimensions
 
     def encoded(self, formats: tuple[str, ...] = ("JPEG", "PNG", "BMP")) -> tuple[bytes, str]:
         """The picture in one of `formats`: the original bytes when they already are,
         otherwise re-encoded as PNG (lossless)."""
         if self.format in formats:
             return self.data, self.format
+        if self.image is None:
+            raise ValueError("the picture is not decoded yet (media.decode_picture)")
         buffer = io.BytesIO()
         self.image.save(buffer, format="PNG")
         return buffer.getvalue(), "PNG"

@@ -6,10 +6,17 @@
   before the server calls it.
 - Ownership: a connection a user created (created_by = the user's id) is theirs; one an
   admin created is shared: every user may read it (key masked) and link models to it, only
-  admins change it. Another user's connection answers 404.
+  admins change it. Another user's connection answers 404, by id or by name
+  (`find_by_name`, used wherever a connection is chosen by its name).
+- Reach: only shared connections (and an admin's unsaved test) may call loopback or
+  private addresses (`reaches_private`); a user's own connection reaches public hosts
+  only, whatever METEOR_ALLOW_LOOPBACK / METEOR_ALLOWED_PRIVATE_HOSTS say.
+- `aiToken` must be printable ASCII (`check_token`): it is sent as an HTTP header value.
 - `probe()` lists the upstream's models (OpenAI-compatible `GET {base}/models`, Ollama
   `GET /api/tags`) and measures the latency. It never follows redirects (a redirect could
-  lead past the guard) and never puts the key into an answer or an error message.
+  lead past the guard), connects only to addresses the guard checked for that very
+  connection (`netguard.guarded_transport`) and never puts the key into an answer or an
+  error message.
 """
 
 from __future__ import annotations
@@ -73,19 +80,40 @@ def _visible(query, viewer: Viewer):
     return query.where(or_(owner == viewer.user_id, owner.is_(None), func.length(owner) != 32, owner.like("admin:%")))
 
 
+def may_see(conn: ModelAiOnline, viewer: Viewer) -> bool:
+    """The visibility rule (the same as `_visible` in SQL): admins see every connection,
+    users their own and the shared ones."""
+    return viewer.is_admin or conn.created_by == viewer.user_id or is_shared(conn)
+
+
 def may_change(conn: ModelAiOnline, viewer: Viewer) -> bool:
     return viewer.is_admin or conn.created_by == viewer.user_id
+
+
+def reaches_private(conn: ModelAiOnline) -> bool:
+    """Whether calls made for this connection may reach loopback and private addresses:
+    only for shared connections (admins configure them, e.g. a local Ollama). A user's own
+    connection reaches public addresses only, whoever tests or uses it."""
+    return is_shared(conn)
 
 
 def get_connection(session: Session, viewer: Viewer, ai_id: int, *, for_change: bool = False) -> ModelAiOnline:
     """The connection if the viewer may see it (404 otherwise); with `for_change`, 403 on
     a shared connection for a user."""
     conn = session.get(ModelAiOnline, ai_id) if 0 < ai_id <= 2**31 - 1 else None
-    if conn is None or not (viewer.is_admin or conn.created_by == viewer.user_id or is_shared(conn)):
+    if conn is None or not may_see(conn, viewer):
         raise not_found("online model", ai_id)
     if for_change and not may_change(conn, viewer):
         raise ServiceError("PERMISSION_NOT_ALLOW", "shared connections are managed by admins", 403)
     return conn
+
+
+def find_by_name(session: Session, viewer: Viewer, ai_name: str) -> ModelAiOnline | None:
+    """The connection named `ai_name` if the viewer may see it, else None — another user's
+    private connection is indistinguishable from a name that does not exist. Everything
+    that picks a connection by name (media engines, model links) goes through here."""
+    query = _visible(select(ModelAiOnline), viewer).where(ModelAiOnline.ai_name == ai_name)
+    return session.scalars(query.limit(1)).first()
 
 
 # --- answers -----------------------------------------------------------------------------
@@ -185,10 +213,19 @@ def _timeout(value: Any) -> int:
     return value
 
 
-def _check_api(settings: Settings, value: Any) -> str:
+def _check_api(settings: Settings, value: Any, *, allow_private: bool) -> str:
     api = required_text(value, "aiApi", 500)
-    netguard.check_url(api, settings, on_save=True)
+    netguard.check_url(api, settings, on_save=True, allow_private=allow_private)
     return api
+
+
+def check_token(value: Any) -> str | None:
+    """An aiToken from a request: at most 500 characters of printable ASCII (it travels in
+    an HTTP header or a signed URL, which carry nothing else); 400 otherwise."""
+    token = optional_text(value, "aiToken", 500)
+    if token is not None and not all(" " <= ch <= "~" for ch in token):
+        raise bad_request("aiToken must be printable ASCII (letters, digits and punctuation): API keys are sent as-is")
+    return token
 
 
 def _name_taken(session: Session, name: str, exclude: int | None = None) -> bool:
@@ -215,8 +252,8 @@ def create_connection(
     """A new connection owned by the viewer (a user) or shared (an admin). aiName is
     unique (409); aiApi must pass the SSRF guard (400); the key is stored encrypted."""
     name = required_text(ai_name, "aiName", 50)
-    api = _check_api(settings, ai_api)
-    token = optional_text(ai_token, "aiToken", 500)
+    api = _check_api(settings, ai_api, allow_private=viewer.is_admin)  # a user's connection: public hosts only
+    token = check_token(ai_token)
     conn = ModelAiOnline(
         ai_name=name,
         ai_api=api,
@@ -258,12 +295,12 @@ def update_connection(
             raise _duplicate(name)
         conn.ai_name = name
     if ai_api is not UNSET:
-        conn.ai_api = _check_api(settings, ai_api)
+        conn.ai_api = _check_api(settings, ai_api, allow_private=reaches_private(conn))
     if ai_token is not UNSET and ai_token is not None:
         if not isinstance(ai_token, str):
             raise bad_request("aiToken must be a string")
         if MASK_MARK not in ai_token:
-            conn.ai_token_encrypted = security.encrypt_secret(settings, optional_text(ai_token, "aiToken", 500))
+            conn.ai_token_encrypted = security.encrypt_secret(settings, check_token(ai_token))
     if ai_version is not UNSET:
         conn.ai_version = optional_text(ai_version, "aiVersion", 50)
     if ai_type is not UNSET and ai_type is not None:
@@ -311,13 +348,16 @@ def delete_connections(session: Session, viewer: Viewer, ids: list[int]) -> int:
 
 @dataclass(frozen=True)
 class ProbeTarget:
-    """What the probe needs; `token` is the decrypted key (kept out of repr)."""
+    """What the probe needs; `token` is the decrypted key (kept out of repr).
+    `allow_private`: may the probe reach loopback / private addresses — only for a shared
+    connection or an admin's unsaved test (see `reaches_private`)."""
 
     ai_api: str
     protocol: str
     timeout: float
     name: str | None = None
     token: str | None = field(default=None, repr=False)
+    allow_private: bool = False
 
 
 @dataclass
@@ -355,6 +395,7 @@ def connection_target(session: Session, settings: Settings, viewer: Viewer, ai_i
         timeout=float(conn.timeout),
         name=conn.ai_name,
         token=token,
+        allow_private=reaches_private(conn),
     )
 
 
@@ -408,14 +449,18 @@ def probe(target: ProbeTarget, settings: Settings) -> ProbeResult:
     if target.protocol in NO_MODEL_LIST:
         raise bad_request("test connection lists models; iFlytek services have no model list to test against")
     url = models_url(target.ai_api, target.protocol)
-    netguard.check_url(url, settings)
+    netguard.check_url(url, settings, allow_private=target.allow_private)
     headers = {"Accept": "application/json"}
-    if target.token:
-        headers["Authorization"] = f"Bearer {target.token}"
+    token = check_token(target.token)  # a key stored before the check existed is refused here
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
     timeout = min(float(target.timeout or DEFAULT_TIMEOUT), PROBE_TIMEOUT_CAP)
+    transport = netguard.guarded_transport(settings, allow_private=target.allow_private, asynchronous=False)
     started = time.perf_counter()
     try:
-        with httpx.Client(timeout=timeout, follow_redirects=False, trust_env=False) as client:
+        # the transport connects only to the addresses it checked itself (DNS may have
+        # changed since check_url); redirects are reported, never followed
+        with httpx.Client(transport=transport, timeout=timeout, follow_redirects=False, trust_env=False) as client:
             response = client.get(url, headers=headers)
         latency = int((time.perf_counter() - started) * 1000)
     except httpx.TimeoutException:

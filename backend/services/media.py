@@ -8,7 +8,10 @@ from a client's file name.
   starting with `RIFF…WAVE`), which is decoded and resampled to 16 kHz mono PCM.
 - A picture is JPEG, PNG, WebP or BMP; the bytes must be what the name's extension says,
   and at most `MAX_PICTURE_PIXELS` pixels (checked from the header before decoding, so a
-  decompression bomb is refused without being inflated).
+  decompression bomb is refused without being inflated). The upload check reads only the
+  header and the file's structure; the pixels are decoded (`decode_picture`) inside the
+  engine's pool job, i.e. after the caller was signed in, admitted to the pool and had the
+  picTime reserved — a user without picTimes never costs the server a decode.
 
 Engines. `embedded` is the offline engine (Whisper base / tiny.en for voice, RapidOCR for
 pictures); any other name is the `ai_name` of an online connection (`model_ai_online`)
@@ -75,7 +78,8 @@ from backend.providers import iflytek_iat, iflytek_ocr, openai_audio, openai_vis
 from backend.providers.base import ProviderError
 from backend.providers.iflytek_keys import parse_keys
 from backend.providers.recognition import SAMPLE_RATE, SAMPLE_WIDTH, Picture, pcm_seconds
-from backend.services import netguard, quota
+from backend.services import connections, netguard, quota
+from backend.services.seed003 import Viewer
 from db.models import ModelAiOnline, UsageRecord, User
 
 EMBEDDED = "embedded"
@@ -87,7 +91,10 @@ PICTURE_PROTOCOLS = {iflytek_ocr.PROTOCOL, openai_vision.PROTOCOL, OPENAI}
 
 PICTURE_FORMATS = {"jpg": "JPEG", "jpeg": "JPEG", "png": "PNG", "webp": "WEBP", "bmp": "BMP"}
 VOICE_EXTENSIONS = {"pcm", "raw", "wav"}
-MAX_PICTURE_PIXELS = 40_000_000
+# 4096 × 4096: a 16 MP photo passes, OCR engines scale larger pictures down anyway. Decoding
+# one costs up to ~7 bytes per pixel (RGBA + the RGB copy), ~120 MB at the cap.
+MAX_PICTURE_PIXELS = 4096 * 4096
+DECODE_CONCURRENCY = 2  # pictures decoded at once per process, whatever the pools' sizes
 MAX_CLIP_SECONDS = 600
 ONLINE_WORKERS = 16
 
@@ -288,9 +295,13 @@ def voice_clip(data: bytes, filename: str | None = None, *, limit: int | None = 
 
 
 def picture(data: bytes, filename: str | None = None, *, limit: int | None = None) -> Picture:
-    """Check and decode an uploaded picture. Errors: GET_FILE_FAIL (empty, 413 too large),
-    FILE_FORMAT_ILLEGAL (wrong extension, bytes unlike the name, not a picture, damaged,
-    413 more than MAX_PICTURE_PIXELS pixels — a decompression bomb)."""
+    """Check an uploaded picture WITHOUT decoding its pixels: size, extension, format and
+    dimensions come from the header, and the file's structure is verified (PNG chunk CRCs,
+    a truncated file) — memory stays proportional to the upload, not to its pixels. The
+    pixels are decoded later by `decode_picture`, in the engine pool, after the caller was
+    admitted and charged. Errors: GET_FILE_FAIL (empty, 413 too large), FILE_FORMAT_ILLEGAL
+    (wrong extension, bytes unlike the name, not a picture, damaged, 413 more than
+    MAX_PICTURE_PIXELS pixels — a decompression bomb)."""
     if not data:
         raise ServiceError("GET_FILE_FAIL", "the uploaded picture is empty (0 bytes)", 400)
     if limit is not None and len(data) > limit:
@@ -316,11 +327,39 @@ def picture(data: bytes, filename: str | None = None, *, limit: int | None = Non
     if width * height > MAX_PICTURE_PIXELS:
         raise _bomb(width, height)
     try:
-        image.load()
-        rgb = _as_rgb(image)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
-        raise ServiceError("FILE_FORMAT_ILLEGAL", f"the {found} picture is damaged or truncated", 400) from None
-    return Picture(data=data, format=found, image=rgb)
+        image.verify()  # reads the structure, inflates nothing
+    except Exception:  # Pillow raises many types for broken files
+        raise _damaged(found) from None
+    return Picture(data=data, format=found, dimensions=(width, height))
+
+
+def _damaged(found: str) -> ServiceError:
+    return ServiceError("FILE_FORMAT_ILLEGAL", f"the {found} picture is damaged or truncated", 400)
+
+
+_decode_slots = threading.BoundedSemaphore(DECODE_CONCURRENCY)
+
+
+def decode_picture(checked: Picture) -> Picture:
+    """The checked picture with its pixels decoded to RGB. Runs inside the engine pool job,
+    after admission and the picTime reservation, and at most DECODE_CONCURRENCY at once per
+    process (each decode holds up to ~7 bytes per pixel: MAX_PICTURE_PIXELS → ~120 MB)."""
+    if checked.image is not None:
+        return checked
+    with _decode_slots:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                image = Image.open(io.BytesIO(checked.data), formats=[checked.format])
+                if image.size[0] * image.size[1] > MAX_PICTURE_PIXELS:
+                    raise _bomb(*image.size)
+                image.load()
+                rgb = _as_rgb(image)
+        except ServiceError:
+            raise
+        except Exception:  # a file whose compressed data is broken despite a sound structure
+            raise _damaged(checked.format) from None
+    return Picture(data=checked.data, format=checked.format, image=rgb, dimensions=rgb.size)
 
 
 def _bomb(width: int | None = None, height: int | None = None) -> ServiceError:
@@ -356,8 +395,11 @@ class Engine:
     load: Callable[[], Any]
 
 
-def _connection(session: Session, name: str, kind: str, protocols: set[str]) -> ModelAiOnline:
-    row = session.scalar(select(ModelAiOnline).where(ModelAiOnline.ai_name == name))
+def _connection(session: Session, viewer: Viewer, name: str, kind: str, protocols: set[str]) -> ModelAiOnline:
+    """The connection `name` picks, by the same visibility rule as everywhere else
+    (`connections.find_by_name`): another user's private connection is a 404 worded
+    exactly like a name that does not exist."""
+    row = connections.find_by_name(session, viewer, name)
     if row is None:
         raise ServiceError("MODEL_ERROR", f"no {kind} engine named {name!r}; use 'embedded' or a connection name", 404)
     if row.protocol not in protocols:
@@ -378,9 +420,10 @@ def _secret(settings: Settings, row: ModelAiOnline) -> str | None:
 
 
 def _guarded_url(settings: Settings, row: ModelAiOnline) -> str:
-    """The connection's URL, after the SSRF guard."""
+    """The connection's URL, after the SSRF guard (a user's own connection: public
+    addresses only). The engine's client checks again, per connection it opens."""
     url = row.ai_api.strip()
-    netguard.check_url(url, settings)
+    netguard.check_url(url, settings, allow_private=connections.reaches_private(row))
     return url
 
 
@@ -409,34 +452,56 @@ def _online(settings: Settings, row: ModelAiOnline, kind: str) -> Engine:
     url = _guarded_url(settings, row)
     timeout = float(row.timeout or 30)
     model = row.ai_version or row.ai_name
-    key = (kind, row.protocol, url, hashlib.sha256((secret or "").encode()).hexdigest(), model, timeout)
+    guard = netguard.Guard(settings, connections.reaches_private(row))
+    key = (
+        kind,
+        row.protocol,
+        url,
+        hashlib.sha256((secret or "").encode()).hexdigest(),
+        model,
+        timeout,
+        guard.allow_private,
+        settings.allow_loopback,  # what else the guard decides by
+        settings.allowed_private_hosts,
+    )
     builders: dict[str, Callable[[], Any]] = {
-        "voice": lambda: openai_audio.OpenAITranscriber(url, secret, model, timeout=timeout),
-        "picture": lambda: openai_vision.OpenAIVisionReader(url, secret, model, timeout=timeout),
+        "voice": lambda: openai_audio.OpenAITranscriber(url, secret, model, timeout=timeout, guard=guard),
+        "picture": lambda: openai_vision.OpenAIVisionReader(url, secret, model, timeout=timeout, guard=guard),
     }
     if row.protocol == iflytek_iat.PROTOCOL:
-        builders["voice"] = lambda: iflytek_iat.IflytekIAT(url, parse_keys(secret), timeout=timeout)
+        builders["voice"] = lambda: iflytek_iat.IflytekIAT(url, parse_keys(secret), timeout=timeout, guard=guard)
     elif row.protocol == iflytek_ocr.PROTOCOL:
-        builders["picture"] = lambda: iflytek_ocr.IflytekOCR(url, parse_keys(secret), timeout=timeout)
+        builders["picture"] = lambda: iflytek_ocr.IflytekOCR(url, parse_keys(secret), timeout=timeout, guard=guard)
     return Engine(row.ai_name, row.protocol, False, lambda: _client(key, builders[kind]))
 
 
-def voice_engine(session: Session, settings: Settings, name: str | None = None) -> Engine:
-    """The voice engine `name` picks (default `Settings.default_voice_engine`)."""
+def _viewer(user_id: str | None) -> Viewer:
+    """Who picks the engine: the signed-in user. Without one (the server's own default
+    engine, e.g. a bench) only shared connections are visible."""
+    return Viewer.for_user(user_id) if user_id else Viewer()
+
+
+def voice_engine(
+    session: Session, settings: Settings, name: str | None = None, *, user_id: str | None = None
+) -> Engine:
+    """The voice engine `name` picks (default `Settings.default_voice_engine`) for `user_id`."""
     name = (name or settings.default_voice_engine or EMBEDDED).strip()
     workers = settings.model_concurrency
     if name in VOICE_ALIASES:
         return Engine(EMBEDDED, "whisper", True, lambda: whisper_stt.shared(workers))
-    return _online(settings, _connection(session, name, "voice", VOICE_PROTOCOLS), "voice")
+    return _online(settings, _connection(session, _viewer(user_id), name, "voice", VOICE_PROTOCOLS), "voice")
 
 
-def picture_engine(session: Session, settings: Settings, name: str | None = None) -> Engine:
-    """The picture engine `name` picks (default `Settings.default_picture_engine`)."""
+def picture_engine(
+    session: Session, settings: Settings, name: str | None = None, *, user_id: str | None = None
+) -> Engine:
+    """The picture engine `name` picks (default `Settings.default_picture_engine`) for `user_id`."""
     name = (name or settings.default_picture_engine or EMBEDDED).strip()
     workers = settings.model_concurrency
     if name in PICTURE_ALIASES:
         return Engine(EMBEDDED, "rapidocr", True, lambda: rapid_ocr.shared(workers))
-    return _online(settings, _connection(session, name, "picture", PICTURE_PROTOCOLS), "picture")
+    viewer = _viewer(user_id)
+    return _online(settings, _connection(session, viewer, name, "picture", PICTURE_PROTOCOLS), "picture")
 
 
 # --- pools ----------------------------------------------------------------------------------
@@ -601,6 +666,10 @@ async def _recognize(
             content, language = content.text, content.language
     except BaseException as exc:
         latency = int((time.monotonic() - started) * 1000)
+        if isinstance(exc, ServiceError):  # a damaged picture, an address the guard refused
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(finish, "error", latency, exc.message)
+            raise
         if isinstance(exc, ProviderError):
             status, message = "error", str(exc)
         elif isinstance(exc, Exception):
@@ -656,7 +725,7 @@ async def transcribe_voice(
         settings=settings,
         user_id=user_id,
         kind="voice",
-        choose=lambda session: voice_engine(session, settings, engine),
+        choose=lambda session: voice_engine(session, settings, engine, user_id=user_id),
         work=lambda transcriber: _transcribe(transcriber, clip.pcm, chosen),
         tokens=voice_tokens(settings, clip.seconds),
         audio_seconds=round(clip.seconds, 3),
@@ -675,7 +744,7 @@ async def read_picture(
         settings=settings,
         user_id=user_id,
         kind="picture",
-        choose=lambda session: picture_engine(session, settings, engine),
-        work=lambda reader: reader.read(picture),
+        choose=lambda session: picture_engine(session, settings, engine, user_id=user_id),
+        work=lambda reader: reader.read(decode_picture(picture)),  # decoded only now: admitted and paid
         pic_times=1,
     )

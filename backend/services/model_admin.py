@@ -41,7 +41,7 @@ from backend.services.seed003 import (
     required_text,
     run_listing,
 )
-from db.models import ModelAiOnline, ModelFile, ModelFileEgMessage, ModelInfo, User
+from db.models import ModelFile, ModelFileEgMessage, ModelInfo, User
 
 TEXT_MAX = 16000  # a MySQL TEXT holds 65,535 bytes: 16,000 four-byte characters
 MAX_EXAMPLES = 100
@@ -215,8 +215,8 @@ def _connection_for(session: Session, viewer: Viewer, aiol_id: Any) -> int:
 
 
 def _connection_named(session: Session, viewer: Viewer, ai_name: str) -> int | None:
-    query = connections._visible(select(ModelAiOnline.ai_id), viewer).where(ModelAiOnline.ai_name == ai_name)
-    return session.scalars(query.limit(1)).first()
+    conn = connections.find_by_name(session, viewer, ai_name)
+    return None if conn is None else conn.ai_id
 
 
 def create_model(

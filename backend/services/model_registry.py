@@ -25,7 +25,7 @@ from backend.errors import ServiceError
 from backend.providers.base import ChatProvider
 from backend.services import netguard
 from backend.services.bootstrap import EMBEDDED_BASE_MODEL
-from backend.services.connections import api_base
+from backend.services.connections import api_base, reaches_private
 from backend.services.personas import PersonaParams
 from db.models import ModelFile, ModelInfo
 
@@ -50,6 +50,10 @@ class ResolvedModel:
     examples: list[tuple[str, str]]
     disabled: bool = False
     api_key: str | None = field(default=None, repr=False)
+    # May calls for this model reach loopback / private addresses? Only for connections admins
+    # manage (connections.reaches_private) and the local engines; the providers' guarded
+    # transports (netguard.guarded_transport) take it as `allow_private`.
+    allow_private: bool = False
 
 
 def _not_found(name: str | None) -> ServiceError:
@@ -128,6 +132,7 @@ def resolve(
             examples=examples,
             disabled=bool(info.disable),
             api_key=api_key,
+            allow_private=reaches_private(conn),
         )
     if not base_model:
         raise ServiceError("MODEL_ERROR", f"model {info.model_name!r} names no base model", 502)
@@ -143,6 +148,7 @@ def resolve(
         system=system,
         examples=examples,
         disabled=bool(info.disable),
+        allow_private=True,  # the embedded engine, or Ollama at the admin-configured Settings.ollama_url
     )
 
 
@@ -176,8 +182,8 @@ def open_provider(model: ResolvedModel, settings: Settings) -> ChatProvider:
         return registry.chat_provider("embedded", settings=settings)
     if model.base_url and model.base_url != settings.ollama_url:
         # Checked at every call, not only when saved: DNS may have moved the host since.
-        netguard.check_url(model.base_url, settings)
-    cache_key = (model.provider, model.base_url, model.api_key, model.timeout)
+        netguard.check_url(model.base_url, settings, allow_private=model.allow_private)
+    cache_key = (model.provider, model.base_url, model.api_key, model.timeout, model.allow_private)
     with _providers_lock:
         provider = _providers.get(cache_key)
         if provider is not None:

@@ -110,7 +110,7 @@ def test_whisper_loads_once_per_process():
     [("English", ENGLISH_LINES, "PNG"), ("Chinese", CHINESE_LINES, "JPEG")],
 )
 def test_rapidocr_reads_rendered_lines(language, lines, fmt):
-    picture = media.picture(render_lines(lines, fmt=fmt), f"lines.{fmt.lower()}")
+    picture = media.decode_picture(media.picture(render_lines(lines, fmt=fmt), f"lines.{fmt.lower()}"))
     text = rapid_ocr.shared().read(picture)
     accuracy = character_accuracy("".join(lines), text)
     print(f"\nembedded RapidOCR, {language}: {text!r}  character accuracy={accuracy:.3f}")
@@ -137,7 +137,7 @@ def test_transparent_png_is_read_on_white():
     ImageDraw.Draw(image).text((20, 20), "Transparent background", font=cjk_font(36), fill=(0, 0, 0, 255))
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    picture = media.picture(buffer.getvalue(), "t.png")
+    picture = media.decode_picture(media.picture(buffer.getvalue(), "t.png"))
     assert picture.image.mode == "RGB" and picture.image.getpixel((2, 2)) == (255, 255, 255)
     accuracy = character_accuracy("Transparent background", rapid_ocr.shared().read(picture))
     assert accuracy >= 0.9

@@ -93,7 +93,7 @@ def test_iflytek_keys_accept_both_packings_and_refuse_garbage():
 
 @pytest.mark.parametrize("fmt, sent", [("PNG", "PNG"), ("JPEG", "JPEG"), ("BMP", "BMP"), ("WEBP", "PNG")])
 def test_ocr_client_sends_a_signed_request_and_decodes_whole_text(fmt, sent):
-    picture = media.picture(small_picture(fmt, (123, 45)))
+    picture = media.decode_picture(media.picture(small_picture(fmt, (123, 45))))
     app = ocr_app()
     with serve_asgi(app) as base:
         text = IflytekOCR(base + OCR_PATH, FAKE_KEYS, timeout=10).read(picture)

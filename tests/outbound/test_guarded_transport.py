@@ -206,3 +206,35 @@ def test_proxies_and_unix_sockets_are_refused(strict):
         guarded_transport(strict, allow_private=True, asynchronous=False, proxy="http://127.0.0.1:3128")
     with pytest.raises(TypeError):
         guarded_transport(strict, allow_private=True, asynchronous=True, uds="/tmp/x.sock")
+
+
+def test_the_openai_sdk_runs_over_the_guarded_async_transport(strict, dns):
+    """What the chat gateway does: AsyncOpenAI with an httpx.AsyncClient on the transport.
+    A refusal comes out of the SDK as the UnsafeURL itself (not wrapped)."""
+    import openai
+
+    from tests.fakes.openai_server import OpenAIServer
+
+    with OpenAIServer(reply="pinned hello") as upstream:
+        dns.set("upstream.test", [ALLOWED_IP])
+        dns.set("internal.test", [FORBIDDEN_IP])
+
+        async def run() -> str:
+            async with async_client(strict) as http:
+                sdk = openai.AsyncOpenAI(
+                    base_url=f"http://upstream.test:{upstream.port}/v1", api_key="k", max_retries=0, http_client=http
+                )
+                completion = await sdk.chat.completions.create(
+                    model="fake-model", messages=[{"role": "user", "content": "hi"}]
+                )
+                blocked = openai.AsyncOpenAI(
+                    base_url=f"http://internal.test:{upstream.port}/v1", api_key="k", max_retries=0, http_client=http
+                )
+                with pytest.raises(UnsafeURL):
+                    await blocked.chat.completions.create(model="m", messages=[{"role": "user", "content": "hi"}])
+                return completion.choices[0].message.content
+
+        assert asyncio.run(run()) == "pinned hello"
+        assert (
+            len(upstream.requests) == 1 and upstream.requests[0]["headers"]["host"] == f"upstream.test:{upstream.port}"
+        )

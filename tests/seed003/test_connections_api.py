@@ -148,20 +148,20 @@ def test_updates_go_through_the_guard_too(client, maker, alice):
     assert ok(client.get(f"/model/ol/manage/{ai_id}", headers=alice.headers))["aiApi"] == "https://api.example.com/v1"
 
 
-def test_private_hosts_need_the_admin_allowlist(db_url, tmp_path, alice):
+def test_private_hosts_need_the_admin_allowlist(db_url, tmp_path, alice, admin):
     for allowed, status in (("", 400), ("10.0.0.5", 200), ("10.0.0.0/8", 200)):
         app = create_app(make_settings(db_url, tmp_path, allowed_private_hosts=allowed), playground=False)
         with TestClient(app) as c:
-            r = c.post(
-                "/model/ol/manage",
-                json={"aiName": f"lan{status}{allowed}", "aiApi": "http://10.0.0.5:11434"},
-                headers=alice.headers,
-            )
+            body = {"aiName": f"lan{status}{allowed}", "aiApi": "http://10.0.0.5:11434"}
+            r = c.post("/model/ol/manage", json=body, headers=admin.headers)
             assert r.status_code == status, r.text
+            # private addresses are for admins' connections only, whatever the allowlist says
+            body["aiName"] += "-user"
+            assert "admin" in err(c.post("/model/ol/manage", json=body, headers=alice.headers), 400)
     app = create_app(make_settings(db_url, tmp_path, allow_loopback=False), playground=False)
     with TestClient(app) as c:
         r = c.post(
-            "/model/ol/manage", json={"aiName": "local", "aiApi": "http://localhost:11434"}, headers=alice.headers
+            "/model/ol/manage", json={"aiName": "local", "aiApi": "http://localhost:11434"}, headers=admin.headers
         )
         assert "loopback" in err(r, 400)
 
@@ -218,10 +218,11 @@ def test_list_filters(client, maker, alice):
 # --- test connection against real local servers ---------------------------------------------
 
 
-def test_probe_an_openai_compatible_upstream(client, alice):
+def test_probe_an_openai_compatible_upstream(client, alice, admin):
+    # local upstreams are reachable only by admins' (shared) connections; users may test those
     with OpenAIServer(models=["gpt-4o-mini", "gpt-4o"], api_key="sk-upstream-key-1234") as upstream:
         conn = create(
-            client, alice, aiName="up", aiApi=upstream.url + "/chat/completions", aiToken="sk-upstream-key-1234"
+            client, admin, aiName="up", aiApi=upstream.url + "/chat/completions", aiToken="sk-upstream-key-1234"
         )
         r = client.post(f"/model/ol/manage/{conn['aiId']}/test", headers=alice.headers)
         result = ok(r)
@@ -234,32 +235,33 @@ def test_probe_an_openai_compatible_upstream(client, alice):
         # a wrong key: the upstream refuses, the answer says so and does not echo the key
         ok(
             client.put(
-                "/model/ol/manage", json={"aiId": conn["aiId"], "aiToken": "sk-wrong-key-9999"}, headers=alice.headers
+                "/model/ol/manage", json={"aiId": conn["aiId"], "aiToken": "sk-wrong-key-9999"}, headers=admin.headers
             )
         )
         r = client.post(f"/model/ol/manage/{conn['aiId']}/test", headers=alice.headers)
         assert ok(r)["ok"] is False and "refused the key" in ok(r)["error"] and "sk-wrong" not in r.text
 
-        # the unsaved variant (for a form's "test before saving")
+        # the unsaved variant (for a form's "test before saving"): loopback for admins only
         body = {"aiApi": upstream.url, "aiToken": "sk-upstream-key-1234"}
-        assert ok(client.post("/model/ol/manage/test", json=body, headers=alice.headers))["models"] == [
+        assert ok(client.post("/model/ol/manage/test", json=body, headers=admin.headers))["models"] == [
             "gpt-4o-mini",
             "gpt-4o",
         ]
+        assert "admin" in err(client.post("/model/ol/manage/test", json=body, headers=alice.headers), 400)
 
 
-def test_probe_an_ollama_upstream(client, alice):
+def test_probe_an_ollama_upstream(client, alice, admin):
     with OllamaServer(models=["qwen2.5:7b", "llama3.2:1b"]) as upstream:
-        conn = create(client, alice, aiName="ollama", aiApi=upstream.url, protocol="ollama")
+        conn = create(client, admin, aiName="ollama", aiApi=upstream.url, protocol="ollama")
         result = ok(client.post(f"/model/ol/manage/{conn['aiId']}/test", headers=alice.headers))
         assert result["ok"] is True and result["models"] == ["qwen2.5:7b", "llama3.2:1b"]
         assert upstream.requests[-1]["path"] == "/api/tags"
 
 
-def test_probe_reports_failures(client, alice):
+def test_probe_reports_failures(client, alice, admin):
     with OpenAIServer() as upstream:
         dead_url = upstream.url
-    conn = create(client, alice, aiName="dead", aiApi=dead_url)
+    conn = create(client, admin, aiName="dead", aiApi=dead_url)
     result = ok(client.post(f"/model/ol/manage/{conn['aiId']}/test", headers=alice.headers))
     assert result["ok"] is False and "cannot connect" in result["error"] and result["latencyMs"] is None
 
@@ -292,19 +294,19 @@ def redirector():
     thread.join(timeout=5)
 
 
-def test_probe_never_follows_a_redirect(client, alice, redirector):
-    conn = create(client, alice, aiName="sneaky", aiApi=f"http://127.0.0.1:{redirector.server_address[1]}/v1")
+def test_probe_never_follows_a_redirect(client, alice, admin, redirector):
+    conn = create(client, admin, aiName="sneaky", aiApi=f"http://127.0.0.1:{redirector.server_address[1]}/v1")
     result = ok(client.post(f"/model/ol/manage/{conn['aiId']}/test", headers=alice.headers))
     assert result["ok"] is False and "redirects" in result["error"]
     assert redirector.hits == ["/v1/models"]
 
 
-def test_probe_refuses_loopback_when_disallowed_at_call_time(db_url, tmp_path, maker, alice):
+def test_probe_refuses_loopback_when_disallowed_at_call_time(db_url, tmp_path, maker, alice, admin):
     # saved while loopback was allowed; the server's policy changed since: the call is refused
     with OpenAIServer() as upstream:
         loose = create_app(make_settings(db_url, tmp_path), playground=False)
         with TestClient(loose) as c:
-            conn = create(c, alice, aiName="local", aiApi=upstream.url)
+            conn = create(c, admin, aiName="local", aiApi=upstream.url)
         strict = create_app(make_settings(db_url, tmp_path, allow_loopback=False), playground=False)
         with TestClient(strict) as c:
             assert "loopback" in err(c.post(f"/model/ol/manage/{conn['aiId']}/test", headers=alice.headers), 400)

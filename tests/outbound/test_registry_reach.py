@@ -1,0 +1,33 @@
+"""The chat gateway's side of finding 9: a model over a user's own connection carries
+`allow_private=False`, and opening its provider refuses loopback before any call."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import update
+
+from backend.services import model_registry
+from backend.services.netguard import UnsafeURL
+from db.models import ModelAiOnline
+from tests.factories import make_user
+from tests.fakes.openai_server import OpenAIServer
+from tests.gateway.helpers import add_online_model
+
+
+def test_a_users_own_connection_cannot_reach_loopback_through_chat(maker, settings):
+    owner = make_user(maker, settings)
+    with OpenAIServer() as upstream:
+        add_online_model(maker, settings, url=upstream.url, name="shared-local")
+        add_online_model(maker, settings, url=upstream.url, name="own-local", user_id=owner.id)
+        with maker.begin() as s:  # the second connection is the user's own
+            s.execute(
+                update(ModelAiOnline).where(ModelAiOnline.ai_name == "conn-own-local").values(created_by=owner.id)
+            )
+        with maker() as s:
+            shared = model_registry.resolve(s, settings, name="shared-local", user_id=owner.id)
+            own = model_registry.resolve(s, settings, name="own-local", user_id=owner.id)
+        assert (shared.allow_private, own.allow_private) == (True, False)
+        assert model_registry.open_provider(shared, settings) is not None  # an admin's local engine: fine
+        with pytest.raises(UnsafeURL, match="only connections an admin manages"):
+            model_registry.open_provider(own, settings)
+        assert upstream.requests == []
