@@ -52,6 +52,7 @@ class Settings(BaseSettings):
     # Origins whose pages may call the API (bearer-authenticated, so never with credentials): "*" (any),
     # a comma-separated list, or "" (no CORS). /playground (cookie-authenticated) is never opened.
     cors_origins: str = "*"
+    browser_key_minutes: int = Field(default=60, ge=1, le=24 * 60)  # keys a user's browser gets for one model
     admin_password: SecretStr | None = None
 
     bcrypt_rounds: int = Field(default=12, ge=4, le=16)

@@ -11,7 +11,18 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from backend.api import admin, auth, conversations, envelope, keys, media, models, openai_compat, user
+from backend.api import (
+    admin,
+    auth,
+    conversations,
+    envelope,
+    keys,
+    media,
+    models,
+    openai_compat,
+    sysuser,
+    user,
+)
 from backend.api import text as text_api
 from backend.api.cors import ApiCors
 from backend.api.get_body import GetBodyAsQuery
@@ -60,7 +71,7 @@ def create_app(settings: Settings | None = None, *, playground: bool = True) -> 
     app.state.sessionmaker = get_sessionmaker(settings.resolved_database_url)
     envelope.install(app)
     app.add_middleware(GetBodyAsQuery)
-    for module in (auth, admin, user, text_api, keys, openai_compat, media, conversations, models):
+    for module in (auth, admin, user, text_api, keys, openai_compat, media, conversations, models, sysuser):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["health"])
