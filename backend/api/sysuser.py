@@ -7,6 +7,13 @@ Meteor's accounts. Answers are in the seed-003 envelope.
 | POST /sys/user/create        | `{account, password, passwordAgain?}`  | null (a new user, 0 tokens) |
 | POST /sys/user/nowLoginUser  | — (Bearer token)                       | `{id, account, ...}`        |
 
+Errors of `login` and `create` come back as the original answered them: HTTP 200 with the
+status in the body's `code` (`{code: 401, message, data: null}`). The frontend's request
+interceptor clears its "加载中" overlay only on a 2xx answer, so any other status would leave
+the page blocked after a mistyped password; its pages read `code`. `nowLoginUser` keeps the
+real 401 (the interceptor then drops the stale token). These paths are not in the seed
+document, so nothing there conflicts.
+
 The token is the same access token `/auth/login` hands out (the frontend keeps it in its
 `Admin-Token` cookie and sends it as `Authorization: Bearer`), so every seed-003 path and
 Meteor's quota accept it. Logins go through the same per-account and per-address limits.
@@ -17,6 +24,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from backend.api.auth import limited_login, user_tokens
@@ -54,8 +62,22 @@ def user_public(user: User) -> dict[str, Any]:
     }
 
 
-@router.post("/sys/user/login")
-def login(request: Request, session: SessionDep, settings: SettingsDep, body: Annotated[Any, Body()] = None) -> dict:
+def in_body(error: ServiceError) -> JSONResponse:
+    """An error as the original backend answered it: HTTP 200, the status in `code`."""
+    return JSONResponse({"code": error.status, "message": error.message, "data": None}, status_code=200)
+
+
+@router.post("/sys/user/login", response_model=None)
+def login(
+    request: Request, session: SessionDep, settings: SettingsDep, body: Annotated[Any, Body()] = None
+) -> dict | JSONResponse:
+    try:
+        return _login(request, session, settings, body)
+    except ServiceError as exc:
+        return in_body(exc)
+
+
+def _login(request: Request, session, settings, body: Any) -> dict:
     data = parse_body(AccountIn, body)
     user = limited_login(
         request,
@@ -72,8 +94,16 @@ def login(request: Request, session: SessionDep, settings: SettingsDep, body: An
     return success(user_tokens(settings, user)["access_token"])
 
 
-@router.post("/sys/user/create")
-def create(session: SessionDep, settings: SettingsDep, body: Annotated[Any, Body()] = None) -> dict:
+@router.post("/sys/user/create", response_model=None)
+def create(session: SessionDep, settings: SettingsDep, body: Annotated[Any, Body()] = None) -> dict | JSONResponse:
+    try:
+        return _create(session, settings, body)
+    except ServiceError as exc:
+        session.rollback()
+        return in_body(exc)
+
+
+def _create(session, settings, body: Any) -> dict:
     data = parse_body(AccountIn, body)
     if data.password_again is not None and data.password_again != data.password:
         raise bad_request("the two passwords differ")

@@ -37,19 +37,36 @@ def test_sign_up_sign_in_and_who_am_i(client, maker):
     assert client.get("/auth/me", headers=headers).json()["uuid"] == user.id
 
 
+def refused(response, code: int) -> str:
+    """A /sys/user error as the original answered it: HTTP 200, the status in the body's code."""
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["code"] == code and body["data"] is None, body
+    return body["message"]
+
+
 def test_sign_in_errors_in_the_seed003_envelope(client, maker):
     ok(client.post("/sys/user/create", json={"account": "xiaohong", "password": "secret-123"}))
-    assert "taken" in err(client.post("/sys/user/create", json={"account": "xiaohong", "password": "other-123"}), 409)
-    err(
-        client.post("/sys/user/create", json={"account": "xiaogang", "password": "a-123456", "passwordAgain": "b"}), 400
-    )
-    err(client.post("/sys/user/create", json={"account": "xiaogang", "password": "short"}), 400)
-    err(client.post("/sys/user/create", json={"password": "secret-123"}), 400)
-    err(client.post("/sys/user/login", json={"account": "xiaohong", "password": "wrong-pass"}), 401)
-    err(client.post("/sys/user/login", json={"account": "nobody", "password": "secret-123"}), 401)
+    taken = refused(client.post("/sys/user/create", json={"account": "xiaohong", "password": "other-123"}), 409)
+    assert "taken" in taken
+    body = {"account": "xiaogang", "password": "a-123456", "passwordAgain": "b"}
+    refused(client.post("/sys/user/create", json=body), 400)
+    refused(client.post("/sys/user/create", json={"account": "xiaogang", "password": "short"}), 400)
+    refused(client.post("/sys/user/create", json={"password": "secret-123"}), 400)
+    refused(client.post("/sys/user/login", json={"account": "xiaohong", "password": "wrong-pass"}), 401)
+    refused(client.post("/sys/user/login", json={"account": "nobody", "password": "secret-123"}), 401)
+    refused(client.post("/sys/user/login", json=["not", "an", "object"]), 400)
+    # who-am-i keeps the real status: the frontend's interceptor then drops the stale token
     err(client.post("/sys/user/nowLoginUser"), 401)
     err(client.post("/sys/user/nowLoginUser", headers={"Authorization": "Bearer undefined"}), 401)
     assert count(maker, User) == 1  # the refused sign-ups wrote nothing
+
+
+def test_sign_in_is_rate_limited_like_auth_login(client, maker):
+    ok(client.post("/sys/user/create", json={"account": "xiaoli", "password": "secret-123"}))
+    for _ in range(5):
+        refused(client.post("/sys/user/login", json={"account": "xiaoli", "password": "wrong-pass"}), 401)
+    refused(client.post("/sys/user/login", json={"account": "xiaoli", "password": "secret-123"}), 429)
 
 
 # --- point 4: deleting a message never deletes a conversation --------------------------------
