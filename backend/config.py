@@ -58,6 +58,7 @@ class Settings(BaseSettings):
     # a comma-separated list, or "" (no CORS). /playground (cookie-authenticated) is never opened.
     cors_origins: str = "*"
     public_ui_url: str | None = None  # the dashboard's own public address: the origin that embeds the playground
+    browser_key_minutes: int = Field(default=60, ge=1, le=24 * 60)  # keys a user's browser gets for one model
     admin_password: SecretStr | None = None
 
     bcrypt_rounds: int = Field(default=12, ge=4, le=16)

@@ -12,7 +12,18 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from backend import security
-from backend.api import admin, auth, conversations, envelope, keys, media, models, openai_compat, user
+from backend.api import (
+    admin,
+    auth,
+    conversations,
+    envelope,
+    keys,
+    media,
+    models,
+    openai_compat,
+    sysuser,
+    user,
+)
 from backend.api import text as text_api
 from backend.api.body_limit import BodyLimit
 from backend.api.cors import ApiCors
@@ -66,7 +77,7 @@ def create_app(settings: Settings | None = None, *, playground: bool = True) -> 
     envelope.install(app)
     app.add_middleware(GetBodyAsQuery)
     app.add_middleware(BodyLimit, settings=settings)  # counts the body before anyone reads it (only CORS is outside)
-    for module in (auth, admin, user, text_api, keys, openai_compat, media, conversations, models):
+    for module in (auth, admin, user, text_api, keys, openai_compat, media, conversations, models, sysuser):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["health"])

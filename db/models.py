@@ -233,6 +233,10 @@ class ApiKey(Base):
     prefix: Mapped[str] = mapped_column(String(16))  # shown to identify a key: "sk-abcd…"
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     allowed_models: Mapped[str | None] = mapped_column(Text)  # JSON list; null = all
+    # null: a key the user (or an admin) made; "browser": a short-lived key Meteor hands the
+    # user's own browser for one model (`model_id`), see backend/services/apikeys.py
+    scope: Mapped[str | None] = mapped_column(String(16), index=True)
+    model_id: Mapped[int | None] = mapped_column(Integer)
     expires_at: Mapped[datetime | None] = mapped_column()
     revoked_at: Mapped[datetime | None] = mapped_column(index=True)
     last_used_at: Mapped[datetime | None] = mapped_column()
@@ -400,6 +404,11 @@ class ModelInfo(Base):
         Integer, ForeignKey("model_ai_online.ai_id", ondelete="SET NULL"), index=True
     )
     ai_name: Mapped[str | None] = mapped_column(String(50), index=True)  # base model name
+    # The StrangeLoop frontend's own fields (migration 0004): the local (Ollama) base model it
+    # picked, the Ollama model it creates for the persona, and a base model name it shows.
+    localmodel_name: Mapped[str | None] = mapped_column(String(100))
+    ollama_model_name: Mapped[str | None] = mapped_column(String(100))
+    base_model_name: Mapped[str | None] = mapped_column(String(100))
     is_default: Mapped[bool] = mapped_column(Boolean, default=False)
     created_by: Mapped[str | None] = mapped_column(String(64))
     created_time: Mapped[datetime] = mapped_column(default=utcnow, index=True)

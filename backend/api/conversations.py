@@ -3,20 +3,29 @@
 | document                              | original code                          | does                          |
 |---------------------------------------|----------------------------------------|-------------------------------|
 | GET    /model/message/list            | GET    /model/conversation/list        | list conversations            |
-| DELETE /model/message/{ids}           | DELETE /model/conversation/{ids}       | delete conversations + msgs   |
+|                                       | DELETE /model/conversation/{ids}       | delete conversations + msgs   |
 | POST   /model/message                 | POST   /model/conversation             | create a conversation         |
 | PUT    /model/message                 | PUT    /model/conversation            | change title / aiName         |
 | GET    /model/message/detail/{id}     | GET    /model/conversation/detail/{id} | one conversation + messages   |
 | POST   /model/message/detail          | POST   /model/message (see below)      | add a message                 |
-| DELETE /model/message/detail/{ids}    |                                        | delete messages               |
+| DELETE /model/message/detail/{ids}    | DELETE /model/message/{ids}            | delete messages               |
+
+`DELETE /model/message/{ids}` deletes **messages**, as the original code and its frontend do
+(the document's wording, "delete conversations", would make a user who deletes message 6
+lose conversation 6); conversations are deleted at `/model/conversation/{ids}`.
 
 `POST /model/message` means "create a conversation" in the document and "add a message"
 in the original code; the body decides: with a `conversationId` it adds a message,
 without one it creates a conversation.
 
-Lists are a bare JSON list (the document) unless `pageNum` or `pageSize` is given; then
-they are `{total, items}` (the original code). Either way newest first; a bare list holds
-at most 1000 rows, a page at most `METEOR_QUERY_PAGE_SIZE_MAX`.
+The document's list (`/model/message/list`) is a bare JSON list, newest first, unless
+`pageNum` or `pageSize` is given; then it is `{total, items}`. The original code's list
+(`/model/conversation/list`) is always `{total, items}` and oldest first, as its frontend
+expects. Every item carries `modelInfoId` and `modelInfo {modelName, baseModelName}`; a bare
+list holds at most 1000 rows, a page at most `METEOR_QUERY_PAGE_SIZE_MAX`. Adding a message
+at the original code's `POST /model/message` answers the new message's id as `data`; the
+document's `POST /model/message/detail` answers the row. `modelInfoId` is accepted wherever
+`modelId` is.
 """
 
 from __future__ import annotations
@@ -92,6 +101,11 @@ class ConversationIn(BaseModel):
     title: str | None = None
     ai_name: str | None = Field(default=None, alias="aiName")
     model_id: Id | None = Field(default=None, alias="modelId")
+    model_info_id: Id | None = Field(default=None, alias="modelInfoId")  # the original code's name
+
+    @property
+    def model(self) -> int | None:
+        return self.model_id if self.model_id is not None else self.model_info_id
 
 
 class ConversationUpdate(ConversationIn):
@@ -112,19 +126,18 @@ class MessageIn(BaseModel):
 # --- conversations -----------------------------------------------------------------------
 
 
-@router.get("/model/message/list")
-@router.get("/model/conversation/list")
-def list_conversations(
-    session: SessionDep,
-    settings: SettingsDep,
-    viewer: ViewerDep,
-    title: Annotated[str | None, Query(max_length=50)] = None,
-    aiName: Annotated[str | None, Query(max_length=50)] = None,  # noqa: N803 - the document's names
-    createdTimeStart: Annotated[str | None, Query(max_length=40)] = None,  # noqa: N803
-    createdTimeEnd: Annotated[str | None, Query(max_length=40)] = None,  # noqa: N803
-    userId: Annotated[str | None, Query(max_length=32)] = None,  # noqa: N803
-    pageNum: int | None = None,  # noqa: N803
-    pageSize: int | None = None,  # noqa: N803
+def _list_conversations(
+    original: bool,
+    session,
+    settings,
+    viewer: Viewer,
+    title: str | None,
+    aiName: str | None,  # noqa: N803 - the document's names
+    createdTimeStart: str | None,  # noqa: N803
+    createdTimeEnd: str | None,  # noqa: N803
+    userId: str | None,  # noqa: N803
+    pageNum: int | None,  # noqa: N803
+    pageSize: int | None,  # noqa: N803
 ) -> dict[str, Any]:
     page = make_page(pageNum, pageSize, max_size=settings.query_page_size_max)
     items, total = conversations.list_conversations(
@@ -137,8 +150,49 @@ def list_conversations(
         user_id=userId,
         page=page,
         bare_limit=BARE_LIST_LIMIT,
+        oldest_first=original,
+        with_total=original,
     )
     return success(shape_listing(items, total))
+
+
+@router.get("/model/message/list")
+def list_conversations_document(
+    session: SessionDep,
+    settings: SettingsDep,
+    viewer: ViewerDep,
+    title: Annotated[str | None, Query(max_length=50)] = None,
+    aiName: Annotated[str | None, Query(max_length=50)] = None,  # noqa: N803 - the document's names
+    createdTimeStart: Annotated[str | None, Query(max_length=40)] = None,  # noqa: N803
+    createdTimeEnd: Annotated[str | None, Query(max_length=40)] = None,  # noqa: N803
+    userId: Annotated[str | None, Query(max_length=32)] = None,  # noqa: N803
+    pageNum: int | None = None,  # noqa: N803
+    pageSize: int | None = None,  # noqa: N803
+) -> dict[str, Any]:
+    """The document's list: newest first, a bare list unless paged."""
+    return _list_conversations(
+        False, session, settings, viewer, title, aiName, createdTimeStart, createdTimeEnd, userId, pageNum, pageSize
+    )
+
+
+@router.get("/model/conversation/list")
+def list_conversations_original(
+    session: SessionDep,
+    settings: SettingsDep,
+    viewer: ViewerDep,
+    title: Annotated[str | None, Query(max_length=50)] = None,
+    aiName: Annotated[str | None, Query(max_length=50)] = None,  # noqa: N803 - the document's names
+    createdTimeStart: Annotated[str | None, Query(max_length=40)] = None,  # noqa: N803
+    createdTimeEnd: Annotated[str | None, Query(max_length=40)] = None,  # noqa: N803
+    userId: Annotated[str | None, Query(max_length=32)] = None,  # noqa: N803
+    pageNum: int | None = None,  # noqa: N803
+    pageSize: int | None = None,  # noqa: N803
+) -> dict[str, Any]:
+    """The original code's list: `{total, items}` always, oldest first (its frontend opens the
+    last card as the newest conversation)."""
+    return _list_conversations(
+        True, session, settings, viewer, title, aiName, createdTimeStart, createdTimeEnd, userId, pageNum, pageSize
+    )
 
 
 @router.get("/model/message/detail/{conversation_id}")
@@ -155,13 +209,15 @@ def _create_conversation(session, viewer: Viewer, body: Any) -> dict[str, Any]:
         user_id=None if data.user_id is None else str(data.user_id),
         ai_name=data.ai_name,
         title=data.title,
-        model_id=data.model_id,
+        model_id=data.model,
     )
     session.commit()
     return success(conversations.conversation_public(conv))
 
 
-def _add_message(session, viewer: Viewer, body: Any) -> dict[str, Any]:
+def _add_message(session, viewer: Viewer, body: Any, *, id_only: bool = False) -> dict[str, Any]:
+    """Add a message; the answer is the row (the document) or, `id_only`, the new message's
+    id (the original code: its frontend keeps `data` as the message id)."""
     data = parse_body(MessageIn, body)
     message = conversations.add_message(
         session,
@@ -173,7 +229,7 @@ def _add_message(session, viewer: Viewer, body: Any) -> dict[str, Any]:
         completion_tokens=data.completion_tokens,
     )
     session.commit()
-    return success(conversations.message_public(message))
+    return success(message.id if id_only else conversations.message_public(message))
 
 
 @router.post("/model/message")
@@ -183,7 +239,7 @@ def create_conversation_or_message(
     """Document: create a conversation. Original code: add a message. A body with a
     `conversationId` adds a message; any other body creates a conversation."""
     if isinstance(body, dict) and body.get("conversationId") is not None:
-        return _add_message(session, viewer, body)
+        return _add_message(session, viewer, body, id_only=True)
     return _create_conversation(session, viewer, body if body is not None else {})
 
 
@@ -211,13 +267,13 @@ def add_message(session: SessionDep, viewer: ViewerDep, body: Annotated[Any, Bod
 
 
 @router.delete("/model/message/detail/{ids}")
+@router.delete("/model/message/{ids}")  # the original code (and its frontend): messages, never conversations
 def delete_messages(ids: str, session: SessionDep, viewer: ViewerDep) -> dict[str, Any]:
     conversations.delete_messages(session, viewer, parse_ids(ids))
     session.commit()
     return success(None)
 
 
-@router.delete("/model/message/{ids}")
 @router.delete("/model/conversation/{ids}")
 def delete_conversations(ids: str, session: SessionDep, viewer: ViewerDep) -> dict[str, Any]:
     conversations.delete_conversations(session, viewer, parse_ids(ids))

@@ -1,8 +1,8 @@
 """The three envelopes and the exception handlers that put every error into the right one.
 
 - seed 000 (everything not below): `{"code": 0, "msg": ...}`, errors `{"code": "NAME", "msg": ...}`
-- seed 003 (`/model/...`): `{"code": 200, "message": "Success", "data": ...}`, errors with
-  the HTTP status as code and `data: null`
+- seed 003 (`/model/...`, and StrangeLoop's sign-in `/sys/...`): `{"code": 200, "message": "Success",
+  "data": ...}`, errors with the HTTP status as code and `data: null`
 - OpenAI-compatible (`/v1/...`): `{"error": {"message", "type", "code"}}`
 
 Seed-000 errors carry the fitting HTTP status, except towards the original clients, which
@@ -73,7 +73,7 @@ def success(data: Any = None) -> dict[str, Any]:
 
 
 def family(path: str) -> str:
-    if path.startswith("/model/") or path == "/model":
+    if path.startswith(("/model/", "/sys/")) or path == "/model":
         return "seed003"
     if path.startswith("/v1/") or path == "/v1":
         return "openai"

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Body, Query
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Body, Query, Request
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
 from backend.api.bounds import INT32_MAX, OptIntQuery
 from backend.api.conversations import BARE_LIST_LIMIT, ViewerDep, given, parse_body
 from backend.api.deps import SessionDep, SettingsDep
 from backend.api.envelope import success
+from backend.config import Settings
 from backend.services import connections, model_admin
 from backend.services.seed003 import bad_request, make_page, parse_ids, shape_listing
 
@@ -44,6 +45,14 @@ Id = Annotated[int, Field(ge=0, le=INT32_MAX)]
 # --- schemas -----------------------------------------------------------------------------
 
 
+def _blank_is_none(value: Any) -> Any:
+    """The StrangeLoop frontend sends `aiolId: ""` for a local model."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+OptionalId = Annotated[int | None, BeforeValidator(_blank_is_none)]
+
+
 class ModelIn(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
@@ -53,9 +62,13 @@ class ModelIn(BaseModel):
     description: Any = None
     model_version: Any = Field(default=None, alias="modelVersion")
     disable: int | None = None
-    aiol_id: int | None = Field(default=None, alias="aiolId")
-    ai_id: int | None = Field(default=None, alias="aiId")  # another spelling of aiolId
+    aiol_id: OptionalId = Field(default=None, alias="aiolId")
+    ai_id: OptionalId = Field(default=None, alias="aiId")  # another spelling of aiolId
     user_id: str | int | None = Field(default=None, alias="userId")
+    # the StrangeLoop frontend's fields
+    localmodel_name: Any = Field(default=None, alias="localmodelName")
+    ollama_model_name: Any = Field(default=None, alias="ollamaModelName")
+    base_model_name: Any = Field(default=None, alias="baseModelName")
 
 
 class ModelUpdate(ModelIn):
@@ -126,9 +139,21 @@ def update_persona(session: SessionDep, viewer: ViewerDep, body: Annotated[Any, 
     return success({"modelId": model.model_id, "modelFileId": model.model_file_id})
 
 
+def chat_url(request: Request, settings: Settings) -> str:
+    """Meteor's own OpenAI-compatible chat endpoint, as the caller's browser reaches it."""
+    base = settings.public_api_url or str(request.base_url)
+    return base.rstrip("/") + "/v1/chat/completions"
+
+
 @router.get("/model/manage/{model_id}")
-def model_detail(model_id: int, session: SessionDep, settings: SettingsDep, viewer: ViewerDep) -> dict[str, Any]:
-    return success(model_admin.model_detail(session, settings, viewer, model_id))
+def model_detail(
+    model_id: int, request: Request, session: SessionDep, settings: SettingsDep, viewer: ViewerDep
+) -> dict[str, Any]:
+    """One model. For a user, an online model's `modelAiOnline` carries Meteor's /v1 chat URL and
+    a short-lived key of the user's for this model, never the provider's (model_admin.model_detail)."""
+    detail = model_admin.model_detail(session, settings, viewer, model_id, chat_url=chat_url(request, settings))
+    session.commit()  # the browser key
+    return success(detail)
 
 
 @router.post("/model/manage")
@@ -146,6 +171,9 @@ def create_model(session: SessionDep, viewer: ViewerDep, body: Annotated[Any, Bo
         disable=data.disable,
         aiol_id=data.aiol_id if data.aiol_id is not None else data.ai_id,
         user_id=data.user_id,
+        localmodel_name=data.localmodel_name,
+        ollama_model_name=data.ollama_model_name,
+        base_model_name=data.base_model_name,
     )
     session.commit()
     return success(model_admin.model_public(model))
@@ -155,7 +183,19 @@ def create_model(session: SessionDep, viewer: ViewerDep, body: Annotated[Any, Bo
 @router.put("/model/manage/", include_in_schema=False)
 def update_model(session: SessionDep, viewer: ViewerDep, body: Annotated[Any, Body()] = None) -> dict[str, Any]:
     data = parse_body(ModelUpdate, body)
-    changes = given(data, "model_name", "ai_name", "link_type", "disable", "description", "model_version", "aiol_id")
+    changes = given(
+        data,
+        "model_name",
+        "ai_name",
+        "link_type",
+        "disable",
+        "description",
+        "model_version",
+        "aiol_id",
+        "localmodel_name",
+        "ollama_model_name",
+        "base_model_name",
+    )
     if "aiol_id" not in changes and "ai_id" in data.model_fields_set:
         changes["aiol_id"] = data.ai_id
     model = model_admin.update_model(session, viewer, data.model_id, **changes)

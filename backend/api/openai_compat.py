@@ -165,7 +165,7 @@ def chat_completions(
 ) -> dict | StreamingResponse:
     """A chat completion, streamed (SSE) or whole, with usage."""
     user, key = api_key_caller(request, session)
-    apikeys.check_model_allowed(key, body.model)
+    model_name = apikeys.model_for_key(session, key, body.model)  # a browser key names its one model
     caller = Caller.for_user(user)
     dialog = check_dialog(
         [{"role": "system" if m.role == "developer" else m.role, "content": _text_of(m)} for m in body.messages]
@@ -178,7 +178,7 @@ def chat_completions(
         settings,
         caller=caller,
         dialog=dialog,
-        model_name=body.model,
+        model_name=model_name,
         max_tokens=body.max_completion_tokens or body.max_tokens,
         overrides={
             "temperature": body.temperature,

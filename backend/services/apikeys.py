@@ -3,6 +3,15 @@
 Only a SHA-256 of a key is stored; the key itself is shown once, when it is created.
 A key may expire, may be limited to a list of models, and may be revoked by its owner or
 an admin; an expired or revoked key is refused like an unknown one (HTTP 401).
+
+Browser keys (`scope = "browser"`): the StrangeLoop frontend chats with an online model
+straight from the browser, with the connection's `aiApi` and `aiToken`. A user's own view
+of a model answers Meteor's `/v1/chat/completions` and a key minted for that user and that
+one model (`model_id`), valid `METEOR_BROWSER_KEY_MINUTES`: the chat goes through Meteor, is
+charged to the user's quota, and the provider's key never leaves the server. `/v1` refuses
+such a key for any other model (403) and after it expires (401). Browser keys do not count
+towards the per-user key limit, are not listed with the user's own keys, and expired ones
+are deleted when the user's next one is minted.
 """
 
 from __future__ import annotations
@@ -11,7 +20,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from backend import security
@@ -23,6 +32,7 @@ MAX_KEYS_PER_USER = 50
 MAX_ALLOWED_MODELS = 100
 # Writing last_used_at on every request would add a write per call; once a minute is enough.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+BROWSER_SCOPE = "browser"
 
 
 @dataclass(frozen=True)
@@ -117,7 +127,9 @@ def create_key(
         if expires_at <= datetime.now(UTC):
             raise ServiceError("APP_QUERY_METHOD_ERROR", "expires_at must be in the future", 422)
     models = _check_models(session, allowed_models) if allowed_models is not None else None
-    active = session.scalars(select(ApiKey.id).where(ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None))).all()
+    active = session.scalars(
+        select(ApiKey.id).where(ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None), ApiKey.scope.is_(None))
+    ).all()
     if len(active) >= MAX_KEYS_PER_USER:
         raise ServiceError("APP_QUERY_METHOD_ERROR", f"at most {MAX_KEYS_PER_USER} active keys per user", 409)
     plain, digest, prefix = security.new_api_key()
@@ -144,7 +156,7 @@ def create_key(
 
 def list_keys(session: Session, *, user_id: str | None = None, include_revoked: bool = True) -> list[ApiKeyPublic]:
     """Keys, newest first: one user's, or everyone's (for admins)."""
-    stmt = select(ApiKey).order_by(ApiKey.created_at.desc(), ApiKey.id.desc())
+    stmt = select(ApiKey).where(ApiKey.scope.is_(None)).order_by(ApiKey.created_at.desc(), ApiKey.id.desc())
     if user_id is not None:
         stmt = stmt.where(ApiKey.user_id == user_id)
     if not include_revoked:
@@ -196,6 +208,54 @@ def authenticate(session: Session, plain: str) -> tuple[User, ApiKey]:
             .execution_options(synchronize_session=False)
         )
     return user, key
+
+
+def mint_browser_key(session: Session, *, user_id: str, model: ModelInfo, minutes: int) -> str:
+    """A key for this user's browser, good for `model` only and for `minutes`; returns the key
+    itself (only its hash is stored). The user's expired browser keys are deleted first."""
+    now = datetime.now(UTC)
+    session.execute(
+        delete(ApiKey)
+        .where(ApiKey.user_id == user_id, ApiKey.scope == BROWSER_SCOPE, ApiKey.expires_at <= now)
+        .execution_options(synchronize_session=False)
+    )
+    plain, digest, prefix = security.new_api_key()
+    session.add(
+        ApiKey(
+            user_id=user_id,
+            name=f"browser: {model.model_name}"[:64],
+            prefix=prefix,
+            key_hash=digest,
+            allowed_models=json.dumps([model.model_name], ensure_ascii=False),
+            expires_at=now + timedelta(minutes=minutes),
+            scope=BROWSER_SCOPE,
+            model_id=model.model_id,
+        )
+    )
+    session.flush()
+    return plain
+
+
+def names_of_model(model: ModelInfo) -> set[str]:
+    """The names a client may call `model` by with a key scoped to it: its own name, its
+    base model, and its connection's aiName (what the StrangeLoop frontend sends)."""
+    names = {model.model_name, model.ai_name, model.base_model_name}
+    if model.ai_online is not None:
+        names.add(model.ai_online.ai_name)
+    return {n for n in names if n}
+
+
+def model_for_key(session: Session, key: ApiKey, requested: str) -> str:
+    """The model name a /v1 request may run under this key: for a browser key, its one model
+    (called by any name of names_of_model; anything else is a 403); for any other key,
+    `requested` once check_model_allowed passes."""
+    if key.scope != BROWSER_SCOPE:
+        check_model_allowed(key, requested)
+        return requested
+    model = session.get(ModelInfo, key.model_id) if key.model_id is not None else None
+    if model is None or requested not in names_of_model(model):
+        raise forbidden(f"this API key may not use model {requested!r}")
+    return model.model_name
 
 
 def check_model_allowed(key: ApiKey, model_name: str) -> None:

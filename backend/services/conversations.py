@@ -21,13 +21,14 @@ from backend.services.seed003 import (
     Page,
     Viewer,
     bad_request,
+    count_listing,
     created_range,
     escape_like,
     fmt,
     not_found,
     run_listing,
 )
-from db.models import ModelConversation, ModelMessage, User
+from db.models import ModelConversation, ModelInfo, ModelMessage, User
 
 log = logging.getLogger("meteor.conversations")
 
@@ -41,15 +42,39 @@ DEFAULT_TITLE = "New conversation"
 
 
 def conversation_public(c: ModelConversation) -> dict[str, Any]:
+    """The document's fields, and `modelInfoId` (the original code's name for `modelId`)."""
     return {
         "id": c.id,
         "userId": c.user_id,
         "title": c.title,
         "aiName": c.ai_name,
         "modelId": c.model_id,
+        "modelInfoId": c.model_id,
         "createdTime": fmt(c.created_time),
         "updatedTime": fmt(c.updated_time),
     }
+
+
+def model_info_brief(model: ModelInfo | None) -> dict[str, Any] | None:
+    """What the original list put beside each conversation: the model's name and base model
+    (the linked connection's aiName for an online model, the local model's name otherwise)."""
+    if model is None:
+        return None
+    return {
+        "modelId": model.model_id,
+        "modelName": model.model_name,
+        "baseModelName": base_model_name(model),
+        "linkType": model.link_type,
+        "aiolId": model.aiol_id,
+    }
+
+
+def base_model_name(model: ModelInfo) -> str | None:
+    if model.base_model_name:
+        return model.base_model_name
+    if model.link_type == 1 and model.ai_online is not None:
+        return model.ai_online.ai_name
+    return model.localmodel_name or model.ai_name
 
 
 def message_public(m: ModelMessage) -> dict[str, Any]:
@@ -82,10 +107,13 @@ def list_conversations(
     user_id: str | None = None,
     page: Page | None = None,
     bare_limit: int = 1000,
+    oldest_first: bool = False,
+    with_total: bool = False,
 ) -> tuple[list[dict[str, Any]], int | None]:
-    """The viewer's conversations, newest first, filtered by any subset of: title
-    (substring), aiName (exact), an inclusive created range, and (admins) userId.
-    Returns the rows and, when paged, the total."""
+    """The viewer's conversations, newest first (or `oldest_first`, as the original code
+    listed them), filtered by any subset of: title (substring), aiName (exact), an inclusive
+    created range, and (admins) userId. Returns the rows and, when paged or `with_total`,
+    the total. Each row carries `modelInfo` (see model_info_brief)."""
     query = _visible(select(ModelConversation), viewer)
     if title:
         query = query.where(ModelConversation.title.ilike(f"%{escape_like(title)}%", escape="\\"))
@@ -94,9 +122,17 @@ def list_conversations(
     if user_id and viewer.is_admin:
         query = query.where(ModelConversation.user_id == user_id)
     query = query.where(*created_range(ModelConversation.created_time, created_start, created_end))
-    query = query.order_by(ModelConversation.id.desc())
+    query = query.order_by(ModelConversation.id.asc() if oldest_first else ModelConversation.id.desc())
     rows, total = run_listing(session, query, page, bare_limit=bare_limit)
-    return [conversation_public(c) for c in rows], total
+    if total is None and with_total:
+        total = len(rows) if len(rows) < bare_limit else count_listing(session, query)
+    model_ids = {c.model_id for c in rows if c.model_id is not None}
+    models = (
+        {m.model_id: m for m in session.scalars(select(ModelInfo).where(ModelInfo.model_id.in_(model_ids)))}
+        if model_ids
+        else {}
+    )
+    return [conversation_public(c) | {"modelInfo": model_info_brief(models.get(c.model_id))} for c in rows], total
 
 
 def get_conversation(session: Session, viewer: Viewer, conversation_id: int) -> ModelConversation:
@@ -108,14 +144,16 @@ def get_conversation(session: Session, viewer: Viewer, conversation_id: int) -> 
 
 
 def conversation_detail(session: Session, viewer: Viewer, conversation_id: int) -> dict[str, Any]:
-    """The conversation with `modelMessageList`, oldest message first."""
+    """The conversation with its messages, oldest first, as `modelMessageList` (the
+    document) and `modelMessageArrayList` (the original code)."""
     conv = get_conversation(session, viewer, conversation_id)
     messages = session.scalars(
         select(ModelMessage)
         .where(ModelMessage.conversation_id == conv.id)
         .order_by(ModelMessage.created_time, ModelMessage.id)
     )
-    return {**conversation_public(conv), "modelMessageList": [message_public(m) for m in messages]}
+    listed = [message_public(m) for m in messages]
+    return {**conversation_public(conv), "modelMessageList": listed, "modelMessageArrayList": listed}
 
 
 def _check_text(value: str | None, field: str, limit: int) -> str | None:
@@ -143,6 +181,10 @@ def create_conversation(
         owner = str(user_id)
     else:
         owner = str(viewer.user_id)
+    if model_id is not None and not ai_name:
+        model = session.get(ModelInfo, model_id) if model_id <= 2**31 - 1 else None
+        if model is not None and (viewer.is_admin or model.user_id in (None, owner)):
+            ai_name = model.model_name[:AI_NAME_MAX]  # what a chat through /v1 records as aiName
     conv = ModelConversation(
         user_id=owner,
         ai_name=_check_text(ai_name, "aiName", AI_NAME_MAX),

@@ -22,7 +22,8 @@ from sqlalchemy.orm import Session
 
 from backend.config import Settings
 from backend.errors import ServiceError
-from backend.services import connections
+from backend.services import apikeys, connections
+from backend.services.conversations import base_model_name
 from backend.services.personas import PersonaParams
 from backend.services.seed003 import (
     UNSET,
@@ -41,7 +42,7 @@ from backend.services.seed003 import (
     required_text,
     run_listing,
 )
-from db.models import ModelFile, ModelFileEgMessage, ModelInfo, User
+from db.models import ModelAiOnline, ModelFile, ModelFileEgMessage, ModelInfo, User
 
 TEXT_MAX = 16000  # a MySQL TEXT holds 65,535 bytes: 16,000 four-byte characters
 MAX_EXAMPLES = 100
@@ -102,6 +103,10 @@ def model_public(m: ModelInfo) -> dict[str, Any]:
         "linkType": m.link_type,
         "aiName": m.ai_name,
         "aiolId": m.aiol_id,
+        # the StrangeLoop frontend's fields
+        "localmodelName": m.localmodel_name,
+        "ollamaModelName": m.ollama_model_name,
+        "baseModelName": base_model_name(m),
         "userId": m.user_id,
         "isDefault": bool(m.is_default),
         "createdTime": fmt(m.created_time),
@@ -122,7 +127,8 @@ def _stored_params(mf: ModelFile) -> dict[str, Any]:
 
 
 def persona_public(mf: ModelFile | None, model_file_id: int | None = None) -> dict[str, Any]:
-    """The document's `modelFile` object, with `modelFileEmessageList`."""
+    """The document's `modelFile` object, with the examples as `modelFileEmessageList` (the
+    document) and `modelFileEgmessageList` (the original code)."""
     params = _stored_params(mf) if mf is not None else dict.fromkeys(PersonaParams.model_fields)
     body: dict[str, Any] = {
         "system": mf.system if mf else None,
@@ -130,8 +136,9 @@ def persona_public(mf: ModelFile | None, model_file_id: int | None = None) -> di
     }
     for name, value in params.items():
         body[CAMEL_OF.get(name, name)] = value
-    body["mirostatEta"] = params["mirostat_eta"]
-    body["modelFileEmessageList"] = [
+    # No `mirostatEta` beside `mirostatEat`: the StrangeLoop frontend sends every field back,
+    # and a stale second spelling would overwrite the user's edit of the first.
+    examples = [
         {
             "messageId": e.message_id,
             "userMessage": e.user_message,
@@ -140,17 +147,31 @@ def persona_public(mf: ModelFile | None, model_file_id: int | None = None) -> di
         }
         for e in (mf.examples if mf else [])
     ]
+    body["modelFileEmessageList"] = examples  # the document's spelling
+    body["modelFileEgmessageList"] = [dict(e) for e in examples]  # the original code's
     return body
 
 
-def model_detail(session: Session, settings: Settings, viewer: Viewer, model_id: int) -> dict[str, Any]:
-    """The model with `modelFile` (and its examples) and, when online, `modelAiOnline`
-    (key masked)."""
+def model_detail(
+    session: Session, settings: Settings, viewer: Viewer, model_id: int, *, chat_url: str | None = None
+) -> dict[str, Any]:
+    """The model with `modelFile` (and its examples) and, when online, `modelAiOnline`.
+
+    An admin sees the connection as it is, key masked. A user (given `chat_url`, Meteor's own
+    `/v1/chat/completions`) sees `aiApi = chat_url` and `aiToken` = a fresh browser key of
+    theirs for this model (apikeys.mint_browser_key): the StrangeLoop frontend posts its chat
+    to `aiApi` with `aiToken`, so it goes through Meteor and is charged to the user. The
+    provider's address and key never reach the user's browser. The caller commits."""
     model = get_model(session, viewer, model_id)
     body = model_public(model)
     if model.link_type == 1:
         conn = model.ai_online
         body["modelAiOnline"] = connections.connection_public(settings, conn) if conn else None
+        if conn is not None and not viewer.is_admin and chat_url:
+            key = apikeys.mint_browser_key(
+                session, user_id=str(viewer.user_id), model=model, minutes=settings.browser_key_minutes
+            )
+            body["modelAiOnline"] |= {"aiApi": chat_url, "aiToken": key, "protocol": "openai"}
     body["modelFile"] = persona_public(model.model_file, model.model_file_id)
     return body
 
@@ -172,7 +193,7 @@ def list_models(
     page: Page | None = None,
     bare_limit: int = 1000,
 ) -> tuple[list[dict[str, Any]], int | None]:
-    """The models the viewer may see (their own and the shared ones; admins: all), newest
+    """The models the viewer may see (their own and the shared ones; admins: all), oldest
     first, filtered by any subset of modelName (substring), aiName, an inclusive created
     range, userId, linkType and disable."""
     query = _visible(select(ModelInfo), viewer)
@@ -187,7 +208,8 @@ def list_models(
     if disable is not None:
         query = query.where(ModelInfo.disable == disable)
     query = query.where(*created_range(ModelInfo.created_time, created_start, created_end))
-    rows, total = run_listing(session, query.order_by(ModelInfo.model_id.desc()), page, bare_limit=bare_limit)
+    # oldest first: the StrangeLoop frontend opens the last card as the model it just created
+    rows, total = run_listing(session, query.order_by(ModelInfo.model_id.asc()), page, bare_limit=bare_limit)
     return [model_public(m) for m in rows], total
 
 
@@ -231,14 +253,37 @@ def create_model(
     disable: Any = None,
     aiol_id: Any = None,
     user_id: Any = None,
+    localmodel_name: Any = None,
+    ollama_model_name: Any = None,
+    base_model_name: Any = None,
 ) -> ModelInfo:
     """A new model and its empty persona, in the caller's transaction. A user's model is
     theirs; an admin's is shared unless the admin names a `userId`. modelName is unique
     (409). An online model is linked to `aiolId`, or else to the connection whose aiName
-    equals the model's aiName, when the viewer may use one."""
+    equals the model's aiName, when the viewer may use one.
+
+    The StrangeLoop frontend never sends `aiName`: it is then the linked connection's aiName
+    (`aiolId`), or `localmodelName` for a local model; only a body with none of the three is
+    a 400. `localmodelName`, `ollamaModelName` and `baseModelName` are stored as given."""
     name = required_text(model_name, "modelName", 50)
-    base = required_text(ai_name, "aiName", 50)
     link = 0 if link_type is None else _flag(link_type, "linkType")
+    local = optional_text(localmodel_name, "localmodelName", 100)
+    ollama = optional_text(ollama_model_name, "ollamaModelName", 100)
+    shown_base = optional_text(base_model_name, "baseModelName", 100)
+    connection: ModelAiOnline | None = None
+    if aiol_id is not None:
+        _connection_for(session, viewer, aiol_id)
+        connection = session.get(ModelAiOnline, aiol_id)
+    base = optional_text(ai_name, "aiName", 50)
+    if base is None:
+        if link == 1 and connection is not None:
+            base = connection.ai_name
+        elif local is not None:
+            base = optional_text(local, "localmodelName", 50)
+        elif connection is not None:
+            base = connection.ai_name
+        else:
+            raise bad_request("aiName is required (or aiolId for an online model, localmodelName for a local one)")
     owner: str | None = viewer.user_id
     if viewer.is_admin:
         owner = None
@@ -246,8 +291,8 @@ def create_model(
             if session.get(User, str(user_id)) is None:
                 raise not_found("user", user_id)
             owner = str(user_id)
-    if aiol_id is not None:
-        connection_id: int | None = _connection_for(session, viewer, aiol_id)
+    if connection is not None:
+        connection_id: int | None = connection.ai_id
     else:
         connection_id = _connection_named(session, viewer, base) if link == 1 else None
     if _name_taken(session, name):
@@ -265,6 +310,9 @@ def create_model(
         description=optional_text(description, "description", 500),
         aiol_id=connection_id,
         ai_name=base,
+        localmodel_name=local,
+        ollama_model_name=ollama,
+        base_model_name=shown_base,
         created_by=viewer.actor,
     )
     session.add(model)
@@ -285,9 +333,18 @@ def update_model(
     description: Any = UNSET,
     model_version: Any = UNSET,
     aiol_id: Any = UNSET,
+    localmodel_name: Any = UNSET,
+    ollama_model_name: Any = UNSET,
+    base_model_name: Any = UNSET,
 ) -> ModelInfo:
     """Change the given fields of a model the viewer owns (admins: any)."""
     model = get_model(session, viewer, model_id, for_change=True)
+    if localmodel_name is not UNSET:
+        model.localmodel_name = optional_text(localmodel_name, "localmodelName", 100)
+    if ollama_model_name is not UNSET:
+        model.ollama_model_name = optional_text(ollama_model_name, "ollamaModelName", 100)
+    if base_model_name is not UNSET:
+        model.base_model_name = optional_text(base_model_name, "baseModelName", 100)
     if model_name is not UNSET:
         name = required_text(model_name, "modelName", 50)
         if _name_taken(session, name, exclude=model.model_id):
@@ -318,6 +375,9 @@ def update_model(
         description=description,
         modelVersion=model_version,
         aiolId=aiol_id,
+        localmodelName=localmodel_name,
+        ollamaModelName=ollama_model_name,
+        baseModelName=base_model_name,
     )
     audit_admin_change(session, viewer, "modify_model", "model", model.model_id, fields=changed)
     return model
@@ -396,8 +456,8 @@ def _persona_values(body: dict[str, Any]) -> dict[str, Any]:
     for source in sources:
         for key, value in source.items():
             name = PERSONA_FIELDS.get(key)
-            if name is None:
-                continue
+            if name is None or (key == "mirostatEta" and "mirostatEat" in source):
+                continue  # both spellings sent: the document's (and the frontend's) mirostatEat wins
             if isinstance(value, str) and not value.strip() and name != "stop":
                 value = None  # an empty form field means "the backend's default"
             values[name] = value
@@ -411,6 +471,30 @@ def _describe(exc: ValidationError) -> str:
         field = CAMEL_OF.get(loc[0], loc[0]) if loc else "modelFile"
         parts.append(f"{field}: {err.get('msg', 'invalid')}")
     return "invalid persona: " + "; ".join(parts)
+
+
+EXAMPLE_KEYS = ("modelFileEgmessageList", "modelFileEmessageList")  # the original code's, the document's
+
+
+def _raw_examples(body: dict[str, Any], nested: dict[str, Any]) -> Any:
+    """The example list a body carries, under either spelling (UNSET when none).
+
+    Both spellings in one body: `modelFileEgmessageList` wins, unless it is empty while
+    `modelFileEmessageList` is not. That is the StrangeLoop frontend saving a persona: it
+    deletes its own list from the object it sends and puts an empty one in its place, beside
+    the unchanged copy of the stored examples it was answered — taking the empty list would
+    delete every stored example on each save of a parameter."""
+    found: dict[str, Any] = {}
+    for key in EXAMPLE_KEYS:
+        for source in (body, nested):
+            if key in source and source[key] is not None:
+                found.setdefault(key, source[key])
+    original, document = found.get(EXAMPLE_KEYS[0], UNSET), found.get(EXAMPLE_KEYS[1], UNSET)
+    if original is UNSET:
+        return document
+    if document is not UNSET and original == [] and isinstance(document, list) and document:
+        return document
+    return original
 
 
 def _examples(raw: Any) -> list[tuple[str, str]]:
@@ -434,8 +518,10 @@ def _examples(raw: Any) -> list[tuple[str, str]]:
 
 def update_persona(session: Session, viewer: Viewer, body: dict[str, Any]) -> ModelInfo:
     """`PUT /model/manage/detail`: set the given parameters (absent ones keep their value,
-    null clears one), the system prompt, and — when `modelFileEmessageList` is present —
-    replace the examples as a whole. Everything is checked before anything is written."""
+    null clears one), the system prompt, and — when an example list is present (either
+    spelling, see _raw_examples) — replace the examples as a whole. Everything is checked
+    before anything is written. A `modelAiOnline` in the body is ignored (the original
+    updated the connection from it; connections change at /model/ol/manage only)."""
     if not isinstance(body, dict):
         raise bad_request("the request body must be a JSON object")
     model, persona = _persona_owner(session, viewer, body)
@@ -455,8 +541,8 @@ def update_persona(session: Session, viewer: Viewer, body: dict[str, Any]) -> Mo
             raise bad_request("system must be a string")
         if len(system) > TEXT_MAX:
             raise bad_request(f"system must be at most {TEXT_MAX} characters")
-    raw_examples = body.get("modelFileEmessageList", nested.get("modelFileEmessageList", UNSET))
-    examples = None if raw_examples is UNSET or raw_examples is None else _examples(raw_examples)
+    raw_examples = _raw_examples(body, nested)
+    examples = None if raw_examples is UNSET else _examples(raw_examples)
 
     params.apply_to(persona)
     if system is not UNSET:

@@ -239,6 +239,11 @@ def run_listing(session: Session, query: Select, page: Page | None, *, bare_limi
     return rows, total
 
 
+def count_listing(session: Session, query: Select) -> int:
+    """How many rows `query` has (its order and limit ignored)."""
+    return session.scalar(select(func.count()).select_from(query.order_by(None).subquery())) or 0
+
+
 def shape_listing(items: list[dict[str, Any]], total: int | None) -> Any:
     """A bare list (the document) or `{total, items}` (the original code, when paged)."""
     return items if total is None else {"total": total, "items": items}

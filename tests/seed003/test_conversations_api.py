@@ -60,24 +60,27 @@ def test_document_examples_replayed(client, maker, alice):
     assert 999 not in [m["id"] for m in detail["modelMessageList"]]
     assert len(detail["createdTime"]) == len("2024/12/18 08:50") and detail["createdTime"][4] == "/"
 
-    # 1.21 delete messages, 1.12 delete conversations
+    # 1.21 delete messages, 1.12 delete conversations — at the original code's path: its frontend
+    # deletes *messages* with DELETE /model/message/{ids} (tests/clients/test_strangeloop_api.py)
     first = detail["modelMessageList"][0]["id"]
     assert ok(client.delete(f"/model/message/detail/{first}", headers=alice.headers)) is None
     assert count(maker, ModelMessage) == 1
-    assert ok(client.delete(f"/model/message/{cid}", headers=alice.headers)) is None
+    assert ok(client.delete(f"/model/conversation/{cid}", headers=alice.headers)) is None
     assert count(maker, ModelConversation) == 0 and count(maker, ModelMessage) == 0
 
 
 def test_original_code_paths_share_the_implementation(client, maker, alice):
     cid = ok(client.post("/model/conversation", json={"aiName": "qwen2.5"}, headers=alice.headers))["id"]
     ok(client.put("/model/conversation", json={"id": cid, "title": "from the old frontend"}, headers=alice.headers))
-    # the original code's POST /model/message adds a message when the body has a conversationId
+    # the original code's POST /model/message adds a message when the body has a conversationId,
+    # and answers its id (as the original did: its frontend keeps `data` as the message id)
     added = ok(client.post("/model/message", json={"conversationId": cid, "content": "hi"}, headers=alice.headers))
-    assert added["conversationId"] == cid and added["role"] == "user"
+    # the original code's list is {total, items} even unpaged (its frontend reads data.items)
     listed = ok(client.get("/model/conversation/list", headers=alice.headers))
-    assert [(c["id"], c["title"]) for c in listed] == [(cid, "from the old frontend")]
+    assert [(c["id"], c["title"]) for c in listed["items"]] == [(cid, "from the old frontend")]
+    assert listed["total"] == 1
     detail = ok(client.get(f"/model/conversation/detail/{cid}", headers=alice.headers))
-    assert [m["content"] for m in detail["modelMessageList"]] == ["hi"]
+    assert [(m["id"], m["content"], m["role"]) for m in detail["modelMessageList"]] == [(added, "hi", "user")]
     ok(client.delete(f"/model/conversation/{cid}", headers=alice.headers))
     assert count(maker, ModelConversation) == 0 and count(maker, ModelMessage) == 0
 
@@ -190,12 +193,12 @@ def test_deleting_several_and_unknown_ids(client, maker, alice):
         add_message(client, alice, cid, "x")
         add_message(client, alice, cid, "y", "assistant")
     # one unknown id: 404 and nothing deleted
-    err(client.delete(f"/model/message/{a},{b},{c + 1000}", headers=alice.headers), 404)
+    err(client.delete(f"/model/conversation/{a},{b},{c + 1000}", headers=alice.headers), 404)
     assert count(maker, ModelConversation) == 3 and count(maker, ModelMessage) == 6
-    ok(client.delete(f"/model/message/{a},{c}", headers=alice.headers))
+    ok(client.delete(f"/model/conversation/{a},{c}", headers=alice.headers))
     assert count(maker, ModelConversation) == 1 and count(maker, ModelMessage) == 2
     assert count(maker, ModelMessage, ModelMessage.conversation_id.in_([a, c])) == 0  # no orphans
-    err(client.delete(f"/model/message/{a}", headers=alice.headers), 404)  # already gone
+    err(client.delete(f"/model/conversation/{a}", headers=alice.headers), 404)  # already gone
 
 
 # --- ownership -----------------------------------------------------------------------------
@@ -218,8 +221,9 @@ def test_users_see_only_their_own_and_admins_see_all(client, maker, alice, bob, 
     err(client.post("/model/message/detail", json={"conversationId": a, "content": "x"}, headers=bob.headers), 404)
     err(client.post("/model/message", json={"conversationId": a, "content": "x"}, headers=bob.headers), 404)
     err(client.delete(f"/model/message/detail/{am}", headers=bob.headers), 404)
-    err(client.delete(f"/model/message/{a}", headers=bob.headers), 404)
-    err(client.delete(f"/model/message/{b},{a}", headers=bob.headers), 404)
+    err(client.delete(f"/model/message/{am}", headers=bob.headers), 404)
+    err(client.delete(f"/model/conversation/{a}", headers=bob.headers), 404)
+    err(client.delete(f"/model/conversation/{b},{a}", headers=bob.headers), 404)
     assert count(maker, ModelConversation) == 2 and count(maker, ModelMessage) == 1
 
     # the admin reads and changes both
@@ -229,7 +233,7 @@ def test_users_see_only_their_own_and_admins_see_all(client, maker, alice, bob, 
     assert admin_made["userId"] == bob.id
     err(client.post("/model/message", json={"aiName": "x"}, headers=admin.headers), 400)  # whose conversation?
     err(client.post("/model/message", json={"userId": "nobody"}, headers=admin.headers), 404)
-    ok(client.delete(f"/model/message/{a},{b}", headers=admin.headers))
+    ok(client.delete(f"/model/conversation/{a},{b}", headers=admin.headers))
     assert count(maker, ModelConversation) == 1 and count(maker, ModelMessage) == 0
 
 

@@ -1,0 +1,89 @@
+"""A real serve-api, the built frontend on a static server of another origin, and a fake
+OpenAI upstream, for driving an original web client through its real pages."""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+from backend.config import Settings
+from db.session import get_sessionmaker
+from tests.browser.conftest import ROOT, free_port, stop, wait_healthy
+
+ADMIN_PASSWORD = "clients-admin-pass-1"
+
+
+class SpaHandler(SimpleHTTPRequestHandler):
+    """Static files; any other path is the app's index.html (vue-router's history mode)."""
+
+    def send_head(self):  # noqa: ANN201 - the base class's signature
+        path = Path(self.translate_path(self.path.split("?", 1)[0]))
+        if not path.exists():
+            self.path = "/index.html"
+        return super().send_head()
+
+    def log_message(self, format: str, *args) -> None:  # noqa: A002 - the base class's name
+        pass
+
+
+@contextmanager
+def static_site(directory: Path) -> Iterator[str]:
+    """`directory` served on 127.0.0.1 (another origin than the API: another port)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(SpaHandler, directory=str(directory)))
+    thread = threading.Thread(target=server.serve_forever, name="static-site", daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=10)
+
+
+@dataclass
+class Api:
+    url: str
+    settings: Settings
+    log: Path
+
+    @property
+    def maker(self):
+        return get_sessionmaker(self.settings.resolved_database_url)
+
+
+@contextmanager
+def serve_api(data: Path, logs: Path, **settings: str) -> Iterator[Api]:
+    """`python -m backend serve-api` on a free port over a fresh data dir (it migrates and
+    bootstraps itself), with the given METEOR_* settings."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("METEOR_")}
+    env.update(
+        METEOR_DATA_DIR=str(data),
+        METEOR_ADMIN_PASSWORD=ADMIN_PASSWORD,
+        METEOR_API_PORT=str(port),
+        METEOR_BCRYPT_ROUNDS="4",
+        METEOR_MODEL_TITLES="false",
+        GRADIO_ANALYTICS_ENABLED="False",
+        **{f"METEOR_{k.upper()}": v for k, v in settings.items()},
+    )
+    log = logs / "api.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "backend", "serve-api", "--port", str(port)],
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        wait_healthy(f"http://127.0.0.1:{port}/healthz", process, log)
+        yield Api(f"http://127.0.0.1:{port}", Settings(data_dir=data, bcrypt_rounds=4), log)
+    finally:
+        stop(process)
