@@ -19,6 +19,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.errors import ServiceError
@@ -33,6 +35,31 @@ def on_invalid(code: str, *paths: str) -> None:
     """Declare which seed error code bad input on these paths gets."""
     for path in paths:
         VALIDATION_CODES[path] = code
+
+
+class Seed000Error(BaseModel):
+    """A seed-000 error: `code` names it (LOGIN_ERROR, USER_NAME_REPEAT, ...)."""
+
+    code: str
+    msg: str
+
+
+ERROR_DESCRIPTIONS = {
+    400: "bad request",
+    401: "missing, invalid, expired or revoked token, or wrong name / password",
+    403: "not allowed for this account (disabled, not a super admin)",
+    404: "no such account or row",
+    405: "method not allowed (the Allow header lists the path's methods)",
+    409: "the name is taken",
+    413: "the request body is larger than this endpoint's limit",
+    422: "invalid input (lengths, ranges, password rules)",
+    429: "too many failed logins (per account and address, per account, per address)",
+}
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for seed-000 routes: the 4xx they answer, in the seed-000 envelope."""
+    return {s: {"model": Seed000Error, "description": ERROR_DESCRIPTIONS[s]} for s in statuses}
 
 
 def ok(msg: str, **extra: Any) -> dict[str, Any]:
@@ -95,11 +122,12 @@ def error_response(
     status: int,
     extra: dict | None = None,
     request: Request | None = None,
+    headers: dict | None = None,
 ) -> JSONResponse:
     fam = family(path)
     if fam == "seed000" and request is not None and status != 200 and original_client(request):
         body = {"code": code, "msg": message, **(extra or {})}
-        return JSONResponse(body, status_code=200, headers={"X-Meteor-Status": str(status)})
+        return JSONResponse(body, status_code=200, headers={**(headers or {}), "X-Meteor-Status": str(status)})
     if fam == "seed003":
         body: dict[str, Any] = {"code": status, "message": message, "data": None}
     elif fam == "openai":
@@ -108,8 +136,10 @@ def error_response(
         }
     else:
         body = {"code": code, "msg": message, **(extra or {})}
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(body, status_code=status, headers=headers)
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(body, status_code=status, headers=headers or None)
 
 
 def describe_validation(exc: RequestValidationError) -> str:
@@ -142,14 +172,30 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 400:  # a body that cannot even be decoded
             code = VALIDATION_CODES.get(path, "APP_QUERY_METHOD_ERROR")
             message = f"request body could not be read: {exc.detail}"
-            return error_response(path, code, message, 400, request=request)
+        elif exc.status_code == 413:  # backend/api/body_limit.py
+            code = VALIDATION_CODES.get(path, "APP_QUERY_METHOD_ERROR")
+            message = str(exc.detail)
         elif exc.status_code == 404:
             message = f"no such endpoint: {request.method} {request.url.path}"
         elif exc.status_code == 405:
             message = f"method {request.method} not allowed on {request.url.path}"
         else:
             message = str(exc.detail)
-        return error_response(path, code, message, exc.status_code)
+        # 405 keeps Starlette's Allow header (the methods the path has)
+        return error_response(
+            path, code, message, exc.status_code, request=request, headers=getattr(exc, "headers", None)
+        )
+
+    @app.exception_handler(DataError)
+    @app.exception_handler(OverflowError)
+    async def _out_of_range(request: Request, exc: Exception) -> JSONResponse:
+        # A number (or text) the column cannot hold got past a schema: bad input, not a crash.
+        # The request's session is rolled back when it closes, so nothing is half-written.
+        log.warning("value out of range on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        path = request.url.path
+        code = VALIDATION_CODES.get(path, "APP_QUERY_METHOD_ERROR")
+        status = 400 if family(path) == "seed003" else 422
+        return error_response(path, code, "a value is out of range for its field", status, request=request)
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:

@@ -12,7 +12,7 @@ from backend.api.deps import SessionDep, SettingsDep, resolve_caller
 from backend.errors import forbidden
 from backend.services import vouchers
 
-router = APIRouter(tags=["user"])
+router = APIRouter(tags=["user"], responses=envelope.documented(401, 403, 404, 405, 409, 413, 422))
 
 
 class RedeemIn(BaseModel):
