@@ -31,6 +31,10 @@ from db.session import read_only
 router = APIRouter(tags=["auth"], responses=envelope.documented(401, 405, 413, 422))
 
 
+# What the original admin app's "实例信息" card shows (APPID / APIKEY / API_SECRET).
+APP_INFO = {"app_id": "meteor", "api_key": "仅保存在服务器上", "api_secret": "仅保存在服务器上"}
+
+
 def wrong_login() -> ServiceError:
     return ServiceError("LOGIN_ERROR", "wrong name or password", 401)
 
@@ -215,8 +219,10 @@ def admin_login(body: AdminLoginIn, request: Request, session: SessionDep, setti
     admin = limited_login(request, session, settings, "admin", body.admin, body.password)
     assert isinstance(admin, Admin)
     session.commit()
-    # The original also returned its iFlytek app_id / api_key / api_secret here; never again.
-    return envelope.ok("管理员登录成功", is_super=admin.is_super, **admin_tokens(settings, admin))
+    # The original answered its iFlytek app_id / api_key / api_secret here, and its admin app
+    # reads `app_info.app_id` (a login without it crashes the page). The three fields stay,
+    # holding no secret: provider credentials never leave the server.
+    return envelope.ok("管理员登录成功", is_super=admin.is_super, app_info=APP_INFO, **admin_tokens(settings, admin))
 
 
 @router.get("/admin/refresh")

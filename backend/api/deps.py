@@ -65,7 +65,7 @@ def admin_from_token(session: Session, settings: Settings, token: str, kind: str
     except (TypeError, ValueError):
         admin = None
     if admin is None or not security.same_account(claims, admin):
-        raise unauthorized("token revoked; sign in again")
+        raise unauthorized("登录已失效（密码已修改或已退出），请重新登录 / token revoked; sign in again")
     return admin
 
 
@@ -74,7 +74,7 @@ def user_from_token(session: Session, settings: Settings, token: str, kind: str 
     claims = _claims(settings, token, "user", kind)
     user = session.get(User, str(claims["sub"]))
     if user is None or not security.same_account(claims, user):
-        raise unauthorized("token revoked; sign in again")
+        raise unauthorized("登录已失效（密码已修改或已退出），请重新登录 / token revoked; sign in again")
     if user.status != "active":
         raise forbidden("this account is disabled")
     return user

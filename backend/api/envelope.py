@@ -182,8 +182,13 @@ def install(app: FastAPI) -> None:
             message = f"method {request.method} not allowed on {request.url.path}"
         else:
             message = str(exc.detail)
-        # 405 keeps Starlette's Allow header (the methods the path has)
-        return error_response(path, code, message, exc.status_code, headers=getattr(exc, "headers", None))
+        # 405 keeps Starlette's Allow header (the methods the path has). Only a body that
+        # cannot be read or is too large is a domain error the original clients get as 200;
+        # an unknown path or method keeps its status.
+        domain = request if exc.status_code in (400, 413) else None
+        return error_response(
+            path, code, message, exc.status_code, request=domain, headers=getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(DataError)
     @app.exception_handler(OverflowError)

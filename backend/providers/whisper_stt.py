@@ -12,7 +12,7 @@ requirements-models.txt) and loaded from there, so nothing is ever downloaded:
   better of the two.
 
 `language` is `zh`, `en` or `auto`. `auto` lets Whisper base weigh the clip and picks
-English only when it is clearly English (p(en) >= 0.5 and above p(zh)), else Chinese: the
+English only when it is clearly English (p(en) >= 0.6 and above p(zh)), else Chinese: the
 academies speak Chinese, and on short or synthetic Mandarin Whisper's detector often
 guesses a third language, which the embedded engine does not serve anyway. Chinese is
 decoded with a Simplified-Chinese prompt, so the text comes out in simplified characters.
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +55,7 @@ LANGUAGE_ALIASES = {
 }
 ZH_PROMPT = "以下是普通话的句子。"  # steers Whisper to simplified characters
 BASE_MODEL_SHA256 = "905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57"
-ENGLISH_MIN_PROBABILITY = 0.5
+ENGLISH_MIN_PROBABILITY = 0.6
 
 _lock = threading.Lock()
 _shared: EmbeddedSpeech | None = None
@@ -121,7 +122,12 @@ def _decode(model, audio: np.ndarray, language: str, prompt: str | None = None) 
         # Whisper base loops on unclear Mandarin ("评评评…"): penalise repeats and allow no
         # more tokens than the clip can hold (a 30 s window at most ~6 tokens a second).
         seconds = len(audio) / 16000
-        options = {"repetition_penalty": 1.2, "max_new_tokens": min(200, int(min(seconds, 30) * 6) + 4)}
+        # No temperature fallback: its sampling made the same clip read differently each time.
+        options = {
+            "repetition_penalty": 1.2,
+            "max_new_tokens": min(200, int(min(seconds, 30) * 6) + 4),
+            "temperature": 0.0,
+        }
     try:
         segments, _info = model.transcribe(
             audio,
@@ -133,9 +139,19 @@ def _decode(model, audio: np.ndarray, language: str, prompt: str | None = None) 
             **options,
         )
         separator = "" if language == "zh" else " "
-        return separator.join(segment.text.strip() for segment in segments).strip()
+        text = separator.join(segment.text.strip() for segment in segments).strip()
+        return trim_loops(text) if language == "zh" else text
     except Exception as exc:  # CTranslate2 raises plain RuntimeErrors
         raise ProviderError(f"the embedded voice engine failed: {type(exc).__name__}", 500) from exc
+
+
+LOOP = re.compile(r"(\S)\1{3,}")
+
+
+def trim_loops(text: str) -> str:
+    """A character Whisper repeats four times or more ("天天天天天…") is a decoding loop, not
+    speech: kept twice (Chinese doubles words, 天天, 谢谢, but does not say them four times)."""
+    return LOOP.sub(r"\1\1", text)
 
 
 class EmbeddedWhisper:

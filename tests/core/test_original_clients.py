@@ -9,6 +9,7 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from backend.api.auth import APP_INFO
 from backend.server import create_app
 from backend.services import bootstrap, quota, vouchers
 from db.models import Admin, QuotaLedger, Redemption, User
@@ -117,13 +118,14 @@ def test_the_admin_app_sees_a_revoked_token_as_a_message(client, maker, settings
     make_admin(maker, settings, name="boss", is_super=True)
     origin = {"Origin": "http://127.0.0.1:8080"}
     r = client.post("/admin/login", json={"admin": "boss", "password": PASSWORD}, headers=origin)
+    assert r.json()["app_info"] == APP_INFO and set(APP_INFO) == {"app_id", "api_key", "api_secret"}
     token = r.json()["access_token"]
     auth = {**origin, "Authorization": f"Bearer {token}"}
     r = client.post("/admin/modify_admin", json={"target_admin": "boss", "new_password": "new-pass-123"}, headers=auth)
     assert r.status_code == 200 and r.json()["code"] == 0
     r = client.post("/admin/modify_admin", json={"target_admin": "boss", "new_name": "chief"}, headers=auth)
-    assert r.status_code == 200 and r.json()["code"] == "PERMISSION_NOT_ALLOW" and r.json()["msg"]
-    assert r.headers["X-Meteor-Status"] == "401"
+    assert r.status_code == 200 and r.json()["code"] == "PERMISSION_NOT_ALLOW"
+    assert "请重新登录" in r.json()["msg"] and r.headers["X-Meteor-Status"] == "401"
     without_origin = {"Authorization": f"Bearer {token}"}
     r = client.post("/admin/modify_admin", json={"target_admin": "boss", "new_name": "chief"}, headers=without_origin)
     assert r.status_code == 401
@@ -152,3 +154,23 @@ def test_desktop_redeem_names_the_user_by_user_id_alone(db_url, tmp_path, client
         assert s.scalar(select(func.count()).select_from(Redemption)) == 1
         kinds = s.scalars(select(QuotaLedger.kind).where(QuotaLedger.user_id == user.id)).all()
         assert kinds == ["redeem"]
+
+
+def test_app_info_holds_no_provider_secret(client, maker, settings):
+    """The original answered its iFlytek credentials in app_info; Meteor answers the three
+    fields the admin app reads, none of them a stored secret."""
+    from tests.media.conftest import add_connection
+
+    add_connection(
+        maker,
+        settings,
+        name="xf",
+        protocol="iflytek-iat",
+        url="wss://ws-api.xfyun.cn/v2/iat",
+        secret="appid123:key-abcdef123456:secret-abcdef123456",
+    )
+    make_admin(maker, settings, name="boss", is_super=True)
+    r = client.post("/admin/login", json={"admin": "boss", "password": PASSWORD})
+    info = r.json()["app_info"]
+    assert set(info) == {"app_id", "api_key", "api_secret"}
+    assert not any(part in r.text for part in ("appid123", "key-abcdef123456", "secret-abcdef123456"))

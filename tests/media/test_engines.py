@@ -66,6 +66,11 @@ def test_the_embedded_engine_understands_mandarin_and_the_english_model_does_not
     assert cer_english_only > 0.75
 
 
+def test_decoding_loops_are_trimmed_but_doubled_words_kept():
+    assert whisper_stt.trim_loops("天天天天天天天天") == "天天"
+    assert whisper_stt.trim_loops("谢谢你，天天见") == "谢谢你，天天见"
+
+
 def test_english_is_detected_and_read_by_the_english_model():
     engine = whisper_stt.shared()
     transcript = engine.transcribe_as(speech_pcm(), "auto")
