@@ -61,7 +61,9 @@ OPENAI_TYPES = {
 }
 
 
-def error_response(path: str, code: str, message: str, status: int, extra: dict | None = None) -> JSONResponse:
+def error_response(
+    path: str, code: str, message: str, status: int, extra: dict | None = None, *, retry_after: int | None = None
+) -> JSONResponse:
     fam = family(path)
     if fam == "seed003":
         body: dict[str, Any] = {"code": status, "message": message, "data": None}
@@ -71,8 +73,10 @@ def error_response(path: str, code: str, message: str, status: int, extra: dict 
         }
     else:
         body = {"code": code, "msg": message, **(extra or {})}
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(body, status_code=status, headers=headers)
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
+    if retry_after is not None:
+        headers["Retry-After"] = str(retry_after)
+    return JSONResponse(body, status_code=status, headers=headers or None)
 
 
 def describe_validation(exc: RequestValidationError) -> str:
@@ -89,7 +93,14 @@ def describe_validation(exc: RequestValidationError) -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(request.url.path, exc.code, exc.message, exc.status)
+        retry_after = exc.extra.get("retry_after")
+        return error_response(
+            request.url.path,
+            exc.code,
+            exc.message,
+            exc.status,
+            retry_after=retry_after if isinstance(retry_after, int) else None,
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
