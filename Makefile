@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint install api bench bench-gateway bench-media bench-dashboard clean
+.PHONY: run test lint install api bench bench-gateway bench-media bench-speech bench-dashboard clean
 
 $(STAMP): requirements.txt requirements-models.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -29,13 +29,16 @@ lint: $(STAMP)
 test: lint
 	$(PY) -m pytest
 
-bench: bench-gateway bench-media bench-dashboard
+bench: bench-gateway bench-media bench-speech bench-dashboard
 
 bench-gateway: $(STAMP)
 	$(PY) -m bench.gateway
 
 bench-media: $(STAMP)
 	$(PY) -m bench.media
+
+bench-speech: $(STAMP)
+	$(PY) -m bench.speech_accuracy
 
 bench-dashboard: $(STAMP)
 	$(PY) -m bench.dashboard

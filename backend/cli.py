@@ -10,7 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from backend.config import get_settings
+from backend.config import Settings, get_settings
 from db import migrate as db_migrate
 from db.session import get_sessionmaker
 
@@ -42,6 +42,16 @@ def api_workers(configured: int | None) -> int:
     return configured or os.cpu_count() or 1
 
 
+def uvicorn_options(settings: Settings) -> dict:
+    """How uvicorn treats forwarded headers: only from METEOR_TRUSTED_PROXIES (uvicorn's own
+    default believes X-Forwarded-For from 127.0.0.1, which would let anyone on this machine,
+    or any local proxy's clients, choose the address the login limits count)."""
+    trusted = [str(n) for n in settings.trusted_proxy_networks]
+    if not trusted:
+        return {"proxy_headers": False, "forwarded_allow_ips": ""}
+    return {"proxy_headers": True, "forwarded_allow_ips": trusted}
+
+
 def serve_api(port: int | None, host: str | None, skip_prepare: bool) -> None:
     """The API on `METEOR_WORKERS` processes sharing one socket; they share nothing else, since
     every shared state (quota, reservations, sessions, rate limits) lives in the database."""
@@ -58,6 +68,7 @@ def serve_api(port: int | None, host: str | None, skip_prepare: bool) -> None:
         port=port or settings.api_port,
         log_level="info",
         timeout_graceful_shutdown=5,
+        **uvicorn_options(settings),
     )
 
 

@@ -9,11 +9,13 @@ or a too-short secret is refused at start.
 from __future__ import annotations
 
 import base64
+import ipaddress
 import json
 import os
 import secrets
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -45,19 +47,29 @@ class Settings(BaseSettings):
     secret_key: SecretStr | None = Field(default=None, description="Fernet key for provider secrets")
     cookie_key: SecretStr | None = None
 
+    # Comma-separated addresses / networks of the reverse proxies whose X-Forwarded-For is
+    # believed (the client address the login limits count). Empty: no proxy is trusted.
+    trusted_proxies: str = ""
     api_host: str = "127.0.0.1"
     api_port: int = 8000
     ui_port: int = 8501
     public_api_url: str | None = None  # what the dashboard's browser uses to reach the playground
+    # Origins whose pages may call the API (bearer-authenticated, so never with credentials): "*" (any),
+    # a comma-separated list, or "" (no CORS). /playground (cookie-authenticated) is never opened.
+    cors_origins: str = "*"
     admin_password: SecretStr | None = None
 
     bcrypt_rounds: int = Field(default=12, ge=4, le=16)
     access_token_minutes: int = 60
     refresh_token_days: int = 7
     playground_token_seconds: int = 300
-    login_max_failures_per_account: int = 5
-    login_max_failures_per_address: int = 20
-    login_window_seconds: int = 900
+    # login admission (backend/services/ratelimit.py): password checks per window
+    login_max_failures_per_account_address: int = Field(default=5, ge=1)  # one account from one address
+    login_max_failures_per_account: int = Field(default=20, ge=1)  # one account from unknown addresses
+    login_max_failures_per_address: int = Field(default=20, ge=1)  # one address against any account
+    login_window_seconds: int = Field(default=900, ge=1)
+    login_retry_seconds: int = Field(default=3, ge=0)  # the same failed name + password again: not counted
+    login_known_address_days: int = Field(default=90, ge=1)  # an address that signed in skips the looser limits
 
     query_page_size_max: int = 100
     reservation_ttl_seconds: int = 600
@@ -69,8 +81,14 @@ class Settings(BaseSettings):
     voice_costs_quota: bool = False
     voice_tokens_per_second: int = 1
     legacy_uuid_auth: bool = False  # accept the seed's uuid + username instead of a Bearer token
+    # seed-000 errors: "auto" answers HTTP 200 + the code to the original clients only (see
+    # backend/api/envelope.py: original_client), "200" to every caller, "http" to none
+    seed000_error_status: Literal["auto", "http", "200"] = "auto"
     upload_max_bytes: int = 10 * 1024 * 1024
+    body_max_bytes: int = Field(default=64 * 1024, ge=1024)  # /auth /admin /user and the rest
+    chat_body_max_bytes: int = Field(default=1024 * 1024, ge=1024)  # /textModel /v1 /model
     default_voice_engine: str = "embedded"
+    voice_language: str = "auto"  # embedded voice engine: auto (detect Chinese or English), zh, en
     default_picture_engine: str = "embedded"
     default_max_tokens: int = 512
     model_titles: bool = True  # new conversations get a title written by their model, in the background
@@ -105,6 +123,23 @@ class Settings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'meteor.db').resolve()}"
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        """The allowed origins (`["*"]` for any); a trailing slash is dropped (browsers send none)."""
+        return [o.strip().rstrip("/") for o in self.cors_origins.split(",") if o.strip()]
+
+    @property
+    def trusted_proxy_networks(self) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+        return [ipaddress.ip_network(p.strip(), strict=False) for p in self.trusted_proxies.split(",") if p.strip()]
+
+    @model_validator(mode="after")
+    def _check_trusted_proxies(self) -> Settings:
+        try:
+            _ = self.trusted_proxy_networks
+        except ValueError as exc:
+            raise ValueError(f"METEOR_TRUSTED_PROXIES: {exc}") from exc
+        return self
 
     @property
     def private_host_allowlist(self) -> set[str]:

@@ -2,9 +2,10 @@
 
 Passwords: bcrypt (so streamlit-authenticator can check the same hashes). Imported seed
 hashes (unsalted MD5 of password + "#_#") are accepted once and rehashed at that login.
-Tokens: HS256 JWTs carrying the subject's role, the token type and the subject's
-`token_version`; bumping the version (logout, password change) revokes every token
-issued before.
+Tokens: HS256 JWTs carrying the subject's role, the token type, the subject's
+`token_version` and its `identity` stamp; bumping the version (logout, password change)
+revokes every token issued before, and the stamp (random per account, never reused) keeps
+a deleted account's tokens from fitting another account that later gets its id or name.
 """
 
 from __future__ import annotations
@@ -50,13 +51,21 @@ def needs_rehash(stored: str) -> bool:
     return bool(LEGACY_MD5.match(stored))
 
 
-# A real bcrypt hash to compare against when the account does not exist, so a login for
-# an unknown name costs the same time as one for a known name.
-_DUMMY_HASH = bcrypt.hashpw(b"meteor-timing-equaliser", bcrypt.gensalt(4)).decode()
+# Real bcrypt hashes to compare against when the account does not exist, made with the
+# configured cost (one per cost, made once), so a login for an unknown name does the same
+# hashing work as one for a known name.
+_DUMMY_HASHES: dict[int, str] = {}
 
 
-def burn_password_check(password: str) -> None:
-    verify_password(password, _DUMMY_HASH)
+def dummy_hash(rounds: int) -> str:
+    found = _DUMMY_HASHES.get(rounds)
+    if found is None:
+        found = _DUMMY_HASHES.setdefault(rounds, hash_password(secrets.token_urlsafe(16), rounds))
+    return found
+
+
+def burn_password_check(password: str, rounds: int = 12) -> None:
+    verify_password(password, dummy_hash(rounds))
 
 
 # --- JWT ---------------------------------------------------------------------------------
@@ -67,7 +76,15 @@ class TokenError(Exception):
 
 
 def issue_token(
-    settings: Settings, *, subject: str, role: str, kind: str, version: int, ttl: timedelta, extra: dict | None = None
+    settings: Settings,
+    *,
+    subject: str,
+    role: str,
+    kind: str,
+    version: int,
+    ttl: timedelta,
+    identity: str | None = None,
+    extra: dict | None = None,
 ) -> str:
     now = datetime.now(UTC)
     claims: dict[str, Any] = {
@@ -75,6 +92,7 @@ def issue_token(
         "role": role,  # "admin" | "user"
         "typ": kind,  # "access" | "refresh" | "playground"
         "ver": version,
+        "idn": identity,  # the account's identity stamp
         "iat": int(now.timestamp()),
         "exp": int((now + ttl).timestamp()),
         "jti": uuid.uuid4().hex,
@@ -102,6 +120,18 @@ def decode_token(settings: Settings, token: str, *, role: str, kind: str) -> dic
     if claims.get("typ") != kind:
         raise TokenError(f"not an {kind} token" if kind[0] in "aeiou" else f"not a {kind} token")
     return claims
+
+
+def same_account(claims: dict[str, Any], account: Any) -> bool:
+    """Whether decoded claims still stand for `account` (an Admin or User row): the same
+    token version and the same identity stamp."""
+    stamp = getattr(account, "identity", None)
+    return (
+        claims.get("ver") == account.token_version
+        and isinstance(stamp, str)
+        and bool(stamp)
+        and hmac.compare_digest(str(claims.get("idn") or ""), stamp)
+    )
 
 
 # --- API keys ----------------------------------------------------------------------------

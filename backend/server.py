@@ -11,11 +11,14 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from backend import security
 from backend.api import admin, auth, conversations, envelope, keys, media, models, openai_compat, user
 from backend.api import text as text_api
+from backend.api.body_limit import BodyLimit
+from backend.api.cors import ApiCors
 from backend.api.get_body import GetBodyAsQuery
 from backend.config import Settings, get_settings
-from backend.services import quota, usage_rollup
+from backend.services import quota, ratelimit, usage_rollup
 from db.session import get_sessionmaker
 
 log = logging.getLogger("meteor.server")
@@ -31,6 +34,8 @@ def _sweeper(app: FastAPI, stop: threading.Event) -> None:
                 released = quota.sweep_expired(session)
             if released:
                 log.info("sweeper released %d expired reservations", released)
+            with app.state.sessionmaker.begin() as session:
+                ratelimit.sweep(session, settings)  # login counters whose window is over
             with app.state.sessionmaker.begin() as session:
                 usage_rollup.catch_up(session)  # completed days into the dashboard's usage roll-up
         except Exception:  # keep sweeping; a transient DB error must not kill the thread
@@ -56,9 +61,11 @@ def create_app(settings: Settings | None = None, *, playground: bool = True) -> 
         description="Seed-000 and seed-003 compatible APIs, an OpenAI-compatible /v1, and the playground.",
     )
     app.state.settings = settings
+    security.dummy_hash(settings.bcrypt_rounds)  # made now, so no unknown-name login pays for it
     app.state.sessionmaker = get_sessionmaker(settings.resolved_database_url)
     envelope.install(app)
     app.add_middleware(GetBodyAsQuery)
+    app.add_middleware(BodyLimit, settings=settings)  # counts the body before anyone reads it (only CORS is outside)
     for module in (auth, admin, user, text_api, keys, openai_compat, media, conversations, models):
         app.include_router(module.router)
 
@@ -73,6 +80,7 @@ def create_app(settings: Settings | None = None, *, playground: bool = True) -> 
 
     if playground:
         _mount_playground(app, settings)
+    app.add_middleware(ApiCors, origins=settings.cors_origin_list)  # outermost: preflights never reach a route
     return app
 
 

@@ -106,7 +106,8 @@ def main(argv: list[str] | None = None) -> int:
 
         def endpoint(path: str, model: str, name: str, data: bytes) -> Callable[[], object]:
             def call() -> object:
-                r = http.post(path, params={"model": model}, files={"file": (name, data)}, headers=headers)
+                params = {"model": model, **({"language": "en"} if path == "/voiceModel/chat" else {})}
+                r = http.post(path, params=params, files={"file": (name, data)}, headers=headers)
                 if r.status_code != 200:
                     raise SystemExit(f"{path} with {model} answered {r.status_code}: {r.text}")
                 return r.json()["content"]
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
         cases = [
             (
                 "voice    embedded whisper tiny.en",
-                lambda: whisper_stt.shared(workers).transcribe(pcm),
+                lambda: whisper_stt.shared(workers).transcribe(pcm, "en"),
                 voice,
                 "embedded",
             ),

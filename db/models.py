@@ -30,6 +30,10 @@ from sqlalchemy.types import TypeDecorator
 
 # SQLite only autoincrements an INTEGER PRIMARY KEY; elsewhere large tables get BIGINT.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+# Integer ids are never handed out twice: SQLite's plain INTEGER PRIMARY KEY reuses the
+# highest id after it is deleted (a new admin would get a deleted admin's id); AUTOINCREMENT
+# does not. PostgreSQL sequences and InnoDB / MariaDB counters never go back anyway.
+NO_ID_REUSE = {"sqlite_autoincrement": True}
 
 
 class UTCDateTime(TypeDecorator):
@@ -81,6 +85,9 @@ class User(Base):
     pic_times: Mapped[int] = mapped_column(BigInteger, default=0)
     status: Mapped[str] = mapped_column(String(16), default="active", index=True)
     token_version: Mapped[int] = mapped_column(Integer, default=0)
+    # A random stamp per account, carried in every token and dashboard cookie: a token issued
+    # to a deleted account never fits another account that later gets its name (or id).
+    identity: Mapped[str] = mapped_column(String(32), default=new_hex_id)
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     # No index on tokens / pic_times on purpose: MariaDB then plans quota updates as range
     # scans over that index, locking other users' rows and deadlocking with row locks.
@@ -88,12 +95,14 @@ class User(Base):
 
 class Admin(Base):
     __tablename__ = "admins"
+    __table_args__ = NO_ID_REUSE
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     name: Mapped[str] = mapped_column(String(64), unique=True)
     password_hash: Mapped[str] = mapped_column(String(128))
     is_super: Mapped[bool] = mapped_column(Boolean, default=False, index=True)
     token_version: Mapped[int] = mapped_column(Integer, default=0)
+    identity: Mapped[str] = mapped_column(String(32), default=new_hex_id)  # see User.identity
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
@@ -123,7 +132,7 @@ class Redemption(Base):
     voucher_id: Mapped[str] = mapped_column(String(64), ForeignKey("vouchers.id", ondelete="CASCADE"), index=True)
     redeemed_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
-    __table_args__ = (UniqueConstraint("user_id", "voucher_id", name="uq_redemption_user_voucher"),)
+    __table_args__ = (UniqueConstraint("user_id", "voucher_id", name="uq_redemption_user_voucher"), NO_ID_REUSE)
 
 
 class QuotaLedger(Base):
@@ -131,6 +140,7 @@ class QuotaLedger(Base):
     money trail outlives a deleted user."""
 
     __tablename__ = "quota_ledger"
+    __table_args__ = NO_ID_REUSE
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     user_id: Mapped[str] = mapped_column(String(32), index=True)
@@ -163,6 +173,7 @@ class QuotaReservation(Base):
 
 class AuditLog(Base):
     __tablename__ = "audit_log"
+    __table_args__ = NO_ID_REUSE
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     actor: Mapped[str] = mapped_column(String(64), index=True)
@@ -182,13 +193,28 @@ class LoginAttempt(Base):
     subject: Mapped[str] = mapped_column(String(160))  # "user:alice", "admin:root", "addr:1.2.3.4"
     at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    __table_args__ = (Index("ix_login_attempts_subject_at", "subject", "at"),)
+    __table_args__ = (Index("ix_login_attempts_subject_at", "subject", "at"), NO_ID_REUSE)
+
+
+class LoginLimit(Base):
+    """Login admission counters (backend/services/ratelimit.py): one row per subject —
+    `pair:<kind>:<name>|<address>`, `acct:<kind>:<name>`, `addr:<address>` — counting the
+    password checks admitted in the window that began at `window_start`; `known:` rows
+    mark an address that has signed in to the account (window_start = last success);
+    `retry:` rows remember a failed name + password for a few seconds (keyed HMAC)."""
+
+    __tablename__ = "login_limits"
+
+    subject: Mapped[str] = mapped_column(String(200), primary_key=True)
+    window_start: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
 
 
 class ApiKey(Base):
     """Per-user `sk-...` keys for the OpenAI-compatible /v1; only a SHA-256 is stored."""
 
     __tablename__ = "api_keys"
+    __table_args__ = NO_ID_REUSE
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     user_id: Mapped[str] = mapped_column(String(32), ForeignKey("users.id", ondelete="CASCADE"), index=True)
@@ -228,6 +254,7 @@ class UsageRecord(Base):
         Index("ix_usage_user_created", "user_id", "created_at"),
         Index("ix_usage_model_created", "model", "created_at"),
         Index("ix_usage_academy_created", "academy", "created_at"),
+        NO_ID_REUSE,
     )
 
 
@@ -281,6 +308,7 @@ class ModelAiOnline(Base):
     """An online connection (API URL, encrypted key, type, timeout)."""
 
     __tablename__ = "model_ai_online"
+    __table_args__ = NO_ID_REUSE
 
     ai_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     ai_api: Mapped[str] = mapped_column(String(500))
@@ -300,6 +328,7 @@ class ModelFile(Base):
     """A persona: system prompt, sampling parameters, few-shot examples."""
 
     __tablename__ = "model_file"
+    __table_args__ = NO_ID_REUSE
 
     model_file_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     system: Mapped[str | None] = mapped_column(Text)
@@ -328,6 +357,7 @@ class ModelFile(Base):
 
 class ModelFileEgMessage(Base):
     __tablename__ = "model_file_egmessage"
+    __table_args__ = NO_ID_REUSE
 
     message_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     user_message: Mapped[str] = mapped_column(Text)
@@ -343,6 +373,7 @@ class ModelInfo(Base):
     """A model as users pick it: a persona (model_file) over a base model, local or online."""
 
     __tablename__ = "model_info"
+    __table_args__ = NO_ID_REUSE
 
     model_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     model_name: Mapped[str] = mapped_column(String(50), unique=True)  # the persona's name
@@ -370,6 +401,7 @@ class ModelInfo(Base):
 
 class ModelConversation(Base):
     __tablename__ = "model_conversation"
+    __table_args__ = NO_ID_REUSE
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     user_id: Mapped[str] = mapped_column(String(32), ForeignKey("users.id", ondelete="CASCADE"), index=True)
@@ -389,6 +421,7 @@ class ModelConversation(Base):
 
 class ModelMessage(Base):
     __tablename__ = "model_message"
+    __table_args__ = NO_ID_REUSE
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     role: Mapped[str] = mapped_column(String(50))

@@ -3,7 +3,8 @@
 SQLite runs in WAL mode with a busy timeout and foreign keys on, and every transaction
 starts with BEGIN IMMEDIATE: a deferred transaction that reads and then writes can fail
 at once with "database is locked" when another writer got in between, which would turn
-concurrent quota updates into errors instead of waits.
+concurrent quota updates into errors instead of waits. A transaction that only reads opts
+out with `read_only(session)` (a plain deferred BEGIN: WAL readers never block writers).
 """
 
 from __future__ import annotations
@@ -44,7 +45,20 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        if conn.get_execution_options().get(READ_ONLY):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+READ_ONLY = "meteor_read_only"
+
+
+def read_only(session: Session) -> None:
+    """Start `session`'s next transaction as a read: on SQLite a deferred BEGIN that takes no
+    write lock (elsewhere reads take none anyway). Call before the transaction's first
+    statement, and end it (commit / rollback) before writing."""
+    session.connection(execution_options={READ_ONLY: True})
 
 
 def get_engine(url: str) -> Engine:

@@ -14,16 +14,21 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field, field_validator
 
+from backend import security
 from backend.api import envelope
+from backend.api.bounds import INT32_MAX, OffsetQuery
 from backend.api.deps import CurrentAdmin, CurrentSuperAdmin, SessionDep, SettingsDep
 from backend.errors import ServiceError
 from backend.services import accounts, tables, vouchers
 
-router = APIRouter(tags=["admin"])
+router = APIRouter(tags=["admin"], responses=envelope.documented(401, 403, 404, 405, 409, 413, 422))
 
 Name = Annotated[str, Field(min_length=1, max_length=64)]
 OptName = Annotated[str, Field(max_length=64)] | None
-Password = Annotated[str, Field(min_length=1, max_length=128)]
+# the service's password rule, in the schema: at least 6 characters, at most 72 bytes
+Password = Annotated[str, Field(min_length=accounts.PASSWORD_MIN, max_length=security.BCRYPT_MAX_BYTES)]
+# "" or absent: unchanged
+OptPassword = Annotated[str, Field(max_length=security.BCRYPT_MAX_BYTES)] | None
 Amount = Annotated[int, Field(ge=0, le=10**15)]
 
 
@@ -39,7 +44,7 @@ class AddUserIn(BaseModel):
 class NewUserInfo(BaseModel):
     new_username: OptName = None
     new_tokens: Amount | None = None
-    new_password: Annotated[str, Field(max_length=128)] | None = None
+    new_password: OptPassword = None
     new_email: Annotated[str, Field(max_length=128)] | None = None
     new_pictimes: Amount | None = None
     new_academy: OptName = None
@@ -63,7 +68,7 @@ class AddAdminIn(BaseModel):
 class ModifyAdminIn(BaseModel):
     target_admin: Name
     new_name: OptName = None
-    new_password: Annotated[str, Field(max_length=128)] | None = None
+    new_password: OptPassword = None
 
 
 class DeleteAdminIn(BaseModel):
@@ -98,7 +103,7 @@ class AddTokenIn(BaseModel):
     token_limit: TokenLimit = TokenLimit()
     token_range: OptName = None
     expires_at: datetime | None = None
-    max_redemptions: Annotated[int, Field(ge=1)] | None = None
+    max_redemptions: Annotated[int, Field(ge=1, le=INT32_MAX)] | None = None
 
     @field_validator("token_limit", mode="before")
     @classmethod
@@ -119,7 +124,7 @@ class ModifyTokenIn(BaseModel):
     new_token_range: OptName = None
     new_token_is_available: Annotated[int, Field(ge=0, le=1)] | None = None
     new_expires_at: datetime | None = None
-    new_max_redemptions: Annotated[int, Field(ge=1)] | None = None
+    new_max_redemptions: Annotated[int, Field(ge=1, le=INT32_MAX)] | None = None
 
 
 class DeleteTokenIn(BaseModel):
@@ -291,8 +296,8 @@ def query_table(
     session: SessionDep,
     settings: SettingsDep,
     table: Annotated[str, Query(min_length=1, max_length=32)],
-    query_range: Annotated[int, Query(ge=1)] = 10,
-    start: Annotated[int, Query(ge=0)] = 0,
+    query_range: Annotated[int, Query(ge=1, le=INT32_MAX)] = 10,
+    start: OffsetQuery = 0,
 ) -> dict:
     if query_range > settings.query_page_size_max:
         raise ServiceError("QUERY_TABLE_ERROR", f"query_range must be at most {settings.query_page_size_max}", 422)

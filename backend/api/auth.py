@@ -3,7 +3,6 @@ password change. Logins are limited per account and per address (429)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import timedelta
 from typing import Annotated
 
@@ -27,16 +26,24 @@ from backend.config import Settings
 from backend.errors import ServiceError
 from backend.services import accounts, ratelimit
 from db.models import Admin, User
+from db.session import read_only
 
-router = APIRouter(tags=["auth"])
+router = APIRouter(tags=["auth"], responses=envelope.documented(401, 405, 413, 422))
+
+
+def wrong_login() -> ServiceError:
+    return ServiceError("LOGIN_ERROR", "wrong name or password", 401)
+
 
 Name = Annotated[str, Field(min_length=1, max_length=64)]
-Password = Annotated[str, Field(min_length=1, max_length=128)]
+Password = Annotated[str, Field(min_length=1, max_length=128)]  # what a sign-in may try (imported accounts)
+# what a new password must be: the same rule the service enforces (at most 72 bytes too)
+NewPassword = Annotated[str, Field(min_length=accounts.PASSWORD_MIN, max_length=security.BCRYPT_MAX_BYTES)]
 
 
 class RegisterIn(BaseModel):
     username: Name
-    password: Password
+    password: NewPassword
     email: Annotated[str, Field(max_length=128)] | None = None
     academy: Annotated[str, Field(max_length=64)] | None = None
 
@@ -53,7 +60,7 @@ class AdminLoginIn(BaseModel):
 
 class PasswordChangeIn(BaseModel):
     old_password: Password
-    new_password: Password
+    new_password: NewPassword
 
 
 envelope.on_invalid("REGISTER_ERROR", "/auth/register")
@@ -68,6 +75,7 @@ def user_tokens(settings: Settings, user: User) -> dict[str, str]:
         role="user",
         kind="access",
         version=user.token_version,
+        identity=user.identity,
         ttl=timedelta(minutes=settings.access_token_minutes),
     )
     refresh = security.issue_token(
@@ -76,6 +84,7 @@ def user_tokens(settings: Settings, user: User) -> dict[str, str]:
         role="user",
         kind="refresh",
         version=user.token_version,
+        identity=user.identity,
         ttl=timedelta(days=settings.refresh_token_days),
     )
     return {"access_token": access, "refresh_token": refresh}
@@ -89,6 +98,7 @@ def admin_tokens(settings: Settings, admin: Admin) -> dict[str, str]:
         role="admin",
         kind="access",
         version=admin.token_version,
+        identity=admin.identity,
         ttl=timedelta(minutes=settings.access_token_minutes),
     )
     refresh = security.issue_token(
@@ -97,34 +107,47 @@ def admin_tokens(settings: Settings, admin: Admin) -> dict[str, str]:
         role="admin",
         kind="refresh",
         version=admin.token_version,
+        identity=admin.identity,
         ttl=timedelta(days=settings.refresh_token_days),
     )
     return {"access_token": access, "refresh_token": refresh}
 
 
-def limited_login(
-    request: Request,
-    session: Session,
-    settings: Settings,
-    kind: str,
-    name: str,
-    authenticate: Callable[[], User | Admin | None],
-) -> User | Admin:
-    """Run `authenticate` under the brute-force limits; failures are committed even though
-    the login itself fails."""
-    account, address = ratelimit.login_subjects(kind, name, client_address(request))
-    ratelimit.check_login_allowed(session, settings, account, address)
-    subject = authenticate()
+def limited_login(request: Request, session: Session, settings: Settings, kind: str, name: str, password: str):
+    """Sign in under the login limits (backend/services/ratelimit.py) in three short steps,
+    none of them holding a transaction while bcrypt runs: a read (no write lock on SQLite),
+    the admission (a short write, committed even when the login then fails), the password
+    check outside any transaction, then a short write of the outcome. Returns the account
+    (its changes not yet committed) or raises 401 / 429."""
+    keys = ratelimit.login_keys(kind, name, client_address(request))
+    session.rollback()
+    read_only(session)
+    found = accounts.find_credentials(session, kind, name)
+    known = ratelimit.is_known(session, settings, keys)
+    retry = ratelimit.is_retry(session, settings, keys, password)
+    session.rollback()
+    if retry:  # the same name + password failed a moment ago: the same answer, no new check
+        raise wrong_login()
+    ratelimit.prepare(session, settings, keys, known=known)
+    session.commit()
+    try:
+        ratelimit.admit(session, settings, keys, known=known)
+    except ServiceError:
+        session.rollback()
+        raise
+    session.commit()
+    ok, new_hash = accounts.check_credentials(settings, found, password)
+    subject = accounts.signed_in_account(session, found, new_hash) if ok and found is not None else None
     if subject is None:
         session.rollback()
-        ratelimit.record_failure(session, account, address)
+        ratelimit.failed(session, settings, keys, password, known=known)
         session.commit()
-        raise ServiceError("LOGIN_ERROR", "wrong name or password", 401)
-    ratelimit.clear_account(session, account)
+        raise wrong_login()
+    ratelimit.succeeded(session, keys, known=known)
     return subject
 
 
-@router.post("/auth/register")
+@router.post("/auth/register", responses=envelope.documented(409))
 def register(body: RegisterIn, session: SessionDep, settings: SettingsDep) -> dict:
     accounts.register_user(
         session, settings, username=body.username, password=body.password, email=body.email, academy=body.academy
@@ -133,16 +156,9 @@ def register(body: RegisterIn, session: SessionDep, settings: SettingsDep) -> di
     return envelope.ok("用户注册成功")
 
 
-@router.post("/auth/login")
+@router.post("/auth/login", responses=envelope.documented(403, 429))
 def login(body: UserLoginIn, request: Request, session: SessionDep, settings: SettingsDep) -> dict:
-    user = limited_login(
-        request,
-        session,
-        settings,
-        "user",
-        body.username,
-        lambda: accounts.authenticate_user(session, settings, username=body.username, password=body.password),
-    )
+    user = limited_login(request, session, settings, "user", body.username, body.password)
     assert isinstance(user, User)
     if user.status != "active":
         raise ServiceError("LOGIN_ERROR", "this account is disabled", 403)
@@ -194,16 +210,9 @@ def me(user: CurrentUser) -> dict:
     )
 
 
-@router.post("/admin/login")
+@router.post("/admin/login", responses=envelope.documented(429))
 def admin_login(body: AdminLoginIn, request: Request, session: SessionDep, settings: SettingsDep) -> dict:
-    admin = limited_login(
-        request,
-        session,
-        settings,
-        "admin",
-        body.admin,
-        lambda: accounts.authenticate_admin(session, settings, name=body.admin, password=body.password),
-    )
+    admin = limited_login(request, session, settings, "admin", body.admin, body.password)
     assert isinstance(admin, Admin)
     session.commit()
     # The original also returned its iFlytek app_id / api_key / api_secret here; never again.

@@ -6,6 +6,7 @@ anything not committed is rolled back when the request ends.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterator
 from typing import Annotated
 
@@ -63,7 +64,7 @@ def admin_from_token(session: Session, settings: Settings, token: str, kind: str
         admin = session.get(Admin, int(claims["sub"]))
     except (TypeError, ValueError):
         admin = None
-    if admin is None or admin.token_version != claims["ver"]:
+    if admin is None or not security.same_account(claims, admin):
         raise unauthorized("token revoked; sign in again")
     return admin
 
@@ -72,7 +73,7 @@ def user_from_token(session: Session, settings: Settings, token: str, kind: str 
     """The active user a valid, unrevoked user token of type `kind` belongs to."""
     claims = _claims(settings, token, "user", kind)
     user = session.get(User, str(claims["sub"]))
-    if user is None or user.token_version != claims["ver"]:
+    if user is None or not security.same_account(claims, user):
         raise unauthorized("token revoked; sign in again")
     if user.status != "active":
         raise forbidden("this account is disabled")
@@ -99,19 +100,29 @@ CurrentUser = Annotated[User, Depends(current_user)]
 
 
 def resolve_caller(
-    request: Request, session: Session, settings: Settings, *, uuid: str | None = None, username: str | None = None
+    request: Request,
+    session: Session,
+    settings: Settings,
+    *,
+    uuid: str | None = None,
+    username: str | None = None,
+    uuid_alone: bool = False,
 ) -> User:
     """The user behind a request: a Bearer user token, or — only with METEOR_LEGACY_UUID_AUTH
-    switched on — the seed's `uuid` + `username` pair (from the body or the headers)."""
+    switched on — the seed's `uuid` + `username` pair (from the body or the headers).
+
+    `uuid_alone` is for the one call the original desktop client makes with the id and no
+    name (`POST /user/get_token {token_id, user_id, user_academy}`): there the id suffices,
+    as it did in the original; a name, when sent, must still match."""
     token = bearer_token(request)
     if token is not None:
         return user_from_token(session, settings, token)
     if settings.legacy_uuid_auth:
         uuid = uuid or request.headers.get("uuid")
         username = username or request.headers.get("username")
-        if uuid and username:
+        if uuid and (username or uuid_alone):
             user = session.get(User, str(uuid))
-            if user is None or user.username != username:
+            if user is None or (username and user.username != username):
                 raise ServiceError("USER_NOT_FOUND", "no user has this uuid and username", 404)
             if user.status != "active":
                 raise forbidden("this account is disabled")
@@ -120,4 +131,28 @@ def resolve_caller(
 
 
 def client_address(request: Request) -> str | None:
-    return request.client.host if request.client else None
+    """The caller's address: the connection's peer, or — only when that peer is one of
+    `METEOR_TRUSTED_PROXIES` — the right-most X-Forwarded-For hop that is not a trusted
+    proxy. Anyone else's X-Forwarded-For is ignored, so it cannot rotate the address the
+    login limits count."""
+    peer = request.client.host if request.client else None
+    trusted = request.app.state.settings.trusted_proxy_networks
+    if not peer or not trusted or not _within(peer, trusted):
+        return peer
+    hops = [h.strip() for h in ",".join(request.headers.getlist("x-forwarded-for")).split(",") if h.strip()]
+    for hop in reversed(hops):
+        if not _within(hop, trusted):
+            return hop if _parse_ip(hop) is not None else peer
+    return hops[0] if hops else peer
+
+
+def _parse_ip(value: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        return None
+
+
+def _within(value: str, networks: list) -> bool:
+    address = _parse_ip(value)
+    return address is not None and any(address.version == n.version and address in n for n in networks)

@@ -4,6 +4,11 @@
 - seed 003 (`/model/...`): `{"code": 200, "message": "Success", "data": ...}`, errors with
   the HTTP status as code and `data: null`
 - OpenAI-compatible (`/v1/...`): `{"error": {"message", "type", "code"}}`
+
+Seed-000 errors carry the fitting HTTP status, except towards the original clients, which
+read a reply only when its status is 200 (the original backend answered every domain error
+with 200 and the string code): see `original_client`. The real status then travels in the
+`X-Meteor-Status` header.
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from backend.errors import ServiceError
@@ -28,6 +35,31 @@ def on_invalid(code: str, *paths: str) -> None:
     """Declare which seed error code bad input on these paths gets."""
     for path in paths:
         VALIDATION_CODES[path] = code
+
+
+class Seed000Error(BaseModel):
+    """A seed-000 error: `code` names it (LOGIN_ERROR, USER_NAME_REPEAT, ...)."""
+
+    code: str
+    msg: str
+
+
+ERROR_DESCRIPTIONS = {
+    400: "bad request",
+    401: "missing, invalid, expired or revoked token, or wrong name / password",
+    403: "not allowed for this account (disabled, not a super admin)",
+    404: "no such account or row",
+    405: "method not allowed (the Allow header lists the path's methods)",
+    409: "the name is taken",
+    413: "the request body is larger than this endpoint's limit",
+    422: "invalid input (lengths, ranges, password rules)",
+    429: "too many failed logins (per account and address, per account, per address)",
+}
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for seed-000 routes: the 4xx they answer, in the seed-000 envelope."""
+    return {s: {"model": Seed000Error, "description": ERROR_DESCRIPTIONS[s]} for s in statuses}
 
 
 def ok(msg: str, **extra: Any) -> dict[str, Any]:
@@ -61,10 +93,41 @@ OPENAI_TYPES = {
 }
 
 
+def original_client(request: Request) -> bool:
+    """Whether a seed-000 error goes to this caller as the original backend answered it
+    (HTTP 200, the code in the body). `METEOR_SEED000_ERROR_STATUS`: `200` always, `http`
+    never, `auto` (default) for the two original clients, recognised by what they send:
+
+    - the desktop client: `METEOR_LEGACY_UUID_AUTH` is on and the request has no
+      `Authorization` header (the client never sends one: it names the user by `uuid` +
+      `username`, or `user_id` when redeeming, and logs in and registers without any);
+    - the Vue admin app: a browser (an `Origin` header) calling an `/admin/...` path — Meteor's
+      own admin UI is the dashboard, which calls no API from the browser.
+    """
+    settings = getattr(request.app.state, "settings", None)
+    mode = getattr(settings, "seed000_error_status", "http")
+    if mode == "200":
+        return True
+    if mode != "auto":
+        return False
+    if settings.legacy_uuid_auth and "authorization" not in request.headers:
+        return True
+    return request.url.path.startswith("/admin/") and "origin" in request.headers
+
+
 def error_response(
-    path: str, code: str, message: str, status: int, extra: dict | None = None, *, retry_after: int | None = None
+    path: str,
+    code: str,
+    message: str,
+    status: int,
+    extra: dict | None = None,
+    request: Request | None = None,
+    headers: dict | None = None,
 ) -> JSONResponse:
     fam = family(path)
+    if fam == "seed000" and request is not None and status != 200 and original_client(request):
+        body = {"code": code, "msg": message, **(extra or {})}
+        return JSONResponse(body, status_code=200, headers={**(headers or {}), "X-Meteor-Status": str(status)})
     if fam == "seed003":
         body: dict[str, Any] = {"code": status, "message": message, "data": None}
     elif fam == "openai":
@@ -73,9 +136,9 @@ def error_response(
         }
     else:
         body = {"code": code, "msg": message, **(extra or {})}
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else {}
-    if retry_after is not None:
-        headers["Retry-After"] = str(retry_after)
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(body, status_code=status, headers=headers or None)
 
 
@@ -94,20 +157,15 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
         retry_after = exc.extra.get("retry_after")
-        return error_response(
-            request.url.path,
-            exc.code,
-            exc.message,
-            exc.status,
-            retry_after=retry_after if isinstance(retry_after, int) else None,
-        )
+        headers = {"Retry-After": str(retry_after)} if isinstance(retry_after, int) else None
+        return error_response(request.url.path, exc.code, exc.message, exc.status, request=request, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         path = request.url.path
         code = VALIDATION_CODES.get(path, "APP_QUERY_METHOD_ERROR")
         status = 400 if family(path) == "seed003" else 422
-        return error_response(path, code, describe_validation(exc), status)
+        return error_response(path, code, describe_validation(exc), status, request=request)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
@@ -116,13 +174,30 @@ def install(app: FastAPI) -> None:
         if exc.status_code == 400:  # a body that cannot even be decoded
             code = VALIDATION_CODES.get(path, "APP_QUERY_METHOD_ERROR")
             message = f"request body could not be read: {exc.detail}"
+        elif exc.status_code == 413:  # backend/api/body_limit.py
+            code = VALIDATION_CODES.get(path, "APP_QUERY_METHOD_ERROR")
+            message = str(exc.detail)
         elif exc.status_code == 404:
             message = f"no such endpoint: {request.method} {request.url.path}"
         elif exc.status_code == 405:
             message = f"method {request.method} not allowed on {request.url.path}"
         else:
             message = str(exc.detail)
-        return error_response(path, code, message, exc.status_code)
+        # 405 keeps Starlette's Allow header (the methods the path has)
+        return error_response(
+            path, code, message, exc.status_code, request=request, headers=getattr(exc, "headers", None)
+        )
+
+    @app.exception_handler(DataError)
+    @app.exception_handler(OverflowError)
+    async def _out_of_range(request: Request, exc: Exception) -> JSONResponse:
+        # A number (or text) the column cannot hold got past a schema: bad input, not a crash.
+        # The request's session is rolled back when it closes, so nothing is half-written.
+        log.warning("value out of range on %s %s: %s", request.method, request.url.path, type(exc).__name__)
+        path = request.url.path
+        code = VALIDATION_CODES.get(path, "APP_QUERY_METHOD_ERROR")
+        status = 400 if family(path) == "seed003" else 422
+        return error_response(path, code, "a value is out of range for its field", status, request=request)
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:

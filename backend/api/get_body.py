@@ -8,6 +8,8 @@ from urllib.parse import parse_qsl, urlencode
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from backend.api import envelope
+
 LIST_PATHS = ("/model/message/list", "/model/conversation/list", "/model/manage", "/model/ol/manage")
 MAX_BODY = 64 * 1024
 
@@ -31,7 +33,14 @@ class GetBodyAsQuery:
             if size > MAX_BODY or not message.get("more_body"):
                 break
         body = b"".join(chunks)
-        fields = _scalar_fields(body)
+        try:
+            fields = _scalar_fields(body)
+        except RecursionError:  # e.g. 50,000 nested arrays: refuse, do not crash
+            response = envelope.error_response(
+                scope["path"], "APP_QUERY_METHOD_ERROR", "the JSON body nests too deeply", 400
+            )
+            await response(scope, receive, send)
+            return
         if fields:
             given = dict(parse_qsl(scope.get("query_string", b"").decode(), keep_blank_values=True))
             merged = {**fields, **given}

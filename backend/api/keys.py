@@ -13,11 +13,12 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, Field, model_validator
 
 from backend.api import envelope
+from backend.api.bounds import IdPath
 from backend.api.deps import CurrentAdmin, CurrentUser, SessionDep
 from backend.services import accounts, apikeys
 from db.models import User
 
-router = APIRouter(tags=["api keys"])
+router = APIRouter(tags=["api keys"], responses=envelope.documented(401, 403, 404, 405, 413, 422))
 
 ModelName = Annotated[str, Field(min_length=1, max_length=50)]
 
@@ -88,7 +89,7 @@ def list_my_keys(user: CurrentUser, session: SessionDep) -> dict:
 
 
 @router.post("/user/api_keys/{key_id}/revoke")
-def revoke_my_key(key_id: int, user: CurrentUser, session: SessionDep) -> dict:
+def revoke_my_key(key_id: IdPath, user: CurrentUser, session: SessionDep) -> dict:
     """Revoke one of the signed-in user's keys."""
     public = apikeys.revoke_key(session, key_id=key_id, owner_id=user.id, actor=f"user:{user.username}")
     session.commit()
@@ -119,7 +120,7 @@ def admin_list_keys(
 
 
 @router.post("/admin/api_keys/{key_id}/revoke")
-def admin_revoke_key(key_id: int, admin: CurrentAdmin, session: SessionDep) -> dict:
+def admin_revoke_key(key_id: IdPath, admin: CurrentAdmin, session: SessionDep) -> dict:
     """Revoke anyone's key."""
     public = apikeys.revoke_key(session, key_id=key_id, actor=f"admin:{admin.name}")
     session.commit()

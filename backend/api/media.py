@@ -130,28 +130,47 @@ def _engine_name(model: str | None, upload: Upload) -> str | None:
 
 async def _checked_upload(
     request: Request, model: str | None, kind: str, check: Callable[..., T]
-) -> tuple[str, T, str | None]:
+) -> tuple[str, T, str | None, Upload]:
     """The signed-in user's id, the upload checked by `check` (in a worker thread: it
-    decodes the file) and the engine name the request picks, in that order of checks."""
+    decodes the file), the engine name the request picks and the upload (its form fields),
+    in that order of checks."""
     settings: Settings = request.app.state.settings
     user_id = await caller_id(request)
     upload = await read_upload(request, settings, kind)
     checked = await anyio.to_thread.run_sync(
         lambda: check(upload.data, upload.filename, limit=settings.upload_max_bytes)
     )
-    return user_id, checked, _engine_name(model, upload)
+    return user_id, checked, _engine_name(model, upload), upload
+
+
+LanguageParam = Annotated[
+    str | None,
+    Query(
+        max_length=16,
+        description="Embedded engine's language: `auto` (default from settings: detect Chinese or English), "
+        "`zh` or `en`",
+    ),
+]
 
 
 @router.post("/voiceModel/chat", openapi_extra=_body_doc("voice"))
-async def voice_chat(request: Request, model: ModelParam = None) -> dict:
+async def voice_chat(request: Request, model: ModelParam = None, language: LanguageParam = None) -> dict:
     """Transcribe a voice clip: raw 16 kHz 16-bit mono PCM, or WAV at any rate and channel
-    count, as multipart field `file` or as the raw body."""
+    count, as multipart field `file` or as the raw body. `language` (query or form field)
+    picks the embedded engine's language; the answer says which one it used."""
     settings: Settings = request.app.state.settings
-    user_id, clip, engine = await _checked_upload(request, model, "voice", media.voice_clip)
+    user_id, clip, engine, upload = await _checked_upload(request, model, "voice", media.voice_clip)
     result = await media.transcribe_voice(
-        maker=request.app.state.sessionmaker, settings=settings, user_id=user_id, clip=clip, engine=engine
+        maker=request.app.state.sessionmaker,
+        settings=settings,
+        user_id=user_id,
+        clip=clip,
+        engine=engine,
+        language=language or upload.fields.get("language") or None,
     )
-    return envelope.ok("请求成功", content=result.content, model=result.engine, seconds=result.audio_seconds)
+    return envelope.ok(
+        "请求成功", content=result.content, model=result.engine, seconds=result.audio_seconds, language=result.language
+    )
 
 
 @router.post("/PictureToTextModel/chat", openapi_extra=_body_doc("picture"))
@@ -159,7 +178,7 @@ async def picture_chat(request: Request, model: ModelParam = None) -> dict:
     """Read the text in a picture (jpg, jpeg, png, webp, bmp) sent as multipart field
     `file`; one picTime per successful recognition."""
     settings: Settings = request.app.state.settings
-    user_id, picture, engine = await _checked_upload(request, model, "picture", media.picture)
+    user_id, picture, engine, _upload = await _checked_upload(request, model, "picture", media.picture)
     result = await media.read_picture(
         maker=request.app.state.sessionmaker, settings=settings, user_id=user_id, picture=picture, engine=engine
     )

@@ -29,6 +29,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Query
 from pydantic import BaseModel, ConfigDict, Field
 
+from backend.api.bounds import INT32_MAX, OptIntQuery
 from backend.api.conversations import BARE_LIST_LIMIT, ViewerDep, given, parse_body
 from backend.api.deps import SessionDep, SettingsDep
 from backend.api.envelope import success
@@ -37,7 +38,7 @@ from backend.services.seed003 import bad_request, make_page, parse_ids, shape_li
 
 router = APIRouter(tags=["seed-003 models"])
 
-Id = Annotated[int, Field(ge=0)]
+Id = Annotated[int, Field(ge=0, le=INT32_MAX)]
 
 
 # --- schemas -----------------------------------------------------------------------------
@@ -186,10 +187,10 @@ def list_connections(
     session: SessionDep,
     settings: SettingsDep,
     viewer: ViewerDep,
-    aiId: int | None = None,  # noqa: N803 - the document's names
+    aiId: OptIntQuery = None,  # noqa: N803 - the document's names
     aiName: Annotated[str | None, Query(max_length=50)] = None,  # noqa: N803
     aiVersion: Annotated[str | None, Query(max_length=50)] = None,  # noqa: N803
-    aiType: int | None = None,  # noqa: N803
+    aiType: OptIntQuery = None,  # noqa: N803
     createdTimeStart: Annotated[str | None, Query(max_length=40)] = None,  # noqa: N803
     createdTimeEnd: Annotated[str | None, Query(max_length=40)] = None,  # noqa: N803
     pageNum: int | None = None,  # noqa: N803
@@ -215,10 +216,10 @@ class ConnectionFilter(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    aiId: int | None = None
+    aiId: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None
     aiName: Annotated[str, Field(max_length=50)] | None = None
     aiVersion: Annotated[str, Field(max_length=50)] | None = None
-    aiType: int | None = None
+    aiType: Annotated[int, Field(ge=-INT32_MAX - 1, le=INT32_MAX)] | None = None
     createdTimeStart: Annotated[str, Field(max_length=40)] | None = None
     createdTimeEnd: Annotated[str, Field(max_length=40)] | None = None
     pageNum: int | None = None

@@ -12,7 +12,7 @@ from backend.api.deps import SessionDep, SettingsDep, resolve_caller
 from backend.errors import forbidden
 from backend.services import vouchers
 
-router = APIRouter(tags=["user"])
+router = APIRouter(tags=["user"], responses=envelope.documented(401, 403, 404, 405, 409, 413, 422))
 
 
 class RedeemIn(BaseModel):
@@ -27,8 +27,9 @@ envelope.on_invalid("USER_GET_TOKEN_ERROR", "/user/get_token")
 
 @router.post("/user/get_token")
 def redeem_voucher(body: RedeemIn, request: Request, session: SessionDep, settings: SettingsDep) -> dict:
-    """Redeem a voucher for the caller. `user_id`, when given, must be the caller."""
-    user = resolve_caller(request, session, settings, uuid=body.user_id, username=body.username)
+    """Redeem a voucher for the caller. `user_id`, when given, must be the caller; in legacy
+    mode it alone names the caller, as the original desktop client sends it."""
+    user = resolve_caller(request, session, settings, uuid=body.user_id, username=body.username, uuid_alone=True)
     if body.user_id and body.user_id != user.id:
         raise forbidden("user_id is not the signed-in user")
     voucher = vouchers.redeem(session, voucher_id=body.token_id, user_id=user.id, user_academy=body.user_academy)

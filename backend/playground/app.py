@@ -13,6 +13,8 @@ Language: `?lang=zh-CN|en` on the URL (the dashboard passes its choice), else
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
 import anyio
@@ -27,6 +29,8 @@ from backend.playground.labels import label
 from backend.services import playground
 from backend.services.i18n import normalize
 from backend.services.playground import ChatProgress, PlaygroundAccount
+
+log = logging.getLogger("meteor.playground")
 
 PATH = "/playground"
 MODEL_GROUP = "meteor-models"
@@ -59,7 +63,19 @@ def _who_line(account: PlaygroundAccount, balance, language: str) -> str:
 
 
 def _error_line(exc: ServiceError, language: str) -> str:
+    """A refusal's own message (no quota, unknown model, bad file…); for a server-side failure
+    (5xx) a generic translated line, the detail logged here, never shown (it may name a path)."""
+    if exc.status >= 500:
+        log.warning("playground: %s %s: %s", exc.status, exc.code, exc.message)
+        return "⚠ " + label("status.error", language, message=label("error.upstream", language))
     return "⚠ " + label("status.error", language, message=exc.message)
+
+
+def _unexpected_line(language: str) -> str:
+    """What the page shows for an unexpected failure: a generic translated line; the
+    traceback goes to the server log."""
+    log.exception("playground: an event failed")
+    return "⚠ " + label("status.error", language, message=label("error.generic", language))
 
 
 def chat_status(progress: ChatProgress, language: str) -> str:
@@ -219,6 +235,9 @@ def build_blocks(settings: Settings, maker: sessionmaker) -> gr.Blocks:
                 except ServiceError as exc:
                     yield history, message, conversation_id, _error_line(exc, language), gr.update()
                     return
+                except Exception:
+                    yield history, message, conversation_id, _unexpected_line(language), gr.update()
+                    return
                 text = f"{text}\n\n{attached}".strip()
             async for progress in playground.stream_chat(
                 maker,
@@ -278,6 +297,8 @@ def build_blocks(settings: Settings, maker: sessionmaker) -> gr.Blocks:
                 found = await playground.transcribe(maker, settings, account=account, audio_path=path)
             except ServiceError as exc:
                 return gr.update(), _error_line(exc, language)
+            except Exception:
+                return gr.update(), _unexpected_line(language)
             return found.content, "✓ " + label("status.voice_done", language, seconds=found.audio_seconds or 0.0)
 
         transcribe.click(
@@ -296,6 +317,8 @@ def build_blocks(settings: Settings, maker: sessionmaker) -> gr.Blocks:
                 balance = await anyio.to_thread.run_sync(playground.current_balance, maker, account)
             except ServiceError as exc:
                 return gr.update(), _error_line(exc, language), gr.update()
+            except Exception:
+                return gr.update(), _unexpected_line(language), gr.update()
             done = "✓ " + label("status.picture_done", language) + " " + _balance_line(balance, language)
             return found.content, done.strip(), _who_line(account, balance, language)
 
@@ -338,6 +361,31 @@ def mount(app: FastAPI, settings: Settings) -> None:
         ssr_mode=False,
         mcp_server=False,
         css=CSS,
-        show_error=True,
+        show_error=False,  # an unexpected exception's text (a cache path, a server path) stays in the log
         max_file_size=settings.upload_max_bytes,
+        blocked_paths=_blocked_paths(settings),
     )
+    # mount_gradio_app never marks the Blocks launched, and Gradio's own allowed-path check
+    # (processing_utils._check_allowed) returns early for Blocks that have not launched: an
+    # input could name any server file. Turn the check on (inputs must then lie in the upload
+    # folder); the gate's per-user rule (backend.playground.files) is the one that holds.
+    blocks.has_launched = True
+
+
+def _blocked_paths(settings: Settings) -> list[str]:
+    """Server paths Gradio must never read or serve, whatever else allows them: the data
+    directory (secrets.json, meteor.db), the SQLite file, and /proc, /sys, /etc, unless one
+    of them holds Gradio's own upload folder."""
+    from backend.playground.files import upload_folder
+
+    candidates = [settings.data_dir, "/proc", "/sys", "/etc"]
+    url = settings.resolved_database_url
+    if url.startswith("sqlite:///"):
+        candidates.append(url.removeprefix("sqlite:///"))
+    uploads = str(upload_folder().resolve())
+    blocked = []
+    for candidate in candidates:
+        path = str(Path(candidate).resolve())
+        if not (uploads + "/").startswith(path.rstrip("/") + "/"):
+            blocked.append(path)
+    return blocked

@@ -9,6 +9,11 @@
     leaves the address bar and the history); otherwise a 401 page.
   * `GET /playground/` with no valid credentials: a 401 page that says where to sign in,
     instead of Gradio's bare JSON.
+  * Files (see `backend.playground.files`): an upload is moved into the caller's own folder;
+    a request body naming any other file is refused (403); `file=` serves only the caller's
+    own files and `proxy=`, `component_server` and `process_recording` (no component here
+    uses them) answer 404. Refusals carry a generic translated message; what was asked for
+    is logged on the server, never echoed.
   Everything else passes through to Gradio untouched (streams included).
 
 The cookie is `SameSite=Lax` over http (the dashboard and the API on one host name, any
@@ -19,22 +24,32 @@ embed the playground from another site.
 from __future__ import annotations
 
 import html
-from urllib.parse import parse_qsl, urlencode
+import json
+import logging
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import anyio
 from sqlalchemy.orm import sessionmaker
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse, Response
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.config import Settings
+from backend.playground import files
 from backend.playground.labels import label
 from backend.services import playground
 from backend.services.playground import PlaygroundAccount
 
+log = logging.getLogger("meteor.playground")
+
 COOKIE_NAME = "meteor_playground"
 LINK_PARAM = "token"
 LANG_PARAM = "lang"
+API = "/gradio_api"
+FILE_ROUTES = (API + "/file=", API + "/file/")
+REFUSED_ROUTES = (API + "/proxy=", API + "/component_server", API + "/process_recording")
+UPLOAD_ROUTE = API + "/upload"
+MAX_JSON_BODY = 8 * 1024 * 1024  # far above any event's inputs (files travel by upload, not inline)
 
 
 def bearer(request: Request) -> str | None:
@@ -91,8 +106,23 @@ class PlaygroundGate:
     def _under_mount(self, path: str) -> bool:
         return path == self.prefix or path.startswith(self.prefix + "/")
 
+    def _language(self, request: Request) -> str:
+        """`?lang=` of the request, else of the page that made it (Gradio's own calls), else
+        `Settings.language`."""
+        if request.query_params.get(LANG_PARAM):
+            return request.query_params[LANG_PARAM]
+        referer = dict(parse_qsl(urlsplit(request.headers.get("referer", "")).query))
+        return referer.get(LANG_PARAM) or self.settings.language
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] not in ("GET", "HEAD") or not self._under_mount(scope["path"]):
+        if scope["type"] != "http" or not self._under_mount(scope["path"]):
+            await self.app(scope, receive, send)
+            return
+        rest = scope["path"][len(self.prefix) :]
+        if API in rest:
+            await self._gradio_api(scope, receive, send, "/" + rest.lstrip("/"))
+            return
+        if scope["method"] not in ("GET", "HEAD"):
             await self.app(scope, receive, send)
             return
         request = Request(scope)
@@ -132,3 +162,131 @@ class PlaygroundGate:
         response.headers["Cache-Control"] = "no-store"
         response.headers["Referrer-Policy"] = "no-referrer"
         return response
+
+    # --- files ---------------------------------------------------------------------------
+
+    def _refusal(self, request: Request, account: PlaygroundAccount | None, status: int, what: str, detail) -> Response:
+        """A generic translated refusal; what was asked for goes to the server log only."""
+        log.warning(
+            "playground %s refused for %s: %s %s",
+            what,
+            account.subject if account else "anonymous",
+            request.url.path[:200],
+            str(detail)[:500],
+        )
+        message = label("error.file" if status in (403, 404) else "error.generic", self._language(request))
+        return JSONResponse({"detail": {"error": message}}, status_code=status, headers={"Cache-Control": "no-store"})
+
+    async def _gradio_api(self, scope: Scope, receive: Receive, send: Send, rest: str) -> None:
+        """Gradio's own routes under the mount: files and request bodies are checked against
+        the caller (an anonymous caller owns no file; Gradio itself refuses it the rest)."""
+        request = Request(scope)
+
+        async def caller() -> PlaygroundAccount | None:
+            return await anyio.to_thread.run_sync(self.auth.account, request)
+
+        if rest.startswith(REFUSED_ROUTES):
+            await self._refusal(request, None, 404, "route", rest)(scope, receive, send)
+            return
+        if rest.startswith(FILE_ROUTES):
+            path = rest.split("file=", 1)[1] if rest.startswith(FILE_ROUTES[0]) else rest[len(FILE_ROUTES[1]) :]
+            account = await caller()
+            if not files.owns(self.settings, account.subject if account else None, path):
+                await self._refusal(request, account, 404, "file", path)(scope, receive, send)
+                return
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        if rest.rstrip("/") == UPLOAD_ROUTE:
+            account = await caller()
+            if account is None:
+                await self.app(scope, receive, send)  # Gradio's 401
+                return
+            await self._upload(scope, receive, send, account)
+            return
+        if request.headers.get("content-type", "").lower().startswith("multipart/"):
+            await self._refusal(request, None, 415, "multipart body", rest)(scope, receive, send)
+            return
+        body = await _read_body(receive, MAX_JSON_BODY)
+        if body is None:
+            await self._refusal(request, None, 413, "body", "too large")(scope, receive, send)
+            return
+        try:
+            data = json.loads(body) if body.strip() else None
+        except (ValueError, RecursionError):
+            data = None  # not JSON: nothing Gradio could read a path from
+        if any(p is not None for p in files.named_paths(data)):
+            account = await caller()
+            foreign = files.foreign_paths(self.settings, account.subject if account else None, data)
+            if foreign:
+                await self._refusal(request, account, 403, "file input", foreign[:3])(scope, receive, send)
+                return
+        await self.app(scope, _replay(body, receive), send)
+
+    async def _upload(self, scope: Scope, receive: Receive, send: Send, account: PlaygroundAccount) -> None:
+        """Gradio's upload, then each file moved into the caller's folder: the answer names
+        the caller's copies."""
+        start: Message | None = None
+        chunks: list[bytes] = []
+
+        async def capture(message: Message) -> None:
+            nonlocal start
+            if message["type"] == "http.response.start":
+                start = message
+            elif message["type"] == "http.response.body":
+                chunks.append(message.get("body", b""))
+            else:
+                await send(message)
+
+        await self.app(scope, receive, capture)
+        body = b"".join(chunks)
+        if start is None:
+            return
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        if start["status"] == 200:
+            try:
+                uploaded = json.loads(body)
+            except ValueError:
+                uploaded = None
+            if not isinstance(uploaded, list):
+                await self._refusal(Request(scope), account, 500, "upload answer", body[:200])(scope, receive, send)
+                return
+            mine = await anyio.to_thread.run_sync(files.adopt, self.settings, account.subject, uploaded)
+            body = json.dumps(mine).encode()
+        headers.append((b"content-length", str(len(body)).encode()))
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | None:
+    """The whole request body, or None when it is larger than `limit`."""
+    chunks, size = [], 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            break
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
+    return b"".join(chunks)
+
+
+def _replay(body: bytes, receive: Receive) -> Receive:
+    """A `receive` that hands the app the body already read, then the client's own messages
+    (its disconnect)."""
+    sent = False
+
+    async def replay() -> Message:
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+
+    return replay

@@ -71,6 +71,30 @@ LABELS: dict[str, tuple[str, str]] = {
         "这个登录链接无效或已过期，请在控制台中刷新登录链接。",
         "This sign-in link is invalid or has expired; refresh the sign-in link in the dashboard.",
     ),
+    "switch.title": ("切换体验场账号？", "Switch playground account?"),
+    "switch.body": (
+        "这个浏览器的体验场已登录为 {current}。你打开的登录链接属于 {other}。只有你确认后才会切换。",
+        "This browser's playground is signed in as {current}. The sign-in link you opened is for {other}. "
+        "Nothing changes unless you confirm.",
+    ),
+    "switch.confirm": ("切换为 {other}", "Switch to {other}"),
+    "switch.stay": ("继续使用 {current}", "Stay signed in as {current}"),
+    "switch.refused": (
+        "无法确认这次切换，账号没有改变。请从控制台重新打开体验场。",
+        "This switch could not be confirmed and nothing changed; open the playground again from the dashboard.",
+    ),
+    "error.file": (
+        "找不到这个文件，或它不是你上传的；请重新上传。",
+        "That file is not one you uploaded, or it is gone; upload it again.",
+    ),
+    "error.generic": (
+        "出了点问题，请重试；如果一直出现，请联系管理员。",
+        "Something went wrong; try again, and tell an admin if it keeps happening.",
+    ),
+    "error.upstream": (
+        "模型服务暂时不可用，请稍后重试。",
+        "The model service is not available right now; try again later.",
+    ),
 }
 
 

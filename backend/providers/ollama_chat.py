@@ -33,10 +33,13 @@ class OllamaChatProvider:
 
     name = "ollama"
 
-    def __init__(self, *, base_url: str, api_key: str | None = None, timeout: float | None = 30.0) -> None:
+    def __init__(
+        self, *, base_url: str, api_key: str | None = None, timeout: float | None = 30.0, guard: Any = None
+    ) -> None:
         self.base_url = base_url
         self.timeout = timeout
         self._api_key = api_key or None
+        self._guard = guard  # netguard.Guard: connections pinned to checked addresses
         self._clients: dict[float, PerLoop[ollama.AsyncClient]] = {}
 
     def __repr__(self) -> str:
@@ -55,7 +58,8 @@ class OllamaChatProvider:
             timeout=httpx.Timeout(timeout),
             headers=headers,
             follow_redirects=False,
-            transport=async_transport(),
+            trust_env=False,
+            transport=async_transport(self._guard),
         )
 
     def count_tokens(self, messages: list[dict[str, str]]) -> int:

@@ -44,12 +44,14 @@ class OpenAIChatProvider:
         timeout: float | None = 30.0,
         count_messages: Callable[[list[dict[str, str]]], int] | None = None,
         count_text: Callable[[str], int] | None = None,
+        guard: Any = None,
     ) -> None:
         self.base_url = base_url
         self.timeout = timeout
         self._api_key = api_key or None
         self._count_messages = count_messages
         self._count_text = count_text
+        self._guard = guard  # netguard.Guard: connections pinned to checked addresses
         self._clients = PerLoop(self._new_client)
 
     def _new_client(self) -> openai.AsyncOpenAI:
@@ -59,7 +61,7 @@ class OpenAIChatProvider:
             api_key=self._api_key or NO_KEY,
             timeout=timeout,
             max_retries=0,
-            http_client=async_http_client(timeout=timeout),
+            http_client=async_http_client(timeout=timeout, guard=self._guard),
         )
 
     def __repr__(self) -> str:  # never show the key

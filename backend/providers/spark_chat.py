@@ -30,6 +30,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
@@ -92,8 +93,9 @@ class SparkChatProvider:
 
     name = "spark"
 
-    def __init__(self, *, base_url: str, secret: str, timeout: float | None = 30.0) -> None:
+    def __init__(self, *, base_url: str, secret: str, timeout: float | None = 30.0, guard: Any = None) -> None:
         self.base_url = base_url
+        self._guard = guard  # netguard.Guard: the socket goes to the checked address
         self.timeout = timeout
         self._secret = secret
 
@@ -117,9 +119,15 @@ class SparkChatProvider:
         secrets = (keys.api_key, keys.api_secret, keys.app_id)
         timeout = effective_timeout(self.timeout, request.timeout)
         url = signed_url(self.base_url, keys.api_key, keys.api_secret)
+        pinned: dict[str, Any] = {}
+        if self._guard is not None:
+            parts_ = urlsplit(self.base_url)
+            port = parts_.port or (443 if parts_.scheme == "wss" else 80)
+            # resolved and checked once (off the loop: DNS blocks); the socket goes there
+            pinned["host"] = await asyncio.to_thread(self._guard.address, parts_.hostname or "", port)
         try:
             ws: ClientConnection = await _connect_without_redirects(
-                url, open_timeout=timeout, close_timeout=1, max_size=MAX_FRAME_BYTES, compression=None
+                url, open_timeout=timeout, close_timeout=1, max_size=MAX_FRAME_BYTES, compression=None, **pinned
             )
         except Exception as exc:  # noqa: BLE001 - every failure becomes a ProviderError
             raise self._translate(exc, timeout, secrets) from None

@@ -64,21 +64,28 @@ KEEPALIVE_CONNECTIONS = 100
 KEEPALIVE_SECONDS = 30.0
 
 
-def async_transport() -> httpx.AsyncBaseTransport:
+def async_transport(guard: Any = None) -> httpx.AsyncBaseTransport:
     """The transport under every upstream HTTP client: a keep-alive pool, no retries (the
-    gateway decides)."""
+    gateway decides); with a `netguard.Guard`, every new connection goes to the address the
+    SSRF guard checked (no re-resolution between check and connect)."""
     limits = httpx.Limits(
         max_connections=None, max_keepalive_connections=KEEPALIVE_CONNECTIONS, keepalive_expiry=KEEPALIVE_SECONDS
     )
+    if guard is not None:
+        return guard.transport(asynchronous=True, limits=limits, retries=0)
     return httpx.AsyncHTTPTransport(limits=limits, retries=0)
 
 
-def async_http_client(*, timeout: float, **kwargs: Any) -> httpx.AsyncClient:
+def async_http_client(*, timeout: float, guard: Any = None, **kwargs: Any) -> httpx.AsyncClient:
     """The one way an upstream HTTP client is built: over `async_transport()`, and no redirect
     ever followed (an allowed upstream must not bounce a request to a forbidden address).
     `kwargs` go to httpx.AsyncClient."""
     return httpx.AsyncClient(
-        timeout=httpx.Timeout(timeout), follow_redirects=False, transport=async_transport(), **kwargs
+        timeout=httpx.Timeout(timeout),
+        follow_redirects=False,
+        trust_env=False,
+        transport=async_transport(guard),
+        **kwargs,
     )
 
 

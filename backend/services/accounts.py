@@ -1,12 +1,16 @@
 """Users and admins: registration, login, admin CRUD, logout and password changes.
 
 Ids are stable: renaming a user never changes its id (the original did, by accident).
-Logout and password change bump `token_version`, which revokes every token issued before.
+Logout and password change bump `token_version`, which revokes every token issued before;
+a password change (the user's own or an admin's) also revokes the user's API keys, which
+is what a user changing a leaked password expects.
 """
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
@@ -15,7 +19,7 @@ from backend import security
 from backend.config import Settings
 from backend.errors import ServiceError, conflict, forbidden
 from backend.services import audit, quota
-from db.models import Admin, User
+from db.models import Admin, ApiKey, User
 
 NAME_PATTERN = re.compile(r"^[^\x00-\x1f\x7f]{1,64}$")
 PASSWORD_MIN = 6
@@ -125,7 +129,7 @@ def authenticate_user(session: Session, settings: Settings, *, username: str, pa
     """The user if the password matches (rehashing an imported MD5 hash), else None."""
     user = get_user_by_name(session, username)
     if user is None:
-        security.burn_password_check(password)
+        security.burn_password_check(password, settings.bcrypt_rounds)
         return None
     if not security.verify_password(password, user.password_hash):
         return None
@@ -161,7 +165,10 @@ def modify_user(
         check_password(new_password, "MODIFY_USER_ERROR")
         user.password_hash = _hash(settings, new_password)
         user.token_version += 1
+        revoked = revoke_api_keys(session, user_id=user.id)
         changes["password"] = "changed"
+        if revoked:
+            changes["api_keys_revoked"] = revoked
     if new_email is not None and new_email != (user.email or ""):
         changes["email"] = (user.email, new_email)
         user.email = new_email or None
@@ -211,11 +218,73 @@ def change_user_password(
     check_password(new_password, "MODIFY_USER_ERROR")
     user.password_hash = _hash(settings, new_password)
     user.token_version += 1
+    revoked = revoke_api_keys(session, user_id=user.id)
+    audit.record(
+        session,
+        actor=f"user:{user.username}",
+        action="change_password",
+        target_type="user",
+        target_id=user.id,
+        detail={"api_keys_revoked": revoked},
+    )
+
+
+def revoke_api_keys(session: Session, *, user_id: str) -> int:
+    """Revoke every active API key of the user (after a password change); how many."""
+    result = session.execute(
+        update(ApiKey)
+        .where(ApiKey.user_id == user_id, ApiKey.revoked_at.is_(None))
+        .values(revoked_at=datetime.now(UTC))
+        .execution_options(synchronize_session=False)
+    )
+    return result.rowcount or 0
 
 
 def revoke_user_tokens(session: Session, *, user_id: str) -> None:
     """Logout: every token issued to this user so far stops working."""
     session.execute(update(User).where(User.id == user_id).values(token_version=User.token_version + 1))
+
+
+# --- sign-in in three steps, so no transaction is open while bcrypt runs ------------------
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """What a sign-in needs to know about an account before checking its password."""
+
+    kind: str  # user | admin
+    id: str | int
+    password_hash: str
+
+
+def find_credentials(session: Session, kind: str, name: str) -> Credentials | None:
+    """Step 1 (a read): the account signing in as `name`, if there is one."""
+    model, name_col = (User, User.username) if kind == "user" else (Admin, Admin.name)
+    row = session.execute(select(model.id, model.password_hash).where(name_col == name)).first()
+    return None if row is None else Credentials(kind, row.id, row.password_hash)
+
+
+def check_credentials(settings: Settings, found: Credentials | None, password: str) -> tuple[bool, str | None]:
+    """Step 2 (no transaction open): whether the password matches, and the bcrypt hash to
+    store instead of an imported MD5 one. An unknown name gets the same bcrypt work (a
+    dummy hash of the configured cost), so timing tells no names apart."""
+    if found is None:
+        security.burn_password_check(password, settings.bcrypt_rounds)
+        return False, None
+    if not security.verify_password(password, found.password_hash):
+        return False, None
+    return True, (_hash(settings, password) if security.needs_rehash(found.password_hash) else None)
+
+
+def signed_in_account(session: Session, found: Credentials, new_hash: str | None) -> User | Admin | None:
+    """Step 3 (a short write): the account whose password was checked, with an imported
+    hash replaced; None when the account changed its password (or went) meanwhile."""
+    account = session.get(User if found.kind == "user" else Admin, found.id)
+    if account is None or account.password_hash != found.password_hash:
+        return None
+    if new_hash is not None:
+        account.password_hash = new_hash
+    return account
 
 
 # --- admins ------------------------------------------------------------------------------
@@ -235,7 +304,7 @@ def require_admin_by_name(session: Session, name: str, code: str) -> Admin:
 def authenticate_admin(session: Session, settings: Settings, *, name: str, password: str) -> Admin | None:
     admin = get_admin_by_name(session, name)
     if admin is None:
-        security.burn_password_check(password)
+        security.burn_password_check(password, settings.bcrypt_rounds)
         return None
     if not security.verify_password(password, admin.password_hash):
         return None

@@ -4,16 +4,20 @@
   may be 100,000), the authenticator gets an `AccountDirectory`: a dict that loads the one
   account it is asked about — admins from `admins`, users from `users`, with their bcrypt
   hashes, which the authenticator checks as they are.
-- The cookie (signed with `Settings.cookie_key`) also carries the account kind and its
-  `token_version`. Logout and password change bump `token_version` (the same revocation the
-  API uses), and every run compares the session's version with the database: a revoked
-  cookie or session stops working at once, on every browser, not only where the user
-  clicked "sign out".
-- Failed sign-ins count against the same per-account limit as the API (`login_attempts`).
+- The cookie (signed with `Settings.cookie_key`) also carries the account kind, its id,
+  its identity stamp and its `token_version`, and is honoured only while the account with
+  that id still has that stamp, that version and the cookie's name: a cookie never signs in
+  a different account that was later registered under the same name (or given the id).
+  Logout and password change bump `token_version` (the same revocation the API uses), and
+  every run compares the session's version with the database: a revoked cookie or session
+  stops working at once, on every browser, not only where the user clicked "sign out".
+- Failed sign-ins are counted per account in `login_attempts` (for the authenticator's
+  limit) and charged to the API's per-account login counter too.
 """
 
 from __future__ import annotations
 
+import hmac
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -50,6 +54,7 @@ class DashboardAccount:
     academy: str | None
     status: str
     token_version: int
+    identity: str = ""
 
     @property
     def role(self) -> str:
@@ -65,12 +70,14 @@ class DashboardAccount:
 
 def _from_admin(admin: Any) -> DashboardAccount:
     return DashboardAccount(
-        "admin", str(admin.id), admin.name, bool(admin.is_super), None, "active", admin.token_version
+        "admin", str(admin.id), admin.name, bool(admin.is_super), None, "active", admin.token_version, admin.identity
     )
 
 
 def _from_user(user: Any) -> DashboardAccount:
-    return DashboardAccount("user", user.id, user.username, False, user.academy, user.status, user.token_version)
+    return DashboardAccount(
+        "user", user.id, user.username, False, user.academy, user.status, user.token_version, user.identity
+    )
 
 
 def find_account(session: Session, kind: str, login_name: str) -> tuple[DashboardAccount, str] | None:
@@ -173,22 +180,45 @@ class AccountDirectory(dict):
         return [e for e in dict.values(self) if e is not None]
 
 
-def encode_cookie(settings: Settings, *, username: str, kind: str, version: int, days: float = COOKIE_DAYS) -> str:
-    """The re-authentication cookie: the authenticator's own claims plus kind and version."""
+def encode_cookie(
+    settings: Settings,
+    *,
+    username: str,
+    kind: str,
+    version: int,
+    account_id: str,
+    identity: str,
+    days: float = COOKIE_DAYS,
+) -> str:
+    """The re-authentication cookie: the authenticator's own claims plus the account's kind,
+    id, identity stamp and token version."""
     exp = (datetime.now() + timedelta(days=days)).timestamp()
-    claims = {"username": username, "exp_date": exp, "kind": kind, "ver": version}
+    claims = {
+        "username": username,
+        "exp_date": exp,
+        "kind": kind,
+        "aid": str(account_id),
+        "idn": identity,
+        "ver": version,
+    }
     return jwt.encode(claims, settings.cookie_key.get_secret_value(), algorithm="HS256")
 
 
 def verify_cookie(session: Session, settings: Settings, claims: dict[str, Any] | None) -> DashboardAccount | None:
     """The account a decoded cookie still stands for, or None when it was revoked (version
-    behind the database), names a disabled or deleted account, or lacks Meteor's claims."""
+    behind the database), names a disabled, deleted, renamed or different account (the id
+    and identity stamp must match, not only the name), or lacks Meteor's claims."""
     if not claims or claims.get("kind") not in KINDS or not isinstance(claims.get("ver"), int):
         return None
-    found = find_account(session, claims["kind"], str(claims.get("username", "")))
-    if found is None:
+    if not isinstance(claims.get("aid"), str) or not isinstance(claims.get("idn"), str) or not claims["idn"]:
         return None
-    account = found[0]
+    account = load_account(session, claims["kind"], claims["aid"])
+    if account is None or not hmac.compare_digest(account.identity, claims["idn"]):
+        return None
+    # the authenticator signs in whatever name the cookie carries; it must still be this account's
+    found = find_account(session, claims["kind"], str(claims.get("username", "")))
+    if found is None or found[0].id != account.id:
+        return None
     if account.token_version != claims["ver"] or account.status != "active":
         return None
     return account
@@ -230,6 +260,8 @@ class RevocableCookie:
             username=self.state["username"],
             kind=account.kind,
             version=account.token_version,
+            account_id=account.id,
+            identity=account.identity,
             days=model.cookie_expiry_days,
         )
         model.cookie_manager.set(
@@ -274,6 +306,7 @@ def record_failures(maker: sessionmaker, directory: AccountDirectory) -> None:
         for account in new:
             subject, _ = ratelimit.login_subjects(account.kind, account.name, None)
             ratelimit.record_failure(session, subject, None)
+            ratelimit.charge_account(session, account.kind, account.name)
 
 
 def signed_in(maker: sessionmaker, kind: str, name: str) -> None:
@@ -329,6 +362,7 @@ def playground_token(settings: Settings, account: DashboardAccount) -> str:
         role="user" if account.kind == "user" else "admin",
         kind="playground",
         version=account.token_version,
+        identity=account.identity,
         ttl=timedelta(seconds=settings.playground_token_seconds),
     )
 

@@ -84,6 +84,7 @@ def seed_demo(
                     "pic_times": pic_times,
                     "status": "active" if rng.random() > 0.02 else "disabled",
                     "token_version": 0,
+                    "identity": uuid.uuid4().hex,
                     "created_at": created,
                 }
             )

@@ -10,7 +10,7 @@ from a client's file name.
   and at most `MAX_PICTURE_PIXELS` pixels (checked from the header before decoding, so a
   decompression bomb is refused without being inflated).
 
-Engines. `embedded` is the offline engine (Whisper tiny.en for voice, RapidOCR for
+Engines. `embedded` is the offline engine (Whisper base / tiny.en for voice, RapidOCR for
 pictures); any other name is the `ai_name` of an online connection (`model_ai_online`)
 whose `protocol` says what it speaks:
 
@@ -528,6 +528,7 @@ class Recognition:
     audio_seconds: float | None = None
     tokens: int = 0
     pic_times: int = 0
+    language: str | None = None  # voice: the language the embedded engine transcribed in
 
 
 async def _recognize(
@@ -593,8 +594,11 @@ async def _recognize(
             )
 
     started = time.monotonic()
+    language: str | None = None
     try:
         content = await media_pool.run(lambda: work(engine.load()))
+        if isinstance(content, whisper_stt.Transcript):
+            content, language = content.text, content.language
     except BaseException as exc:
         latency = int((time.monotonic() - started) * 1000)
         if isinstance(exc, ProviderError):
@@ -613,22 +617,47 @@ async def _recognize(
     latency = int((time.monotonic() - started) * 1000)
     with anyio.CancelScope(shield=True):
         await anyio.to_thread.run_sync(finish, "ok", latency)
-    return Recognition(content, request_id, engine.name, audio_seconds, tokens, pic_times)
+    return Recognition(content, request_id, engine.name, audio_seconds, tokens, pic_times, language)
+
+
+def voice_language(settings: Settings, language: str | None) -> str:
+    """`auto`, `zh` or `en`: the request's choice, else `Settings.voice_language`.
+    Anything else is MODEL_ERROR (422)."""
+    try:
+        return whisper_stt.normalize_language(language or settings.voice_language)
+    except ValueError as exc:
+        raise ServiceError("MODEL_ERROR", str(exc), 422) from None
+
+
+def _transcribe(transcriber: Any, pcm: bytes, language: str) -> Any:
+    """The embedded engine transcribes in the language asked for (or the one it detects);
+    online engines have their own (iFlytek IAT: Mandarin)."""
+    if isinstance(transcriber, whisper_stt.EmbeddedSpeech):
+        return transcriber.transcribe_as(pcm, language)
+    return transcriber.transcribe(pcm)
 
 
 async def transcribe_voice(
-    *, maker: sessionmaker[Session], settings: Settings, user_id: str, clip: Clip, engine: str | None = None
+    *,
+    maker: sessionmaker[Session],
+    settings: Settings,
+    user_id: str,
+    clip: Clip,
+    engine: str | None = None,
+    language: str | None = None,
 ) -> Recognition:
     """Transcribe a checked clip with the chosen engine, charging tokens only when voice
-    costs quota, and record the usage. Raises MODEL_ERROR (unknown engine, 404; busy, 429),
-    TOKEN_NOT_ENOUGH (402), AUDIO_TO_TEXT_ERROR (engine failure, 502/504)."""
+    costs quota, and record the usage. Raises MODEL_ERROR (unknown engine, 404; unknown
+    language, 422; busy, 429), TOKEN_NOT_ENOUGH (402), AUDIO_TO_TEXT_ERROR (engine failure,
+    502/504)."""
+    chosen = voice_language(settings, language)
     return await _recognize(
         maker=maker,
         settings=settings,
         user_id=user_id,
         kind="voice",
         choose=lambda session: voice_engine(session, settings, engine),
-        work=lambda transcriber: transcriber.transcribe(clip.pcm),
+        work=lambda transcriber: _transcribe(transcriber, clip.pcm, chosen),
         tokens=voice_tokens(settings, clip.seconds),
         audio_seconds=round(clip.seconds, 3),
     )

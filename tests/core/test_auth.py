@@ -134,8 +134,8 @@ def test_expired_and_forged_tokens(client, maker, settings):
 
 def test_login_limit_per_account(client, maker, settings):
     user = make_user(maker, settings)
-    for _ in range(settings.login_max_failures_per_account):
-        assert client.post("/auth/login", json={"username": user.username, "password": "bad-bad"}).status_code == 401
+    for i in range(settings.login_max_failures_per_account_address):  # distinct: a repeat counts once
+        assert client.post("/auth/login", json={"username": user.username, "password": f"bad-{i}"}).status_code == 401
     r = client.post("/auth/login", json={"username": user.username, "password": PASSWORD})
     assert r.status_code == 429 and r.json()["code"] == "LOGIN_ERROR" and "too many" in r.json()["msg"]
 
@@ -143,7 +143,7 @@ def test_login_limit_per_account(client, maker, settings):
 def test_login_limit_per_address(client, maker, settings):
     names = [f"ghost{i}" for i in range(settings.login_max_failures_per_address)]
     for name in names:
-        client.post("/admin/login", json={"admin": name, "password": "bad-bad"})
+        assert client.post("/admin/login", json={"admin": name, "password": "bad-bad"}).status_code == 401
     admin = make_admin(maker, settings)
     r = client.post("/admin/login", json={"admin": admin.name, "password": PASSWORD})
     assert r.status_code == 429 and "address" in r.json()["msg"]
@@ -151,9 +151,9 @@ def test_login_limit_per_address(client, maker, settings):
 
 def test_success_forgives_account_failures(client, maker, settings):
     user = make_user(maker, settings)
-    for _ in range(settings.login_max_failures_per_account - 1):
-        client.post("/auth/login", json={"username": user.username, "password": "bad-bad"})
+    for i in range(settings.login_max_failures_per_account_address - 1):
+        client.post("/auth/login", json={"username": user.username, "password": f"bad-{i}"})
     assert client.post("/auth/login", json={"username": user.username, "password": PASSWORD}).status_code == 200
-    for _ in range(settings.login_max_failures_per_account - 1):
-        client.post("/auth/login", json={"username": user.username, "password": "bad-bad"})
+    for i in range(settings.login_max_failures_per_account_address - 1):
+        client.post("/auth/login", json={"username": user.username, "password": f"again-{i}"})
     assert client.post("/auth/login", json={"username": user.username, "password": PASSWORD}).status_code == 200

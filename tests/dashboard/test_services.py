@@ -275,7 +275,14 @@ def test_cookie_is_revoked_by_logout_and_password_change(maker, settings):
     with maker() as s:
         for kind, name in (("user", "alice"), ("admin", "root")):
             account, _ = auth.find_account(s, kind, name)
-            token = auth.encode_cookie(settings, username=name, kind=kind, version=account.token_version)
+            token = auth.encode_cookie(
+                settings,
+                username=name,
+                kind=kind,
+                version=account.token_version,
+                account_id=account.id,
+                identity=account.identity,
+            )
             claims = security.jwt.decode(token, settings.cookie_key.get_secret_value(), algorithms=["HS256"])
             assert auth.verify_cookie(s, settings, claims).id == account.id
         user_claims = {"username": "alice", "kind": "user", "ver": 0}

@@ -230,7 +230,8 @@ def test_legacy_uuid_and_username_when_switched_on(maker, settings, upstream, tm
     with TestClient(create_app(legacy, playground=False)) as old:
         r = old.post("/textModel/chat", json=body)
         assert r.status_code == 200, r.text
-        assert old.post("/textModel/chat", json={**body, "username": "someone-else"}).status_code == 404
+        wrong = old.post("/textModel/chat", json={**body, "username": "someone-else"})
+        assert wrong.status_code == 200 and wrong.json()["code"] == "USER_NOT_FOUND"  # as the original answered
     assert balance(maker, user.id) == 5_000 - r.json()["consume_token"]
 
 

@@ -16,6 +16,22 @@ from PIL import Image, ImageDraw, ImageFont
 SENTENCE = "Please open the window before the meeting starts today"
 ENGLISH_LINES = ("Meteor reads text out of pictures", "The quick brown fox jumps over 42 lazy dogs")
 CHINESE_LINES = ("北京大学人工智能云平台", "学生和老师在配额内使用模型")
+# Mandarin sentences and their pinyin. espeak-ng's `cmn` voice reads characters through its
+# dictionary as tone-numbered pinyin and then speaks that pinyin with English letter rules
+# (Debian's 1.52: "Chinese (Mandarin, latin as English)"), so the speech is made from the
+# pinyin with its sibling voice `cmn-latn-pinyin`, which speaks it with Mandarin phonemes and tones.
+CHINESE_SPEECH = (
+    ("学生和老师", "xue2 sheng1 he2 lao3 shi1"),
+    ("我们去公园散步", "wo3 men5 qu4 gong1 yuan2 san4 bu4"),
+    ("北京大学", "bei3 jing1 da4 xue2"),
+    ("今天天气很好", "jin1 tian1 tian1 qi4 hen3 hao3"),
+    ("请打开窗户", "qing3 da3 kai1 chuang1 hu4"),
+    ("我想学习中文", "wo3 xiang3 xue2 xi2 zhong1 wen2"),
+    ("谢谢你的帮助", "xie4 xie4 ni3 de5 bang1 zhu4"),
+    ("我们明天见", "wo3 men5 ming2 tian1 jian4"),
+    ("这是我的电脑", "zhe4 shi4 wo3 de5 dian4 nao3"),
+    ("欢迎来到学校", "huan1 ying2 lai2 dao4 xue2 xiao4"),
+)
 CJK_FONTS = (
     "/usr/share/fonts/truetype/wqy/wqy-microhei.ttc",
     "/usr/share/fonts/truetype/wqy/wqy-zenhei.ttc",
@@ -39,6 +55,18 @@ def sox_convert(wav: bytes, *args: str) -> bytes:
     """`wav` converted by sox (stdin to stdout) with output options `args`."""
     need("sox")
     return subprocess.run(["sox", "-t", "wav", "-", *args, "-"], input=wav, capture_output=True, check=True).stdout
+
+
+@lru_cache(maxsize=32)
+def mandarin_wav(pinyin: str) -> bytes:
+    """espeak-ng's Mandarin voice speaking tone-numbered pinyin: a 22050 Hz mono WAV."""
+    need("espeak-ng")
+    command = ["espeak-ng", "--stdout", "-v", "cmn-latn-pinyin", "-s", "130", pinyin]
+    return subprocess.run(command, capture_output=True, check=True).stdout
+
+
+def mandarin_pcm(pinyin: str) -> bytes:
+    return sox_convert(mandarin_wav(pinyin), "-r", "16000", "-c", "1", "-b", "16", "-e", "signed-integer", "-t", "raw")
 
 
 def speech_pcm(text: str = SENTENCE) -> bytes:
@@ -101,3 +129,14 @@ def character_accuracy(reference: str, hypothesis: str) -> float:
     ref = re.sub(r"\s+", "", reference)
     hyp = re.sub(r"\s+", "", hypothesis)
     return max(0.0, 1 - edit_distance(ref, hyp) / len(ref))
+
+
+def character_errors(reference: str, hypothesis: str) -> int:
+    """Edits between two Chinese texts, whitespace and punctuation ignored."""
+    return edit_distance(re.sub(r"[\s\W]+", "", reference), re.sub(r"[\s\W]+", "", hypothesis))
+
+
+def character_error_rate(pairs: list[tuple[str, str]]) -> float:
+    """Total edits over total reference characters, for (reference, hypothesis) pairs."""
+    edits = sum(character_errors(ref, hyp) for ref, hyp in pairs)
+    return edits / sum(len(re.sub(r"[\s\W]+", "", ref)) for ref, _ in pairs)

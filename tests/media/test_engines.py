@@ -13,9 +13,12 @@ from backend.providers.recognition import pcm_seconds
 from backend.services import media
 from tests.media.samples import (
     CHINESE_LINES,
+    CHINESE_SPEECH,
     ENGLISH_LINES,
     SENTENCE,
     character_accuracy,
+    character_error_rate,
+    mandarin_pcm,
     render_lines,
     speech_pcm,
     speech_wav_stereo_44k,
@@ -43,6 +46,53 @@ def test_wav_at_44k_stereo_is_resampled_to_the_same_transcript():
     wer = word_error_rate(SENTENCE, text)
     print(f"\nembedded whisper on 44.1 kHz stereo WAV: {text!r}  WER={wer:.3f}")
     assert wer <= 0.25
+
+
+def test_the_embedded_engine_understands_mandarin_and_the_english_model_does_not():
+    """espeak-ng Mandarin, language detected: every clip is taken for Chinese and the
+    character error rate stays under a generous bound that Whisper tiny.en (English only,
+    the engine before) cannot meet on the same clips."""
+    engine = whisper_stt.shared()
+    pairs, english_only = [], []
+    for hanzi, pinyin in CHINESE_SPEECH[:6]:
+        pcm = mandarin_pcm(pinyin)
+        transcript = engine.transcribe_as(pcm, "auto")
+        assert transcript.language == "zh", (hanzi, transcript)
+        pairs.append((hanzi, transcript.text))
+        english_only.append((hanzi, engine.english().transcribe(pcm)))
+    cer, cer_english_only = character_error_rate(pairs), character_error_rate(english_only)
+    print(f"\nembedded Mandarin: {pairs}  CER={cer:.3f}; tiny.en on the same clips: CER={cer_english_only:.3f}")
+    assert cer <= 0.75
+    assert cer_english_only > 0.75
+
+
+def test_english_is_detected_and_read_by_the_english_model():
+    engine = whisper_stt.shared()
+    transcript = engine.transcribe_as(speech_pcm(), "auto")
+    assert transcript.language == "en"
+    assert word_error_rate(SENTENCE, transcript.text) <= 0.25
+    assert engine.transcribe_as(speech_pcm(), "en").language == "en"
+    assert engine.transcribe_as(mandarin_pcm(CHINESE_SPEECH[0][1]), "zh").language == "zh"
+
+
+def test_languages_are_named_in_the_spellings_clients_use():
+    assert [whisper_stt.normalize_language(x) for x in ("", None, "AUTO", "zh_cn", "zh-CN", "cmn", "en_us")] == [
+        "auto",
+        "auto",
+        "auto",
+        "zh",
+        "zh",
+        "zh",
+        "en",
+    ]
+    with pytest.raises(ValueError):
+        whisper_stt.normalize_language("fr")
+
+
+def test_the_multilingual_model_is_loaded_from_its_packages_and_checked():
+    directory, files = whisper_stt.multilingual_files()
+    assert "site-packages" in str(directory)
+    assert set(files) == {"model.bin", "config.json", "vocabulary.json", "tokenizer.json"}
 
 
 def test_whisper_loads_once_per_process():

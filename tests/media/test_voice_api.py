@@ -12,7 +12,16 @@ from backend.server import create_app
 from tests.conftest import make_settings
 from tests.factories import make_user, user_headers
 from tests.media.conftest import add_connection, assert_books_balance, snapshot, usage_rows
-from tests.media.samples import SENTENCE, espeak_wav, speech_pcm, speech_wav_stereo_44k, word_error_rate
+from tests.media.samples import (
+    CHINESE_SPEECH,
+    SENTENCE,
+    character_error_rate,
+    espeak_wav,
+    mandarin_pcm,
+    speech_pcm,
+    speech_wav_stereo_44k,
+    word_error_rate,
+)
 
 URL = "/voiceModel/chat"
 
@@ -58,6 +67,35 @@ def test_espeak_speech_is_transcribed_by_the_embedded_engine(client, maker, sett
     # voice is free by default: the balance and ledger are untouched, one usage row more
     assert (after.tokens, after.pic_times, after.ledger_rows) == (before.tokens, before.pic_times, before.ledger_rows)
     assert after.usage_rows == before.usage_rows + 1
+
+
+@pytest.mark.slow
+def test_mandarin_is_transcribed_detected_or_asked_for(client, maker, settings):
+    """The desktop client sends no language: the engine detects Chinese. `language` (query
+    or form field) asks for one; the answer says which was used."""
+    user = make_user(maker, settings)
+    headers = user_headers(client, user.username)
+    hanzi, pinyin = CHINESE_SPEECH[0]
+    clip = {"file": ("speech.pcm", mandarin_pcm(pinyin), "application/octet-stream")}
+    detected = client.post(URL, files=clip, headers=headers).json()
+    asked = client.post(URL, files=clip, data={"language": "zh"}, headers=headers).json()
+    english = client.post(URL, files={"file": ("s.pcm", speech_pcm())}, params={"language": "en"}, headers=headers)
+    assert (detected["code"], detected["language"], asked["language"]) == (0, "zh", "zh")
+    assert character_error_rate([(hanzi, detected["content"]), (hanzi, asked["content"])]) <= 0.75
+    assert english.json()["language"] == "en" and word_error_rate(SENTENCE, english.json()["content"]) <= 0.25
+    assert len(usage_rows(maker, user.id)) == 3
+
+
+def test_an_unknown_language_is_refused_before_any_engine_runs(client, maker, settings):
+    user = make_user(maker, settings)
+    r = client.post(
+        URL,
+        files={"file": ("a.pcm", b"\x00\x00")},
+        params={"language": "fr"},
+        headers=user_headers(client, user.username),
+    )
+    assert r.status_code == 422 and r.json()["code"] == "MODEL_ERROR" and "fr" in r.json()["msg"]
+    assert usage_rows(maker, user.id) == []
 
 
 def test_iflytek_iat_is_picked_by_the_model_parameter(client, maker, settings, connections):
@@ -190,4 +228,4 @@ def test_legacy_uuid_headers_work_only_when_switched_on(db_url, tmp_path, maker,
         r = client.post(
             URL, files={"file": ("a.pcm", b"\x00\x00")}, headers={"uuid": user.id, "username": "someone-else"}
         )
-        assert r.status_code == 404 and r.json()["code"] == "USER_NOT_FOUND"
+        assert r.status_code == 200 and r.json()["code"] == "USER_NOT_FOUND"  # as the original answered
