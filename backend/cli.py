@@ -37,6 +37,11 @@ def prepare() -> None:
         )
 
 
+def api_workers(configured: int | None) -> int:
+    """METEOR_WORKERS, else one API process per CPU core."""
+    return configured or os.cpu_count() or 1
+
+
 def uvicorn_options(settings: Settings) -> dict:
     """How uvicorn treats forwarded headers: only from METEOR_TRUSTED_PROXIES (uvicorn's own
     default believes X-Forwarded-For from 127.0.0.1, which would let anyone on this machine,
@@ -48,15 +53,17 @@ def uvicorn_options(settings: Settings) -> dict:
 
 
 def serve_api(port: int | None, host: str | None, skip_prepare: bool) -> None:
+    """The API on `METEOR_WORKERS` processes sharing one socket; they share nothing else, since
+    every shared state (quota, reservations, sessions, rate limits) lives in the database."""
     import uvicorn
-
-    from backend.server import create_app
 
     settings = get_settings()
     if not skip_prepare:
         prepare()
     uvicorn.run(
-        create_app(settings),
+        "backend.server:create_app",
+        factory=True,
+        workers=api_workers(settings.workers),
         host=host or settings.api_host,
         port=port or settings.api_port,
         log_level="info",

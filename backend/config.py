@@ -97,6 +97,10 @@ class Settings(BaseSettings):
     ollama_url: str = "http://127.0.0.1:11434"
     embedded_queue_size: int = 32
     model_concurrency: int = 2
+    # the gateway (issue 9): API worker processes (None: one per CPU core), and requests in
+    # flight per upstream connection in each worker (0: unbounded) before UPSTREAM_BUSY 503
+    workers: int | None = Field(default=None, ge=1, le=64)
+    upstream_concurrency: int = Field(default=1024, ge=0)
 
     @model_validator(mode="after")
     def _fill_and_check_secrets(self) -> Settings:

@@ -156,7 +156,9 @@ def describe_validation(exc: RequestValidationError) -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(request.url.path, exc.code, exc.message, exc.status, request=request)
+        retry_after = exc.extra.get("retry_after")
+        headers = {"Retry-After": str(retry_after)} if isinstance(retry_after, int) else None
+        return error_response(request.url.path, exc.code, exc.message, exc.status, request=request, headers=headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -17,9 +17,19 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.orm import Session
 
 from backend.api.deps import SessionDep, SettingsDep, bearer_token
-from backend.api.text import MAX_TOKENS, MAX_TURN_CHARS, MAX_TURNS, ChatStreamResponse, check_dialog, events, prime
+from backend.api.text import (
+    MAX_TOKENS,
+    MAX_TURN_CHARS,
+    MAX_TURNS,
+    ChatStreamResponse,
+    answer_whole,
+    check_dialog,
+    events,
+    prime,
+)
 from backend.errors import ServiceError, unauthorized
 from backend.services import apikeys, gateway, model_registry
 from backend.services.gateway import Caller, ChatCall, ChatResult
@@ -66,13 +76,15 @@ class ChatCompletionIn(BaseModel):
     conversation_id: Annotated[int, Field(ge=1)] | None = None
 
 
-def api_key_caller(request: Request, session: SessionDep) -> tuple[User, ApiKey]:
-    """The user and key behind `Authorization: Bearer sk-...`."""
+def api_key_caller(request: Request, session: Session) -> tuple[User, ApiKey]:
+    """The user and key behind `Authorization: Bearer sk-...` (one indexed read; a write only
+    when `last_used_at` is a minute old)."""
     token = bearer_token(request)
     if token is None:
         raise unauthorized("missing API key: send Authorization: Bearer sk-...")
     user, key = apikeys.authenticate(session, token)
-    session.commit()  # last_used_at
+    if session.info.pop(apikeys.TOUCHED, False):
+        session.commit()
     return user, key
 
 
@@ -160,41 +172,49 @@ def list_models(request: Request, session: SessionDep) -> dict:
 
 
 @router.post("/v1/chat/completions", response_model=None)
-def chat_completions(
-    body: ChatCompletionIn, request: Request, response: Response, session: SessionDep, settings: SettingsDep
+async def chat_completions(
+    body: ChatCompletionIn, request: Request, response: Response, settings: SettingsDep
 ) -> dict | StreamingResponse:
     """A chat completion, streamed (SSE) or whole, with usage."""
-    user, key = api_key_caller(request, session)
-    model_name = apikeys.model_for_key(session, key, body.model)  # a browser key names its one model
-    caller = Caller.for_user(user)
     dialog = check_dialog(
         [{"role": "system" if m.role == "developer" else m.role, "content": _text_of(m)} for m in body.messages]
     )
     conversation_id = _conversation_id(body, request)
-    session.close()  # no transaction stays open while the model runs
     stop = [body.stop] if isinstance(body.stop, str) else body.stop
-    call = gateway.start_chat(
-        request.app.state.sessionmaker,
-        settings,
-        caller=caller,
-        dialog=dialog,
-        model_name=model_name,
-        max_tokens=body.max_completion_tokens or body.max_tokens,
-        overrides={
-            "temperature": body.temperature,
-            "top_p": body.top_p,
-            "top_k": body.top_k,
-            "seed": body.seed,
-            "stop": stop,
-        },
-        conversation_id=conversation_id,
-        record_history=conversation_id is not None,
-    )
+    maker = request.app.state.sessionmaker
+    started = time.monotonic()
+
+    def plan() -> gateway.ChatPlan:  # one hop: the key, the model, then the prompt count
+        with maker() as session:
+            user, key = api_key_caller(request, session)
+            model_name = apikeys.model_for_key(session, key, body.model)  # a browser key names its one model
+            caller = Caller.for_user(user)
+            target = gateway.find_target(
+                session, settings, caller=caller, model_name=model_name, conversation_id=conversation_id
+            )
+        return gateway.plan_chat(
+            settings,
+            target,
+            caller=caller,
+            dialog=dialog,
+            max_tokens=body.max_completion_tokens or body.max_tokens,
+            overrides={
+                "temperature": body.temperature,
+                "top_p": body.top_p,
+                "top_k": body.top_k,
+                "seed": body.seed,
+                "stop": stop,
+            },
+            record_history=conversation_id is not None,
+            started=started,
+        )
+
+    call = await gateway.open_chat(maker, settings, await gateway.offload(plan))
     headers = {"X-Request-Id": call.request_id}
     if conversation_id is not None:
         headers["X-Conversation-Id"] = str(conversation_id)
     if body.stream:
-        prime(call)
+        await prime(call)
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         return ChatStreamResponse(
             sse_chunks(call, include_usage),
@@ -202,7 +222,7 @@ def chat_completions(
             media_type="text/event-stream",
             headers={**headers, "Cache-Control": "no-cache"},
         )
-    result = call.run()
+    result = await answer_whole(call, request)
     response.headers.update(headers)
     answer: dict[str, Any] = {
         "id": f"chatcmpl-{result.request_id}",

@@ -10,17 +10,18 @@ an error mid-stream is a last frame with `header.code != 0` and the message.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any, Literal
 
-import anyio
 from fastapi import APIRouter, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import Receive, Scope, Send
 
 from backend.api import envelope
-from backend.api.deps import CurrentAdmin, SessionDep, SettingsDep, resolve_caller
+from backend.api.deps import SettingsDep, admin_from_token, require_bearer, resolve_caller
+from backend.config import Settings
 from backend.errors import ServiceError
 from backend.services import gateway
 from backend.services.gateway import Caller, ChatCall, ChatFailed, ChatResult
@@ -79,28 +80,15 @@ def dialog_of(turns: list[DialogTurn]) -> list[dict[str, str]]:
 
 # --- streaming plumbing shared with /v1 ---------------------------------------------------
 
-_DONE = object()
-
-
-def _next_event(call: ChatCall) -> Any:
-    try:
-        return next(call)
-    except StopIteration:
-        return _DONE
-
 
 async def events(call: ChatCall) -> AsyncIterator[str | ChatResult | ChatFailed]:
-    """The call's events, each pulled in a worker thread (providers block); an upstream
-    failure comes out as its ChatFailed, as the last event."""
-    while True:
-        try:
-            event = await anyio.to_thread.run_sync(_next_event, call)
-        except ChatFailed as exc:
-            yield exc
-            return
-        if event is _DONE:
-            return
-        yield event
+    """The call's events, straight from the event loop; an upstream failure comes out as its
+    ChatFailed, as the last event."""
+    try:
+        async for event in call:
+            yield event
+    except ChatFailed as exc:
+        yield exc
 
 
 class ChatStreamResponse(StreamingResponse):
@@ -115,20 +103,28 @@ class ChatStreamResponse(StreamingResponse):
         try:
             await super().__call__(scope, receive, send)
         finally:
-            with anyio.CancelScope(shield=True):
-                await anyio.to_thread.run_sync(self.call.close)
+            await self.call.aclose()  # shielded inside
 
 
-def prime(call: ChatCall) -> None:
+async def prime(call: ChatCall) -> None:
     """Pull the first event before answering: a failure before the first byte becomes the
-    plain error envelope (the gateway has already released the reservation)."""
+    plain error envelope (the gateway has already settled it)."""
     try:
-        call.prime()
+        await call.prime()
     except ChatFailed:
         raise
     except BaseException:
-        call.close()
+        await call.aclose()
         raise
+
+
+async def answer_whole(call: ChatCall, request: Request) -> ChatResult:
+    """The non-streaming answer; a client that disconnects meanwhile stops the call (it is
+    charged as cancelled) and gets nothing back."""
+    try:
+        return await gateway.run_watched(call, request.receive)
+    except gateway.ClientGone:  # nobody reads this answer; the status is for the access log
+        raise ServiceError("CLIENT_GONE", "the client went away before the answer was ready", 499) from None
 
 
 # --- seed frames ----------------------------------------------------------------------------
@@ -198,30 +194,38 @@ async def spark_frames(call: ChatCall) -> AsyncIterator[str]:
 # --- endpoints --------------------------------------------------------------------------
 
 
-def _user_call(
-    body: TextChatIn, request: Request, session: SessionDep, settings: SettingsDep, *, record_history: bool = True
+async def _user_call(
+    body: TextChatIn, request: Request, settings: Settings, *, record_history: bool = True
 ) -> ChatCall:
     dialog = dialog_of(body.dialog)
     uuid = None if body.uuid is None else str(body.uuid)
-    user = resolve_caller(request, session, settings, uuid=uuid, username=body.username)
-    caller = Caller.for_user(user)
-    session.close()  # no transaction stays open while the model runs (SQLite locks on BEGIN)
-    return gateway.start_chat(
-        request.app.state.sessionmaker,
-        settings,
-        caller=caller,
-        dialog=dialog,
-        model_name=body.model,
-        max_tokens=body.max_tokens,
-        conversation_id=body.conversation_id,
-        record_history=record_history,
-    )
+    maker = request.app.state.sessionmaker
+    started = time.monotonic()
+
+    def plan() -> gateway.ChatPlan:  # one hop: the token check and the model, then the prompt count
+        with maker() as session:
+            caller = Caller.for_user(resolve_caller(request, session, settings, uuid=uuid, username=body.username))
+            target = gateway.find_target(
+                session, settings, caller=caller, model_name=body.model, conversation_id=body.conversation_id
+            )
+        return gateway.plan_chat(
+            settings,
+            target,
+            caller=caller,
+            dialog=dialog,
+            max_tokens=body.max_tokens,
+            record_history=record_history,
+            started=started,
+        )
+
+    return await gateway.open_chat(maker, settings, await gateway.offload(plan))
 
 
 @router.post("/textModel/chat")
-def text_chat(body: TextChatIn, request: Request, session: SessionDep, settings: SettingsDep) -> dict:
+async def text_chat(body: TextChatIn, request: Request, settings: SettingsDep) -> dict:
     """The whole answer at once; consume_token = prompt + completion tokens charged."""
-    result = _user_call(body, request, session, settings).run()
+    call = await _user_call(body, request, settings)
+    result = await answer_whole(call, request)
     return envelope.ok(
         "文本大模型回复成功",
         content=result.content,
@@ -232,10 +236,10 @@ def text_chat(body: TextChatIn, request: Request, session: SessionDep, settings:
 
 
 @router.post("/textModel/stream")
-def text_stream(body: TextChatIn, request: Request, session: SessionDep, settings: SettingsDep) -> StreamingResponse:
+async def text_stream(body: TextChatIn, request: Request, settings: SettingsDep) -> StreamingResponse:
     """Newline-delimited Spark-shaped frames; usage on the last one."""
-    call = _user_call(body, request, session, settings)
-    prime(call)
+    call = await _user_call(body, request, settings)
+    await prime(call)
     return ChatStreamResponse(
         spark_frames(call),
         call,
@@ -245,23 +249,29 @@ def text_stream(body: TextChatIn, request: Request, session: SessionDep, setting
 
 
 @router.post("/admin/console_test")
-def console_test(
-    body: ConsoleTestIn, admin: CurrentAdmin, request: Request, session: SessionDep, settings: SettingsDep
-) -> dict:
+async def console_test(body: ConsoleTestIn, request: Request, settings: SettingsDep) -> dict:
     """An admin tries a model with limit / top_k / temperature; charged to no user."""
     dialog = dialog_of(body.dialog)
-    caller = Caller.for_admin(admin)
-    session.close()
-    result = gateway.chat(
-        request.app.state.sessionmaker,
-        settings,
-        caller=caller,
-        dialog=dialog,
-        model_name=body.model,
-        max_tokens=body.limit,
-        overrides={"top_k": body.top_k, "temperature": body.temperature},
-        record_history=False,
-    )
+    maker = request.app.state.sessionmaker
+    started = time.monotonic()
+
+    def plan() -> gateway.ChatPlan:
+        with maker() as session:
+            caller = Caller.for_admin(admin_from_token(session, settings, require_bearer(request)))
+            target = gateway.find_target(session, settings, caller=caller, model_name=body.model, conversation_id=None)
+        return gateway.plan_chat(
+            settings,
+            target,
+            caller=caller,
+            dialog=dialog,
+            max_tokens=body.limit,
+            overrides={"top_k": body.top_k, "temperature": body.temperature},
+            record_history=False,
+            started=started,
+        )
+
+    call = await gateway.open_chat(maker, settings, await gateway.offload(plan))
+    result = await answer_whole(call, request)
     return envelope.ok(
         "文本模型回复成功", content=result.content, consume_token=result.billed_tokens, model=result.model
     )

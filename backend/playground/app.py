@@ -267,7 +267,7 @@ def build_blocks(settings: Settings, maker: sessionmaker) -> gr.Blocks:
         )
 
         async def on_stop(conversation_id, language, request: gr.Request):
-            outcome = await anyio.to_thread.run_sync(playground.stop_chat, request.session_hash)
+            outcome = await playground.stop_chat(request.session_hash)
             if outcome is None:
                 return conversation_id, gr.update()
             progress = ChatProgress([], outcome.delivered, outcome.conversation_id, True, stopped=outcome)

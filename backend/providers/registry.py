@@ -37,23 +37,30 @@ def chat_provider(
     secret (for Spark, the packed `app_id:api_key:api_secret` or JSON; see spark_chat)."""
     if protocol == "embedded":
         return get_embedded(settings)
+    guard = None
+    if settings is not None:
+        from backend.services.netguard import Guard
+
+        # every connection is checked by today's rules (loopback per METEOR_ALLOW_LOOPBACK,
+        # private ranges per METEOR_ALLOWED_PRIVATE_HOSTS) and pinned to the checked address
+        guard = Guard(settings, allow_private=True)
     if protocol == "openai":
         from backend.providers.openai_chat import OpenAIChatProvider
 
         if not base_url:
             raise ProviderError("an OpenAI-compatible connection needs a base URL", status=400)
-        return OpenAIChatProvider(base_url=base_url, api_key=api_key, timeout=timeout)
+        return OpenAIChatProvider(base_url=base_url, api_key=api_key, timeout=timeout, guard=guard)
     if protocol == "ollama":
         from backend.providers.ollama_chat import OllamaChatProvider
 
         host = base_url or (settings.ollama_url if settings is not None else "http://127.0.0.1:11434")
-        return OllamaChatProvider(base_url=host, api_key=api_key, timeout=timeout)
+        return OllamaChatProvider(base_url=host, api_key=api_key, timeout=timeout, guard=guard)
     if protocol == "spark":
         from backend.providers.spark_chat import SparkChatProvider
 
         if not base_url:
             raise ProviderError("a Spark connection needs its websocket URL", status=400)
-        return SparkChatProvider(base_url=base_url, secret=api_key or "", timeout=timeout)
+        return SparkChatProvider(base_url=base_url, secret=api_key or "", timeout=timeout, guard=guard)
     raise ProviderError(f"unknown provider protocol {protocol!r}; expected one of {', '.join(PROTOCOLS)}", status=400)
 
 

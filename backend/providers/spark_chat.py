@@ -1,4 +1,5 @@
-"""iFlytek Spark chat over its signed-URL websocket protocol, through `websocket-client`.
+"""iFlytek Spark chat over its signed-URL websocket protocol, through the asyncio client of
+`websockets` (redirects refused: a 3xx answer to the handshake is an error, never followed).
 
 Credentials: a Spark connection keeps its three iFlytek credentials in the connection's one
 encrypted secret, packed as `app_id:api_key:api_secret` or as the JSON object
@@ -23,21 +24,40 @@ every frame -> `ProviderTimeout` (504). A refused handshake (bad signature: HTTP
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlsplit
 
-import websocket
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
-from backend.providers.base import ChatRequest, ProviderError, ProviderTimeout, Usage
+from backend.providers.base import (
+    REQUEST_SENT,
+    ChatEvent,
+    ChatRequest,
+    ProviderError,
+    ProviderTimeout,
+    Usage,
+    collect,
+)
 from backend.providers.iflytek import signed_url
 from backend.providers.iflytek_keys import IflytekKeys, parse_keys
 from backend.providers.upstream import UpstreamHTTPError, effective_timeout, short_cause
 from backend.services.personas import to_spark_chat
 
 DEFAULT_DOMAIN = "generalv3.5"
+MAX_FRAME_BYTES = 4 * 1024 * 1024
+
+
+class _connect_without_redirects(connect):  # noqa: N801 - websockets' own naming
+    """`websockets.connect` that treats a redirect as the error it is here."""
+
+    def process_redirect(self, exc: Exception) -> Exception | str:
+        return exc
 
 
 class SparkError(ProviderError):
@@ -73,8 +93,9 @@ class SparkChatProvider:
 
     name = "spark"
 
-    def __init__(self, *, base_url: str, secret: str, timeout: float | None = 30.0) -> None:
+    def __init__(self, *, base_url: str, secret: str, timeout: float | None = 30.0, guard: Any = None) -> None:
         self.base_url = base_url
+        self._guard = guard  # netguard.Guard: the socket goes to the checked address
         self.timeout = timeout
         self._secret = secret
 
@@ -92,26 +113,35 @@ class SparkChatProvider:
 
         return count_text_tokens(text)
 
-    def stream(self, request: ChatRequest) -> Iterator[str | Usage]:
-        """Text deltas, then one Usage (Spark's own counts from the last frame)."""
+    async def stream(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
+        """REQUEST_SENT, text deltas, then one Usage (Spark's own counts from the last frame)."""
         keys = parse_secret(self._secret)
         secrets = (keys.api_key, keys.api_secret, keys.app_id)
         timeout = effective_timeout(self.timeout, request.timeout)
+        url = signed_url(self.base_url, keys.api_key, keys.api_secret)
+        pinned: dict[str, Any] = {}
+        if self._guard is not None:
+            parts_ = urlsplit(self.base_url)
+            port = parts_.port or (443 if parts_.scheme == "wss" else 80)
+            # resolved and checked once (off the loop: DNS blocks); the socket goes there
+            pinned["host"] = await asyncio.to_thread(self._guard.address, parts_.hostname or "", port)
         try:
-            ws = websocket.create_connection(
-                signed_url(self.base_url, keys.api_key, keys.api_secret), timeout=timeout, enable_multithread=True
+            ws: ClientConnection = await _connect_without_redirects(
+                url, open_timeout=timeout, close_timeout=1, max_size=MAX_FRAME_BYTES, compression=None, **pinned
             )
         except Exception as exc:  # noqa: BLE001 - every failure becomes a ProviderError
             raise self._translate(exc, timeout, secrets) from None
         parts: list[str] = []
         try:
             try:
-                ws.send(json.dumps(spark_request(keys, request), ensure_ascii=False))
+                await ws.send(json.dumps(spark_request(keys, request), ensure_ascii=False))
             except Exception as exc:  # noqa: BLE001
                 raise self._translate(exc, timeout, secrets) from None
+            yield REQUEST_SENT
             while True:
                 try:
-                    raw = ws.recv()
+                    async with asyncio.timeout(timeout):
+                        raw = await ws.recv()
                 except Exception as exc:  # noqa: BLE001
                     raise self._translate(exc, timeout, secrets) from None
                 frame = _parse_frame(raw)
@@ -130,13 +160,15 @@ class SparkChatProvider:
                     yield self._usage((payload.get("usage") or {}).get("text"), request, "".join(parts))
                     return
         finally:
-            ws.close(timeout=1)
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():
+                ws.transport.abort()  # cancelled: no closing handshake to wait for
+            else:
+                await ws.close()
 
-    def complete(self, request: ChatRequest) -> tuple[str, Usage]:
+    async def complete(self, request: ChatRequest) -> tuple[str, Usage]:
         """The whole answer (Spark only streams; this collects the frames)."""
-        from backend.providers.embedded_llama import collect
-
-        return collect(self.stream(request))
+        return await collect(self.stream(request))
 
     def _usage(self, usage: Any, request: ChatRequest, text: str) -> Usage:
         if (
@@ -150,14 +182,17 @@ class SparkChatProvider:
     def _translate(self, exc: Exception, timeout: float, secrets: tuple[str, ...]) -> ProviderError:
         if isinstance(exc, ProviderError):
             return exc
-        if isinstance(exc, websocket.WebSocketTimeoutException | socket.timeout | TimeoutError):
+        if isinstance(exc, socket.timeout | TimeoutError):
             return ProviderTimeout(f"upstream did not answer within {timeout:g} s")
-        if isinstance(exc, websocket.WebSocketBadStatusException):
-            body = exc.resp_body.decode("utf-8", "replace") if isinstance(exc.resp_body, bytes) else exc.resp_body
+        if isinstance(exc, InvalidStatus):
+            status = exc.response.status_code
+            body = exc.response.body.decode("utf-8", "replace") if exc.response.body else None
             cause = short_cause(_message_of(body) or "handshake refused", *secrets)
-            return UpstreamHTTPError(f"upstream answered HTTP {exc.status_code}: {cause}", exc.status_code)
-        if isinstance(exc, websocket.WebSocketConnectionClosedException):
+            return UpstreamHTTPError(f"upstream answered HTTP {status}: {cause}", status)
+        if isinstance(exc, ConnectionClosed):
             return ProviderError("upstream closed the connection before the answer ended")
+        if isinstance(exc, WebSocketException):
+            return ProviderError(f"upstream handshake failed: {short_cause(exc, *secrets)}")
         if isinstance(exc, ConnectionRefusedError | socket.gaierror):
             return ProviderError(f"cannot reach upstream at {self.base_url}")
         return ProviderError(f"upstream connection broke: {short_cause(exc, *secrets)}")

@@ -33,6 +33,8 @@ MAX_ALLOWED_MODELS = 100
 # Writing last_used_at on every request would add a write per call; once a minute is enough.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 BROWSER_SCOPE = "browser"
+# `session.info` flag set by `authenticate` when it wrote last_used_at (the caller commits then).
+TOUCHED = "api_key_touched"
 
 
 @dataclass(frozen=True)
@@ -187,17 +189,20 @@ def authenticate(session: Session, plain: str) -> tuple[User, ApiKey]:
     """The active user and key behind `sk-...`; 401 for an unknown, revoked or expired key."""
     if not plain.startswith(security.API_KEY_PREFIX) or len(plain) > 200:
         raise unauthorized("invalid API key")
-    key = session.scalar(select(ApiKey).where(ApiKey.key_hash == security.hash_api_key(plain)))
-    if key is None:
+    # one read on the unique index of key_hash, the owner joined in
+    found = session.execute(
+        select(ApiKey, User)
+        .join(User, User.id == ApiKey.user_id)
+        .where(ApiKey.key_hash == security.hash_api_key(plain))
+    ).first()
+    if found is None:
         raise unauthorized("invalid API key")
+    key, user = found
     now = datetime.now(UTC)
     if key.revoked_at is not None:
         raise unauthorized("this API key has been revoked")
     if key.expires_at is not None and key.expires_at <= now:
         raise unauthorized("this API key has expired")
-    user = session.get(User, key.user_id)
-    if user is None:
-        raise unauthorized("invalid API key")
     if user.status != "active":
         raise forbidden("this account is disabled")
     if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
@@ -207,6 +212,7 @@ def authenticate(session: Session, plain: str) -> tuple[User, ApiKey]:
             .values(last_used_at=now)
             .execution_options(synchronize_session=False)
         )
+        session.info[TOUCHED] = True
     return user, key
 
 

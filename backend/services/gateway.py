@@ -1,39 +1,55 @@
 """The text gateway: the one path every chat takes (seed endpoints, /v1, the playground).
 
-    call = gateway.start_chat(maker, settings, caller=..., dialog=..., model_name=...)
-    for event in call:          # str deltas, then one ChatResult
+    call = await gateway.start_chat(maker, settings, caller=..., dialog=..., model_name=...)
+    async for event in call:    # str deltas, then one ChatResult
         ...
 
-`start_chat` resolves the model and reserves the most the call can cost (prompt tokens +
-maximum output tokens) in one short committed transaction, so too little quota is
-TOKEN_NOT_ENOUGH (402) before any upstream request. Iterating streams from the provider
-with no transaction open. Afterwards one short transaction settles the reservation to the
-real usage and writes the usage row. If the upstream fails, times out, or the consumer
-stops iterating (`close()`, a client that went away), only the completion tokens that were
-delivered are charged and the rest is released; a crash leaves the reservation to the
-sweeper. Admin console tests (`Caller.for_admin`) reserve nothing and are charged to no
-user. Upstream keys never appear in a message or a log line.
+Everything runs in the event loop; the database is reached through short synchronous
+transactions offloaded to a bounded pool of threads (`offload`), one hop each:
+
+1. plan (read only): resolve the model and the caller's conversation, count the prompt
+   (`plan_chat`; the API routes do their key / token check in the same hop);
+2. admit (no I/O): the per-upstream concurrency bound (`METEOR_UPSTREAM_CONCURRENCY`; a
+   full upstream is UPSTREAM_BUSY, 503 with Retry-After, nothing reserved) — the place a
+   rate limit goes (`admit`);
+3. reserve (one commit): the most the call can cost (`reservation_tokens`), so too little
+   quota is TOKEN_NOT_ENOUGH (402) before any upstream request;
+4. stream from the provider's async iterator, no transaction open, no thread hop per piece;
+5. settle (one commit): the reservation to the real usage, the usage row and the
+   conversation history (in a savepoint: losing a history line never loses the charge).
+
+How a call ends decides what is charged. Finished: the upstream's usage. The upstream
+failed: only the completion tokens delivered before the failure. Cancelled (the consumer
+stopped: `aclose()`, a client that went away, a non-streaming client that disconnected):
+once the request has been sent upstream, the prompt is owed, plus the completion tokens
+delivered; before that, nothing. A crash leaves the reservation to the sweeper. Admin console
+tests (`Caller.for_admin`) reserve nothing and are charged to no user. Upstream keys never
+appear in a message or a log line.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Generator
-from concurrent.futures import Future, ThreadPoolExecutor
+import weakref
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
+import anyio
+import anyio.to_thread
 from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend.config import Settings
 from backend.errors import ServiceError
-from backend.providers.base import ChatProvider, ChatRequest, ProviderError, ProviderTimeout, Usage
+from backend.providers.base import ChatProvider, ChatRequest, ProviderError, ProviderTimeout, RequestSent, Usage
+from backend.providers.upstream import PerLoop
 from backend.security import mask_secret
 from backend.services import model_registry, quota, usage
 from backend.services.model_registry import ResolvedModel
@@ -42,10 +58,28 @@ from db.models import ModelConversation
 
 log = logging.getLogger("meteor.gateway")
 
+T = TypeVar("T")
 MAX_OUTPUT_TOKENS = 8192
 LOCAL_PROVIDERS = ("embedded", "ollama")
 # Provider statuses that mean something to the client (too long, busy); the rest is a 502.
 PASSED_STATUSES = (400, 413, 429, 502, 503, 504)
+# Threads for the database hops: about the connection pool's size (db.session: 10 + 30).
+DB_THREADS = 32
+BUSY_RETRY_AFTER_SECONDS = 1
+
+
+# --- the database offload ----------------------------------------------------------------------
+
+_db_threads: PerLoop[anyio.CapacityLimiter] = PerLoop(lambda: anyio.CapacityLimiter(DB_THREADS))
+
+
+async def offload(fn: Callable[..., T], *args: Any) -> T:
+    """Run a short synchronous database transaction in the bounded pool (one hop). Not
+    cancellable half-way: a settlement that has started always finishes."""
+    return await anyio.to_thread.run_sync(fn, *args, limiter=_db_threads.get())
+
+
+# --- callers and results -----------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -113,6 +147,22 @@ class ChatFailed(ServiceError):
         self.request_id = request_id
 
 
+class UpstreamBusy(ServiceError):
+    """The upstream already carries its bound of concurrent requests: 503 with Retry-After."""
+
+    def __init__(self, model: str, bound: int) -> None:
+        super().__init__(
+            "UPSTREAM_BUSY",
+            f"model {model!r} is busy ({bound} requests in flight); retry in a moment",
+            503,
+            retry_after=BUSY_RETRY_AFTER_SECONDS,
+        )
+
+
+class ClientGone(Exception):
+    """The client of a non-streaming request went away before the answer was ready."""
+
+
 def _scrub(text: str, secret: str | None) -> str:
     """Remove an upstream key from a message, whatever the provider put in it."""
     if secret and len(secret) >= 4 and secret in text:
@@ -153,291 +203,97 @@ def _completion_tokens(provider: ChatProvider, text: str) -> int:
         return max(len(text) // 4, 1)
 
 
-def _record_usage(maker: sessionmaker, call: ChatCall, **fields: Any) -> None:
-    with maker.begin() as s:
-        call.record_usage(s, **fields)
+# --- seams: the connection, the amount reserved, admission -------------------------------------
 
 
-class ChatCall:
-    """One chat in flight: iterate it for str deltas and, last, one ChatResult.
-
-    Iterating raises ChatFailed (MODEL_ERROR 502/504) when the upstream fails; `close()`
-    before the end settles what was delivered. Call `prime()` to pull the first event
-    eagerly, so a failure before the first byte surfaces before a response is started."""
-
-    def __init__(
-        self,
-        *,
-        maker: sessionmaker,
-        settings: Settings,
-        caller: Caller,
-        model: ResolvedModel,
-        provider: ChatProvider,
-        request: ChatRequest,
-        prompt_estimate: int,
-        reservation_id: str | None,
-        request_id: str,
-        started: float,
-        conversation_id: int | None,
-        record_history: bool,
-        user_text: str,
-        title_writer: Callable[[str, str], str | None] | None,
-    ) -> None:
-        self.maker = maker
-        self.settings = settings
-        self.caller = caller
-        self.model = model
-        self.provider = provider
-        self.request = request
-        self.prompt_estimate = prompt_estimate
-        self.reservation_id = reservation_id
-        self.request_id = request_id
-        self.started = started
-        self.conversation_id = conversation_id
-        self.record_history = record_history
-        self.user_text = user_text
-        self.title_writer = title_writer
-        self.result: ChatResult | None = None
-        self._pending: list[str | ChatResult] = []
-        self._gen = self._events()
-        self._began = False
-        self._finished = False
-
-    @property
-    def max_tokens(self) -> int:
-        return self.request.max_tokens
-
-    def record_usage(self, session: Session, **fields: Any) -> None:
-        """Write this call's usage row (who, which model) with the given measurements."""
-        usage.record(
-            session,
-            request_id=self.request_id,
-            user_id=self.caller.user_id,
-            academy=self.caller.academy,
-            admin_name=self.caller.admin_name,
-            model=self.model.name,
-            provider=self.model.provider,
-            **fields,
-        )
-
-    # --- iteration --------------------------------------------------------------------
-
-    def __iter__(self) -> ChatCall:
-        return self
-
-    def __next__(self) -> str | ChatResult:
-        self._began = True
-        if self._pending:
-            return self._pending.pop()
-        return next(self._gen)
-
-    def prime(self) -> None:
-        """Pull the first event now; upstream errors before the first byte raise here."""
-        if not self._pending:
-            self._pending.append(next(self))
-
-    def close(self) -> None:
-        """Stop early: charge only what was delivered, release the rest (idempotent)."""
-        if not self._began:
-            self._began = True
-            self._finish_failed("cancelled", "", None)
-            return
-        self._gen.close()
-        if not self._finished:  # closed before the generator body ever ran
-            self._finish_failed("cancelled", "", None)
-
-    def run(self) -> ChatResult:
-        """Consume the whole chat (the non-streaming endpoints)."""
-        try:
-            for event in self:
-                if isinstance(event, ChatResult):
-                    return event
-        finally:
-            self.close()
-        raise ServiceError("MODEL_ERROR", "the model ended without an answer", 502)
-
-    def _events(self) -> Generator[str | ChatResult, None, None]:
-        delivered: list[str] = []
-        final_usage: Usage | None = None
-        first_at: float | None = None
-        upstream = None
-        try:
-            upstream = self.provider.stream(self.request)
-            for item in upstream:
-                if isinstance(item, Usage):
-                    final_usage = item
-                    continue
-                if not item:
-                    continue
-                if first_at is None:
-                    first_at = time.monotonic()
-                yield item
-                delivered.append(item)  # reached only once the consumer asked for more
-        except GeneratorExit:
-            _close_quietly(upstream)
-            self._finish_failed("cancelled", "".join(delivered), first_at)
-            raise
-        except ProviderError as exc:
-            _close_quietly(upstream)
-            cause = _cause(exc, self.model.api_key)
-            status = 504 if isinstance(exc, ProviderTimeout) else (exc.status if exc.status in PASSED_STATUSES else 502)
-            charged = self._finish_failed("error", "".join(delivered), first_at, error=cause)
-            raise ChatFailed(
-                f"model {self.model.name!r} failed: {cause}", status, charged_tokens=charged, request_id=self.request_id
-            ) from None
-        except Exception as exc:
-            _close_quietly(upstream)
-            log.error("chat %s on %s crashed: %s", self.request_id, self.model.name, type(exc).__name__)
-            charged = self._finish_failed(
-                "error", "".join(delivered), first_at, error=f"internal: {type(exc).__name__}"
-            )
-            raise ChatFailed(
-                f"model {self.model.name!r} failed: internal error ({type(exc).__name__})",
-                502,
-                charged_tokens=charged,
-                request_id=self.request_id,
-            ) from None
-        self.result = self._finish_ok("".join(delivered), final_usage, first_at)
-        yield self.result
-
-    # --- settlement -------------------------------------------------------------------
-
-    def _timings(self, first_at: float | None) -> tuple[int, int | None]:
-        now = time.monotonic()
-        latency = int((now - self.started) * 1000)
-        ttft = None if first_at is None else int((first_at - self.started) * 1000)
-        return latency, ttft
-
-    def _finish_ok(self, content: str, final_usage: Usage | None, first_at: float | None) -> ChatResult:
-        self._finished = True
-        if final_usage is None:  # providers promise a Usage; count ourselves if one did not
-            final_usage = Usage(self.prompt_estimate, _completion_tokens(self.provider, content))
-        prompt, completion = final_usage.prompt_tokens, final_usage.completion_tokens
-        latency, ttft = self._timings(first_at)
-        charged = 0
-        with self.maker.begin() as s:
-            if self.reservation_id is not None:
-                settled = quota.settle(
-                    s,
-                    reservation_id=self.reservation_id,
-                    tokens=prompt + completion,
-                    prompt_tokens=prompt,
-                    completion_tokens=completion,
-                )
-                if settled is None:
-                    log.warning("chat %s: reservation was already closed (swept?)", self.request_id)
-                else:
-                    charged = settled.tokens
-            self.record_usage(
-                s,
-                prompt_tokens=prompt,
-                completion_tokens=completion,
-                latency_ms=latency,
-                ttft_ms=ttft,
-                status="ok",
-            )
-        conversation_id = self._record_history(content, prompt, completion)
-        return ChatResult(
-            request_id=self.request_id,
-            model=self.model.name,
-            provider=self.model.provider,
-            content=content,
-            prompt_tokens=prompt,
-            completion_tokens=completion,
-            charged_tokens=charged,
-            max_tokens=self.request.max_tokens,
-            latency_ms=latency,
-            ttft_ms=ttft,
-            conversation_id=conversation_id,
-            charged_to_user=self.caller.user_id is not None,
-        )
-
-    def _finish_failed(self, status: str, delivered: str, first_at: float | None, error: str | None = None) -> int:
-        """Settle to the delivered completion tokens (release all when none); returns the charge."""
-        if self._finished:
-            return 0
-        self._finished = True
-        completion = _completion_tokens(self.provider, delivered)
-        latency, ttft = self._timings(first_at)
-        charged = 0
-        try:
-            with self.maker.begin() as s:
-                if self.reservation_id is not None:
-                    if completion:
-                        settled = quota.settle(
-                            s, reservation_id=self.reservation_id, tokens=completion, completion_tokens=completion
-                        )
-                        charged = settled.tokens if settled else 0
-                    else:
-                        quota.release(s, reservation_id=self.reservation_id, note=status)
-                self.record_usage(
-                    s,
-                    prompt_tokens=0,
-                    completion_tokens=completion,
-                    latency_ms=latency,
-                    ttft_ms=ttft,
-                    status=status,
-                    error=error,
-                )
-        except Exception:  # the sweeper releases the reservation if this write fails
-            log.exception("chat %s: could not settle after %s", self.request_id, status)
-        if error:
-            log.warning("chat %s on %s: %s (%s)", self.request_id, self.model.name, status, error)
-        return charged
-
-    def _record_history(self, reply: str, prompt: int, completion: int) -> int | None:
-        if not self.record_history or self.caller.user_id is None:
-            return self.conversation_id
-        try:
-            from backend.services import conversations  # written by the conversations issue
-        except ImportError:
-            return self.conversation_id
-        # A title writer may call a model: it runs before the transaction opens, never inside.
-        title = None
-        if self.conversation_id is None and self.title_writer is not None:
-            try:
-                title = self.title_writer(self.user_text, reply)
-            except Exception:
-                log.warning("chat %s: the title writer failed; using the first words", self.request_id)
-        try:
-            with self.maker.begin() as s:
-                conversation_id = conversations.record_exchange(
-                    s,
-                    user_id=self.caller.user_id,
-                    conversation_id=self.conversation_id,
-                    model_name=self.model.name,
-                    user_text=self.user_text,
-                    reply_text=reply,
-                    prompt_tokens=prompt,
-                    completion_tokens=completion,
-                    title_writer=lambda _user, _reply: title,
-                )
-        except Exception:  # the answer is paid for; losing its history line must not lose the answer
-            log.exception("chat %s: could not record the exchange in the conversation history", self.request_id)
-            return self.conversation_id
-        if self.conversation_id is None and title is None and self.settings.model_titles:
-            write_title_later(
-                self.maker,
-                self.settings,
-                model_name=self.model.name,
-                conversation_id=conversation_id,
-                user_text=self.user_text,
-                reply=reply,
-            )
-        return conversation_id
+def pick_connection(model: ResolvedModel, settings: Settings) -> ChatProvider:
+    """The provider (one pooled client per connection) that runs `model`: the one place a
+    connection is chosen (failover goes here)."""
+    return model_registry.open_provider(model, settings)
 
 
-def _close_quietly(iterator: Any) -> None:
-    close = getattr(iterator, "close", None)
-    if close is not None:
-        try:
-            close()
-        except Exception:
-            log.debug("closing an upstream stream failed", exc_info=True)
+def reservation_tokens(model: ResolvedModel, prompt_tokens: int, max_output_tokens: int) -> int:
+    """The most a call can cost, reserved before the upstream call (prices go here)."""
+    return prompt_tokens + max_output_tokens
 
 
-def _last_user_text(dialog: list[dict[str, str]]) -> str:
-    return next((m["content"] for m in reversed(dialog) if m["role"] == "user"), "")
+class _Slots:
+    """In-flight requests per upstream connection in this process (not shared between worker
+    processes: the bound is per worker)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._used: dict[tuple, int] = {}
+
+    def take(self, key: tuple, bound: int) -> bool:
+        with self._lock:
+            used = self._used.get(key, 0)
+            if bound > 0 and used >= bound:
+                return False
+            self._used[key] = used + 1
+            return True
+
+    def give_back(self, key: tuple) -> None:
+        with self._lock:
+            left = self._used.get(key, 0) - 1
+            if left > 0:
+                self._used[key] = left
+            else:
+                self._used.pop(key, None)
+
+    def in_flight(self, key: tuple) -> int:
+        with self._lock:
+            return self._used.get(key, 0)
+
+
+upstream_slots = _Slots()
+
+
+def connection_key(model: ResolvedModel) -> tuple | None:
+    """What the concurrency bound counts by: the upstream connection (None: not bounded here;
+    the embedded engine has its own queue)."""
+    if model.provider == "embedded":
+        return None
+    return (model.provider, model.base_url)
+
+
+def admit(plan: ChatPlan, settings: Settings) -> Callable[[], None] | None:
+    """Admission, before anything is reserved: the per-upstream concurrency bound (a rate
+    limit check goes here too). Returns how to give the slot back; raises UpstreamBusy."""
+    key = connection_key(plan.model)
+    if key is None:
+        return None
+    bound = settings.upstream_concurrency
+    if not upstream_slots.take(key, bound):
+        raise UpstreamBusy(plan.model.name, bound)
+    return lambda: upstream_slots.give_back(key)
+
+
+# --- planning: the read-only hop -------------------------------------------------------------
+
+
+@dataclass
+class ChatPlan:
+    """A chat resolved and counted, not yet admitted or reserved."""
+
+    caller: Caller
+    model: ResolvedModel
+    provider: ChatProvider
+    request: ChatRequest
+    prompt_estimate: int
+    request_id: str
+    started: float
+    conversation_id: int | None
+    record_history: bool
+    user_text: str
+
+
+@dataclass(frozen=True)
+class ChatTarget:
+    """What the database says about a chat: the model, and that the conversation is the caller's."""
+
+    model: ResolvedModel
+    conversation_id: int | None
 
 
 def _check_conversation(session: Session, conversation_id: int, user_id: str | None) -> None:
@@ -448,35 +304,41 @@ def _check_conversation(session: Session, conversation_id: int, user_id: str | N
         raise ServiceError("APP_NOT_FOUND_ERROR", f"conversation {conversation_id} not found", 404)
 
 
-def start_chat(
-    maker: sessionmaker,
+def find_target(
+    session: Session, settings: Settings, *, caller: Caller, model_name: str | None, conversation_id: int | None
+) -> ChatTarget:
+    """The database reads of a chat (in the caller's session): the model (404/403 when unknown
+    or disabled) and the conversation (404 when not the caller's)."""
+    model = model_registry.resolve(session, settings, name=model_name, user_id=caller.user_id, admin=caller.is_admin)
+    if conversation_id is not None:
+        _check_conversation(session, conversation_id, caller.user_id)
+    return ChatTarget(model, conversation_id)
+
+
+def _last_user_text(dialog: list[dict[str, str]]) -> str:
+    return next((m["content"] for m in reversed(dialog) if m["role"] == "user"), "")
+
+
+def plan_chat(
     settings: Settings,
+    target: ChatTarget,
     *,
     caller: Caller,
     dialog: list[dict[str, str]],
-    model_name: str | None = None,
     max_tokens: int | None = None,
     overrides: dict[str, Any] | None = None,
-    conversation_id: int | None = None,
     record_history: bool = True,
-    title_writer: Callable[[str, str], str | None] | None = None,
-) -> ChatCall:
-    """Resolve the model, reserve the most the chat can cost, and return the call to iterate.
-
-    Raises (nothing reserved): MODEL_ERROR 404/403 for an unknown or disabled model,
-    TOKEN_NOT_ENOUGH 402, 413 when the dialog does not fit the model's context, 422 for bad
-    parameter overrides, 404 for a conversation that is not the caller's."""
-    started = time.monotonic()
-    request_id = uuid.uuid4().hex
-    with maker() as s:
-        model = model_registry.resolve(
-            s, settings, name=model_name, user_id=caller.user_id, admin=caller.user_id is None
-        )
-        if conversation_id is not None:
-            _check_conversation(s, conversation_id, caller.user_id)
+    started: float | None = None,
+) -> ChatPlan:
+    """Open the provider and count the prompt (no database; blocking: run it off the loop,
+    after the session of `find_target` is closed). Raises (nothing reserved): MODEL_ERROR 502
+    when the connection cannot be opened, 413 when the dialog does not fit the model's
+    context, 422 for bad parameter overrides."""
+    started = time.monotonic() if started is None else started
+    model = target.model
     params = _apply_overrides(model.params, overrides)
     try:
-        provider = model_registry.open_provider(model, settings)
+        provider = pick_connection(model, settings)
     except (ProviderError, ValueError) as exc:
         cause = _cause(exc, model.api_key)
         raise ServiceError("MODEL_ERROR", f"model {model.name!r} cannot be opened: {cause}", 502) from None
@@ -503,55 +365,445 @@ def start_chat(
     request = ChatRequest(
         messages=messages, model=model.base_model, params=params, max_tokens=limit, timeout=model.timeout
     )
-
-    call_fields: dict[str, Any] = dict(
-        maker=maker,
-        settings=settings,
+    return ChatPlan(
         caller=caller,
         model=model,
         provider=provider,
         request=request,
         prompt_estimate=prompt_estimate,
-        request_id=request_id,
+        request_id=uuid.uuid4().hex,
         started=started,
-        conversation_id=conversation_id,
+        conversation_id=target.conversation_id,
         record_history=record_history,
         user_text=_last_user_text(dialog),
-        title_writer=title_writer,
     )
+
+
+# --- reserving: the first commit ---------------------------------------------------------------
+
+
+def _reserve(maker: sessionmaker, settings: Settings, plan: ChatPlan) -> str:
+    ttl = timedelta(seconds=settings.reservation_ttl_seconds + plan.model.timeout)
+    with maker.begin() as s:
+        return quota.reserve(
+            s,
+            user_id=plan.caller.user_id,
+            tokens=reservation_tokens(plan.model, plan.prompt_estimate, plan.request.max_tokens),
+            ttl=ttl,
+            request_id=plan.request_id,
+            model=plan.model.name,
+        )
+
+
+def _record_refusal(maker: sessionmaker, plan: ChatPlan, exc: ServiceError) -> None:
+    with maker.begin() as s:
+        _usage_row(
+            s,
+            plan,
+            prompt_tokens=0,
+            completion_tokens=0,
+            latency_ms=int((time.monotonic() - plan.started) * 1000),
+            ttft_ms=None,
+            status="error",
+            error=f"{exc.code}: {exc.message}",
+        )
+
+
+def _usage_row(session: Session, plan: ChatPlan, **fields: Any) -> None:
+    usage.record(
+        session,
+        request_id=plan.request_id,
+        user_id=plan.caller.user_id,
+        academy=plan.caller.academy,
+        admin_name=plan.caller.admin_name,
+        model=plan.model.name,
+        provider=plan.model.provider,
+        **fields,
+    )
+
+
+async def open_chat(maker: sessionmaker, settings: Settings, plan: ChatPlan) -> ChatCall:
+    """Admit the planned chat and reserve the most it can cost (one hop, one commit).
+    Raises (nothing charged): UPSTREAM_BUSY 503, TOKEN_NOT_ENOUGH 402."""
+    give_back = admit(plan, settings)
     reservation_id = None
-    if caller.user_id is not None:
-        ttl = timedelta(seconds=settings.reservation_ttl_seconds + model.timeout)
-        try:
-            with maker.begin() as s:
-                reservation_id = quota.reserve(
-                    s,
-                    user_id=caller.user_id,
-                    tokens=prompt_estimate + limit,
-                    ttl=ttl,
-                    request_id=request_id,
-                    model=model.name,
-                )
-        except ServiceError as exc:
-            refused = ChatCall(reservation_id=None, **call_fields)
-            refused._finished = True
-            _record_usage(
-                maker,
-                refused,
-                prompt_tokens=0,
-                completion_tokens=0,
-                latency_ms=int((time.monotonic() - started) * 1000),
-                ttft_ms=None,
-                status="error",
-                error=f"{exc.code}: {exc.message}",
-            )
-            raise
-    return ChatCall(reservation_id=reservation_id, **call_fields)
+    try:
+        if plan.caller.user_id is not None:
+            reservation_id = await offload(_reserve, maker, settings, plan)
+    except ServiceError as exc:
+        if give_back is not None:
+            give_back()
+        await offload(_record_refusal, maker, plan, exc)
+        raise
+    except BaseException:
+        if give_back is not None:
+            give_back()
+        raise
+    return ChatCall(maker, settings, plan, reservation_id, give_back)
 
 
-def chat(maker: sessionmaker, settings: Settings, **kwargs: Any) -> ChatResult:
+async def start_chat(
+    maker: sessionmaker,
+    settings: Settings,
+    *,
+    caller: Caller,
+    dialog: list[dict[str, str]],
+    model_name: str | None = None,
+    max_tokens: int | None = None,
+    overrides: dict[str, Any] | None = None,
+    conversation_id: int | None = None,
+    record_history: bool = True,
+) -> ChatCall:
+    """Resolve the model, admit the chat, reserve the most it can cost, and return the call
+    to iterate (two hops: plan, reserve).
+
+    Raises (nothing reserved): MODEL_ERROR 404/403 for an unknown or disabled model,
+    TOKEN_NOT_ENOUGH 402, UPSTREAM_BUSY 503, 413 when the dialog does not fit the model's
+    context, 422 for bad parameter overrides, 404 for a conversation that is not the caller's."""
+    started = time.monotonic()
+
+    def plan() -> ChatPlan:
+        with maker() as s:
+            target = find_target(s, settings, caller=caller, model_name=model_name, conversation_id=conversation_id)
+        return plan_chat(
+            settings,
+            target,
+            caller=caller,
+            dialog=dialog,
+            max_tokens=max_tokens,
+            overrides=overrides,
+            record_history=record_history,
+            started=started,
+        )
+
+    return await open_chat(maker, settings, await offload(plan))
+
+
+async def chat(maker: sessionmaker, settings: Settings, **kwargs: Any) -> ChatResult:
     """Start a chat and consume it whole: the non-streaming path."""
-    return start_chat(maker, settings, **kwargs).run()
+    return await (await start_chat(maker, settings, **kwargs)).run()
+
+
+# --- the call in flight ------------------------------------------------------------------------
+
+
+class ChatCall:
+    """One chat in flight: iterate it (`async for`) for str deltas and, last, one ChatResult.
+
+    Iterating raises ChatFailed (MODEL_ERROR 502/504) when the upstream fails; `aclose()`
+    before the end settles as cancelled. `prime()` pulls the first event eagerly, so a failure
+    before the first byte surfaces before a response is started. A delta counts as delivered
+    once the consumer asks for the next event (or at once, for `run()`)."""
+
+    def __init__(
+        self,
+        maker: sessionmaker,
+        settings: Settings,
+        plan: ChatPlan,
+        reservation_id: str | None,
+        give_back: Callable[[], None] | None,
+    ) -> None:
+        self.maker = maker
+        self.settings = settings
+        self.plan = plan
+        self.reservation_id = reservation_id
+        self.result: ChatResult | None = None
+        self._upstream: Any = None
+        self._sent = False
+        self._delivered: list[str] = []
+        self._handed: str | None = None
+        self._count_at_once = False
+        self._pending: list[str | ChatResult] = []
+        self._first_at: float | None = None
+        self._usage: Usage | None = None
+        self._finished = False
+        # the upstream slot comes back however the call ends, even if it is never closed
+        self._give_back = weakref.finalize(self, give_back) if give_back is not None else None
+
+    # the plan's fields, as the routes and the playground read them
+    @property
+    def request_id(self) -> str:
+        return self.plan.request_id
+
+    @property
+    def model(self) -> ResolvedModel:
+        return self.plan.model
+
+    @property
+    def conversation_id(self) -> int | None:
+        return self.plan.conversation_id
+
+    @property
+    def prompt_estimate(self) -> int:
+        return self.plan.prompt_estimate
+
+    @property
+    def max_tokens(self) -> int:
+        return self.plan.request.max_tokens
+
+    # --- iteration -----------------------------------------------------------------------
+
+    def __aiter__(self) -> ChatCall:
+        return self
+
+    async def __anext__(self) -> str | ChatResult:
+        if self._pending:
+            return self._pending.pop()
+        if self._handed is not None:
+            self._delivered.append(self._handed)
+            self._handed = None
+        if self._finished:
+            raise StopAsyncIteration
+        if self._upstream is None:
+            self._upstream = aiter(self.plan.provider.stream(self.plan.request))
+        try:
+            while True:
+                item = await anext(self._upstream)
+                if isinstance(item, RequestSent):
+                    self._sent = True
+                elif isinstance(item, Usage):
+                    self._usage = item
+                elif item:
+                    self._sent = True
+                    if self._first_at is None:
+                        self._first_at = time.monotonic()
+                    if self._count_at_once:
+                        self._delivered.append(item)
+                    else:
+                        self._handed = item
+                    return item
+        except StopAsyncIteration:
+            self.result = await self._finish_ok()
+            return self.result
+        except ProviderError as exc:
+            cause = _cause(exc, self.model.api_key)
+            status = 504 if isinstance(exc, ProviderTimeout) else (exc.status if exc.status in PASSED_STATUSES else 502)
+            charged = await self._finish_failed("error", error=cause)
+            raise ChatFailed(
+                f"model {self.model.name!r} failed: {cause}", status, charged_tokens=charged, request_id=self.request_id
+            ) from None
+        except Exception as exc:
+            log.error("chat %s on %s crashed: %s", self.request_id, self.model.name, type(exc).__name__)
+            charged = await self._finish_failed("error", error=f"internal: {type(exc).__name__}")
+            raise ChatFailed(
+                f"model {self.model.name!r} failed: internal error ({type(exc).__name__})",
+                502,
+                charged_tokens=charged,
+                request_id=self.request_id,
+            ) from None
+
+    async def prime(self) -> None:
+        """Pull the first event now; upstream errors before the first byte raise here."""
+        if not self._pending:
+            event = await self.__anext__()
+            self._pending.append(event)
+
+    async def aclose(self) -> None:
+        """Stop early (idempotent): the prompt is owed once the request went upstream, plus
+        the completion tokens delivered; the rest of the reservation flows back."""
+        with anyio.CancelScope(shield=True):
+            if self._finished:
+                return
+            upstream, self._upstream = self._upstream, None
+            if upstream is not None:
+                try:
+                    await upstream.aclose()
+                except BaseException:  # noqa: BLE001 - closing a broken stream may fail; settle anyway
+                    log.debug("closing an upstream stream failed", exc_info=True)
+            await self._finish_failed("cancelled")
+
+    async def run(self) -> ChatResult:
+        """Consume the whole chat (the non-streaming endpoints): every piece the upstream
+        sent counts as delivered."""
+        self._count_at_once = True
+        try:
+            async for event in self:
+                if isinstance(event, ChatResult):
+                    return event
+        finally:
+            await self.aclose()
+        raise ServiceError("MODEL_ERROR", "the model ended without an answer", 502)
+
+    # --- settlement ----------------------------------------------------------------------
+
+    def _timings(self) -> tuple[int, int | None]:
+        now = time.monotonic()
+        latency = int((now - self.plan.started) * 1000)
+        ttft = None if self._first_at is None else int((self._first_at - self.plan.started) * 1000)
+        return latency, ttft
+
+    def _end(self) -> None:
+        self._finished = True
+        self._upstream = None
+        if self._give_back is not None:
+            self._give_back()
+
+    async def _finish_ok(self) -> ChatResult:
+        self._end()
+        content = "".join(self._delivered) + (self._handed or "")
+        self._delivered, self._handed = [content], None
+        final = self._usage
+        if final is None:  # providers promise a Usage; count ourselves if one did not
+            final = Usage(self.prompt_estimate, _completion_tokens(self.plan.provider, content))
+        prompt, completion = final.prompt_tokens, final.completion_tokens
+        latency, ttft = self._timings()
+        with anyio.CancelScope(shield=True):
+            charged, conversation_id, new_conversation = await offload(
+                self._settle_ok, content, prompt, completion, latency, ttft
+            )
+        if new_conversation and self.settings.model_titles:
+            write_title_later(
+                self.maker,
+                self.settings,
+                model_name=self.model.name,
+                conversation_id=conversation_id,
+                user_text=self.plan.user_text,
+                reply=content,
+            )
+        return ChatResult(
+            request_id=self.request_id,
+            model=self.model.name,
+            provider=self.model.provider,
+            content=content,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            charged_tokens=charged,
+            max_tokens=self.max_tokens,
+            latency_ms=latency,
+            ttft_ms=ttft,
+            conversation_id=conversation_id,
+            charged_to_user=not self.plan.caller.is_admin,
+        )
+
+    def _settle_ok(
+        self, content: str, prompt: int, completion: int, latency: int, ttft: int | None
+    ) -> tuple[int, int | None, bool]:
+        """The second commit: settle, the usage row, the history line (in a savepoint)."""
+        history = self.plan.record_history and not self.plan.caller.is_admin
+        try:
+            with self.maker.begin() as s:
+                charged = self._settle(s, prompt + completion, prompt, completion, "ok", latency, ttft, None)
+                conversation_id = self._record_history(s, content, prompt, completion) if history else None
+        except Exception:
+            if not history:
+                raise
+            log.exception("chat %s: settling with its history line failed; settling without", self.request_id)
+            with self.maker.begin() as s:
+                charged = self._settle(s, prompt + completion, prompt, completion, "ok", latency, ttft, None)
+            conversation_id = None
+        if conversation_id is None:
+            return charged, self.conversation_id, False
+        return charged, conversation_id, self.conversation_id is None
+
+    def _settle(
+        self,
+        s: Session,
+        tokens: int,
+        prompt: int,
+        completion: int,
+        status: str,
+        latency: int,
+        ttft: int | None,
+        error: str | None,
+    ) -> int:
+        charged = 0
+        if self.reservation_id is not None:
+            if tokens > 0:
+                settled = quota.settle(
+                    s,
+                    reservation_id=self.reservation_id,
+                    tokens=tokens,
+                    prompt_tokens=prompt,
+                    completion_tokens=completion,
+                )
+                if settled is None:
+                    log.warning("chat %s: reservation was already closed (swept?)", self.request_id)
+                else:
+                    charged = settled.tokens
+            else:
+                quota.release(s, reservation_id=self.reservation_id, note=status)
+        _usage_row(
+            s,
+            self.plan,
+            prompt_tokens=prompt,
+            completion_tokens=completion,
+            latency_ms=latency,
+            ttft_ms=ttft,
+            status=status,
+            error=error,
+        )
+        return charged
+
+    def _record_history(self, s: Session, reply: str, prompt: int, completion: int) -> int | None:
+        from backend.services import conversations  # conversations call back into titles, not here
+
+        try:
+            with s.begin_nested():
+                return conversations.record_exchange(
+                    s,
+                    user_id=self.plan.caller.user_id,
+                    conversation_id=self.conversation_id,
+                    model_name=self.model.name,
+                    user_text=self.plan.user_text,
+                    reply_text=reply,
+                    prompt_tokens=prompt,
+                    completion_tokens=completion,
+                )
+        except ServiceError:  # e.g. the conversation was deleted meanwhile: the answer stands
+            log.info("chat %s: could not record the exchange in the conversation history", self.request_id)
+            return None
+
+    async def _finish_failed(self, status: str, error: str | None = None) -> int:
+        """Settle an interrupted call; returns the charge. `cancelled` owes the prompt once it
+        was sent; an upstream `error` only the delivered completion tokens."""
+        if self._finished:
+            return 0
+        self._end()
+        delivered = "".join(self._delivered)
+        completion = _completion_tokens(self.plan.provider, delivered)
+        prompt = self.prompt_estimate if status == "cancelled" and self._sent else 0
+        latency, ttft = self._timings()
+        charged = 0
+        try:
+            with anyio.CancelScope(shield=True):
+                charged = await offload(self._settle_failed, prompt, completion, status, latency, ttft, error)
+        except Exception:  # the sweeper releases the reservation if this write fails
+            log.exception("chat %s: could not settle after %s", self.request_id, status)
+        if error:
+            log.warning("chat %s on %s: %s (%s)", self.request_id, self.model.name, status, error)
+        return charged
+
+    def _settle_failed(
+        self, prompt: int, completion: int, status: str, latency: int, ttft: int | None, error: str | None
+    ) -> int:
+        with self.maker.begin() as s:
+            return self._settle(s, prompt + completion, prompt, completion, status, latency, ttft, error)
+
+
+# --- a non-streaming request whose client may go away ------------------------------------------
+
+
+async def run_watched(call: ChatCall, receive: Callable[[], Any]) -> ChatResult:
+    """`call.run()`, stopped as soon as the client disconnects (ASGI `receive` says
+    `http.disconnect`): the call then settles as cancelled and ClientGone is raised."""
+
+    async def disconnected() -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+
+    running = asyncio.ensure_future(call.run())
+    watching = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({running, watching}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watching.cancel()
+        if not running.done():
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+            await call.aclose()
+    if running.cancelled():
+        raise ClientGone
+    return running.result()
 
 
 # --- titles written by the model -------------------------------------------------------------
@@ -563,11 +815,11 @@ TITLE_INSTRUCTION = (
 TITLE_MAX_TOKENS = 24
 TITLE_BACKLOG = 8
 TITLES_CALLER = Caller(admin_name="system:titles")
-_title_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="titles")
-_title_backlog = threading.BoundedSemaphore(TITLE_BACKLOG)
+_titles_lock = threading.Lock()
+_titles_running: set[asyncio.Task] = set()
 
 
-def write_title(
+async def write_title(
     maker: sessionmaker, settings: Settings, *, model_name: str, conversation_id: int, user_text: str, reply: str
 ) -> str:
     """Ask the conversation's model for a title and store it, unless the conversation was
@@ -576,7 +828,7 @@ def write_title(
 
     placeholder = conversations.make_title(user_text)
     prompt = TITLE_INSTRUCTION.format(user=user_text[:600], reply=reply[:600])
-    written = chat(
+    answer = await chat(
         maker,
         settings,
         caller=TITLES_CALLER,
@@ -584,29 +836,41 @@ def write_title(
         model_name=model_name,
         max_tokens=TITLE_MAX_TOKENS,
         record_history=False,
-    ).content
-    title = conversations.make_title(user_text, reply, lambda _u, _r: written)
-    with maker.begin() as s:
-        s.execute(
-            update(ModelConversation)
-            .where(ModelConversation.id == conversation_id, ModelConversation.title == placeholder)
-            .values(title=title)
-        )
+    )
+    title = conversations.make_title(user_text, answer.content, lambda _u, _r: answer.content)
+
+    def store() -> None:
+        with maker.begin() as s:
+            s.execute(
+                update(ModelConversation)
+                .where(ModelConversation.id == conversation_id, ModelConversation.title == placeholder)
+                .values(title=title)
+            )
+
+    await offload(store)
     return title
 
 
-def write_title_later(maker: sessionmaker, settings: Settings, **job: Any) -> Future | None:
-    """Title a new conversation in the background, so the answer never waits for it; the
-    first words stay when the model fails or when too many titles are already waiting."""
-    if not _title_backlog.acquire(blocking=False):
-        return None
+def write_title_later(maker: sessionmaker, settings: Settings, **job: Any) -> asyncio.Task | None:
+    """Title a new conversation in the background (a task on this event loop), so the answer
+    never waits for it; the first words stay when the model fails or when too many titles
+    are already being written."""
+    with _titles_lock:
+        if len(_titles_running) >= TITLE_BACKLOG:
+            return None
 
-    def run() -> None:
-        try:
-            write_title(maker, settings, **job)
-        except Exception as exc:
-            log.info("conversation %s keeps its first-words title: %s", job.get("conversation_id"), exc)
-        finally:
-            _title_backlog.release()
+        async def run() -> None:
+            try:
+                await write_title(maker, settings, **job)
+            except Exception as exc:
+                log.info("conversation %s keeps its first-words title: %s", job.get("conversation_id"), exc)
 
-    return _title_pool.submit(run)
+        task = asyncio.get_running_loop().create_task(run())
+        _titles_running.add(task)
+    task.add_done_callback(_title_done)
+    return task
+
+
+def _title_done(task: asyncio.Task) -> None:
+    with _titles_lock:
+        _titles_running.discard(task)

@@ -24,6 +24,7 @@ the part of the answer that was shown is kept in the conversation.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
@@ -299,21 +300,22 @@ class LiveChat:
     delivered: list[str] = field(default_factory=list)
     outcome: StopOutcome | None = None
     finished: bool = False
-    lock: threading.Lock = field(default_factory=threading.Lock)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
-    def next_event(self) -> str | ChatResult | None:
+    async def next_event(self) -> str | ChatResult | None:
         """The next delta or the final result; None when the chat ended (or was stopped)."""
-        with self.lock:
+        async with self.lock:
             if self.outcome is not None or self.finished:
                 return None
             try:
-                event = next(self.call)
-            except StopIteration:
+                event = await anext(self.call)
+            except StopAsyncIteration:
                 self.finished = True
                 return None
-            except BaseException:  # the gateway settled the failure itself
+            except Exception:  # the gateway settled the failure itself
                 self.finished = True
                 raise
+            # a cancellation (Gradio's Stop cancels the task) leaves the call to `stop`
             if not isinstance(event, str):
                 self.finished = True
             return event
@@ -321,28 +323,30 @@ class LiveChat:
     def mark_shown(self, piece: str) -> bool:
         """Record a piece as shown on the page, unless the chat was stopped meanwhile (then
         the piece is dropped, so the page and the kept history agree)."""
-        with self.lock:
-            if self.outcome is not None:
-                return False
-            self.delivered.append(piece)
-            return True
+        if self.outcome is not None:
+            return False
+        self.delivered.append(piece)
+        return True
 
-    def stop(self) -> StopOutcome | None:
-        """Close the call: the gateway charges what was delivered and releases the rest; the
-        part of the answer that was shown is kept in the user's conversation. Idempotent;
-        None when the chat had already finished normally."""
-        with self.lock:
-            if self.outcome is not None:
+    async def stop(self) -> StopOutcome | None:
+        """Close the call: the gateway charges the prompt (it was sent) and what was
+        delivered, and releases the rest; the part of the answer that was shown is kept in the
+        user's conversation. Idempotent; None when the chat had already finished normally."""
+        with anyio.CancelScope(shield=True):
+            async with self.lock:
+                if self.outcome is not None:
+                    return self.outcome
+                if self.finished:
+                    return None
+                await self.call.aclose()
+                self.finished = True
+                delivered = "".join(self.delivered)
+                self.outcome = await gateway.offload(
+                    _after_stop, self.maker, self.account, self.call, self.user_text, delivered
+                )
+                if self.outcome.conversation_id is None:
+                    self.outcome = replace(self.outcome, conversation_id=self.conversation_id)
                 return self.outcome
-            if self.finished:
-                return None
-            self.call.close()
-            self.finished = True
-            delivered = "".join(self.delivered)
-            self.outcome = _after_stop(self.maker, self.account, self.call, self.user_text, delivered)
-            if self.outcome.conversation_id is None:
-                self.outcome = replace(self.outcome, conversation_id=self.conversation_id)
-            return self.outcome
 
 
 def _after_stop(
@@ -351,7 +355,8 @@ def _after_stop(
     conversation_id = call.conversation_id
     with maker.begin() as s:
         row = s.scalars(select(UsageRecord).where(UsageRecord.request_id == call.request_id)).first()
-        charged = (row.prompt_tokens + row.completion_tokens) if row is not None and not account.is_admin else 0
+        prompt, completion = (row.prompt_tokens, row.completion_tokens) if row is not None else (0, 0)
+        charged = 0 if account.is_admin else prompt + completion
         if delivered.strip() and not account.is_admin:
             from backend.services import conversations
 
@@ -364,8 +369,8 @@ def _after_stop(
                         model_name=call.model.name,
                         user_text=user_text,
                         reply_text=delivered,
-                        prompt_tokens=0,
-                        completion_tokens=charged,
+                        prompt_tokens=prompt,
+                        completion_tokens=completion,
                     )
             except ServiceError:  # the conversation was deleted meanwhile; the charge stands
                 log.info("stopped chat %s: its conversation is gone", call.request_id)
@@ -377,11 +382,11 @@ _live_lock = threading.Lock()
 _live: dict[str, LiveChat] = {}
 
 
-def stop_chat(session_key: str | None) -> StopOutcome | None:
+async def stop_chat(session_key: str | None) -> StopOutcome | None:
     """Stop the chat running in this Gradio session (the Stop button); None when none runs."""
     with _live_lock:
         live = _live.get(session_key or "")
-    return live.stop() if live is not None else None
+    return await live.stop() if live is not None else None
 
 
 async def stream_chat(
@@ -398,8 +403,9 @@ async def stream_chat(
     """Send `message` with the chatbot's `history` to `model_name` through the text gateway
     and stream the reply: each step carries the new history; the last one the result, the
     tokens used and the balance left. A refusal before the model runs (402 no quota, 404 /
-    403 model, 413 too long) or an upstream failure ends with `error` set. Cancelling the
-    consumer (Gradio's Stop) closes the call: only delivered tokens are charged."""
+    403 model, 413 too long, 503 busy) or an upstream failure ends with `error` set.
+    Cancelling the consumer (Gradio's Stop) closes the call: the prompt and the delivered
+    tokens are charged."""
     text = (message or "").strip()
     history = [dict(m) for m in history or []]
     if not text:
@@ -410,8 +416,8 @@ async def stream_chat(
     if account.is_admin:
         conversation_id = None  # admin console tests keep no history
 
-    def start() -> ChatCall:
-        return gateway.start_chat(
+    try:
+        call = await gateway.start_chat(
             maker,
             settings,
             caller=account.caller,
@@ -420,9 +426,6 @@ async def stream_chat(
             conversation_id=conversation_id,
             record_history=not account.is_admin,
         )
-
-    try:
-        call = await anyio.to_thread.run_sync(start)
     except ServiceError as exc:
         yield ChatProgress(history, "", conversation_id, done=True, error=exc)
         return
@@ -436,17 +439,17 @@ async def stream_chat(
         yield ChatProgress(history, reply, conversation_id)
         while True:
             try:
-                event = await anyio.to_thread.run_sync(live.next_event)
+                event = await live.next_event()
             except ServiceError as exc:  # the upstream failed mid-way: the delivered part is charged
                 if not reply:
                     history.pop()
-                left = await anyio.to_thread.run_sync(current_balance, maker, account)
+                left = await gateway.offload(current_balance, maker, account)
                 yield ChatProgress(history, reply, conversation_id, done=True, error=exc, balance=left)
                 return
             if event is None:
                 break
             if isinstance(event, ChatResult):
-                left = await anyio.to_thread.run_sync(current_balance, maker, account)
+                left = await gateway.offload(current_balance, maker, account)
                 conversation_id = event.conversation_id if not account.is_admin else None
                 yield ChatProgress(history, reply, conversation_id, done=True, result=event, balance=left)
                 return
@@ -456,7 +459,7 @@ async def stream_chat(
             history[-1] = _message("assistant", reply)
             yield ChatProgress(history, reply, conversation_id)
         # ended without a result: Stop closed it from another event
-        outcome = live.outcome or await anyio.to_thread.run_sync(live.stop)
+        outcome = live.outcome or await live.stop()
         yield ChatProgress(
             history,
             reply,
@@ -466,8 +469,7 @@ async def stream_chat(
             balance=outcome.balance if outcome else None,
         )
     finally:
-        with anyio.CancelScope(shield=True):
-            await anyio.to_thread.run_sync(live.stop)
+        await live.stop()  # shielded inside
         with _live_lock:
             if _live.get(key) is live:
                 del _live[key]

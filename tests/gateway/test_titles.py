@@ -1,6 +1,7 @@
 """New conversations get a title written by their model, in the background; the first
 words stay when the model fails or the user renamed the conversation meanwhile."""
 
+import asyncio
 import time
 
 import pytest
@@ -57,8 +58,15 @@ def test_failed_title_keeps_first_words(maker, settings, client):
     with OpenAIServer("never", fail_status=500) as bad:
         add_online_model(maker, settings, url=bad.url, name="bad", examples=[])
         with pytest.raises(ServiceError):
-            gateway.write_title(
-                maker, settings, model_name="bad", conversation_id=conversation_id, user_text=USER_TEXT, reply="answer"
+            asyncio.run(
+                gateway.write_title(
+                    maker,
+                    settings,
+                    model_name="bad",
+                    conversation_id=conversation_id,
+                    user_text=USER_TEXT,
+                    reply="answer",
+                )
             )
     assert all(t.startswith("tell me everything about quantum") for t in titles(maker))
 
@@ -75,8 +83,15 @@ def test_renamed_conversation_is_not_overwritten(maker, settings, client):
         conversation_id = r.json()["conversation_id"]
         with maker.begin() as s:
             s.get(ModelConversation, conversation_id).title = "My own name"
-        gateway.write_title(
-            maker, settings, model_name="fake", conversation_id=conversation_id, user_text="hello there", reply="answer"
+        asyncio.run(
+            gateway.write_title(
+                maker,
+                settings,
+                model_name="fake",
+                conversation_id=conversation_id,
+                user_text="hello there",
+                reply="answer",
+            )
         )
     with maker() as s:
         assert s.get(ModelConversation, conversation_id).title == "My own name"

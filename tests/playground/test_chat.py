@@ -112,7 +112,7 @@ def _stream_until(maker, settings, account, pieces: int, stop) -> list[playgroun
 
 async def _press_stop(task):
     """The Stop button's handler: closes the chat of this Gradio session from another event."""
-    outcome = await asyncio.to_thread(playground.stop_chat, "tab-1")
+    outcome = await playground.stop_chat("tab-1")
     assert outcome is not None
 
 
@@ -133,7 +133,8 @@ def test_stop_charges_only_what_was_delivered_and_keeps_it(maker, settings, stop
     with maker() as s:
         row = s.scalars(select(UsageRecord).where(UsageRecord.user_id == user.id)).one()
         assert row.status == "cancelled"
-        assert 1 <= row.completion_tokens < 200 and row.prompt_tokens == 0
+        # the prompt was sent to the model: it is owed, with the completion tokens delivered
+        assert 1 <= row.completion_tokens < 200 and row.prompt_tokens > 0
         charged = -sum(
             s.scalars(
                 select(QuotaLedger.delta_tokens).where(QuotaLedger.user_id == user.id, QuotaLedger.kind != "grant")
@@ -145,12 +146,12 @@ def test_stop_charges_only_what_was_delivered_and_keeps_it(maker, settings, stop
                 ModelMessage.conversation_id == conv.id, ModelMessage.role == "assistant"
             )
         ).one()
-    assert charged == row.completion_tokens  # the reservation for 200 + prompt was given back
+    assert charged == row.prompt_tokens + row.completion_tokens  # the rest of the reservation came back
     assert assert_ledger_consistent(maker, user.id) == 1000 - charged
     assert reply == shown  # the part that was shown is kept in the history
     if seen[-1].stopped is not None:  # the Stop-button path reports the charge to the page
         assert seen[-1].stopped.charged_tokens == charged
-    assert playground.stop_chat("tab-1") is None  # nothing left running in that session
+    assert asyncio.run(playground.stop_chat("tab-1")) is None  # nothing left running in that session
 
 
 def test_an_admin_chats_charged_to_no_user_and_keeps_no_history(maker, settings):

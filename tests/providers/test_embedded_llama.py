@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 
 import pytest
 
-from backend.providers.base import ChatRequest, ProviderError, Usage
-from backend.providers.embedded_llama import EmbeddedEngine, collect, default_model_path, load_llama
+from backend.providers.base import ChatRequest, ProviderError, Usage, collect
+from backend.providers.embedded_llama import EmbeddedEngine, default_model_path, load_llama
 from backend.providers.registry import chat_provider, count_tokens, get_embedded
 from backend.services.personas import PersonaParams, to_llama_kwargs
 from tests.conftest import make_settings
+from tests.providers.aio import first_text, items, run
 
 pytestmark = pytest.mark.slow
 
@@ -43,8 +45,8 @@ def test_the_embedded_model_really_answers_with_real_token_counts(engine, tmp_pa
     provider = chat_provider("embedded", settings=settings)
     assert provider is engine and engine.queue_size == 5
 
-    items = list(provider.stream(_request(params=PersonaParams(temperature=0.2, seed=7))))
-    *deltas, usage = items
+    events = items(provider.stream(_request(params=PersonaParams(temperature=0.2, seed=7))))
+    *deltas, usage = events
     text = "".join(deltas)
 
     assert isinstance(usage, Usage) and all(isinstance(d, str) for d in deltas)
@@ -56,7 +58,7 @@ def test_the_embedded_model_really_answers_with_real_token_counts(engine, tmp_pa
 
 def test_prompt_and_completion_counts_match_llama_cpps_own_usage(engine):
     llm = engine.load()
-    _, usage = engine.complete(_request(COUNTING, params=PersonaParams(temperature=0), max_tokens=10))
+    _, usage = run(engine.complete(_request(COUNTING, params=PersonaParams(temperature=0), max_tokens=10)))
     reference = llm.create_chat_completion(messages=COUNTING, temperature=0, max_tokens=10)
     assert usage.prompt_tokens == reference["usage"]["prompt_tokens"]
     assert usage.completion_tokens == reference["usage"]["completion_tokens"] == 10
@@ -64,17 +66,19 @@ def test_prompt_and_completion_counts_match_llama_cpps_own_usage(engine):
 
 def test_seed_makes_answers_reproducible_and_num_predict_caps_output(engine):
     params = PersonaParams(temperature=1.0, top_k=50, top_p=0.95, min_p=0.05, repeat_penalty=1.1, seed=1234)
-    first, u1 = engine.complete(_request(COUNTING, params=params, max_tokens=20))
-    second, u2 = engine.complete(_request(COUNTING, params=params, max_tokens=20))
+    first, u1 = run(engine.complete(_request(COUNTING, params=params, max_tokens=20)))
+    second, u2 = run(engine.complete(_request(COUNTING, params=params, max_tokens=20)))
     assert first == second and u1 == u2
 
-    _, capped = engine.complete(_request(COUNTING, params=PersonaParams(num_predict=4, temperature=0), max_tokens=20))
+    _, capped = run(
+        engine.complete(_request(COUNTING, params=PersonaParams(num_predict=4, temperature=0), max_tokens=20))
+    )
     assert capped.completion_tokens == 4
 
 
 def test_stop_sequence_ends_the_answer(engine):
-    text, _ = engine.complete(_request(COUNTING, params=PersonaParams(temperature=0, stop=["5"]), max_tokens=60))
-    free, _ = engine.complete(_request(COUNTING, params=PersonaParams(temperature=0), max_tokens=60))
+    text, _ = run(engine.complete(_request(COUNTING, params=PersonaParams(temperature=0, stop=["5"]), max_tokens=60)))
+    free, _ = run(engine.complete(_request(COUNTING, params=PersonaParams(temperature=0), max_tokens=60)))
     assert "5" in free and "5" not in text
     assert free.startswith(text)
 
@@ -83,7 +87,7 @@ def test_mirostat_and_repeat_last_n_run_and_the_context_setting_is_restored(engi
     llm = engine.load()
     before = llm.last_n_tokens_size
     params = PersonaParams(mirostat=2, mirostat_tau=3.0, mirostat_eta=0.2, repeat_last_n=16, tfs_z=0.9, seed=3)
-    text, usage = engine.complete(_request(params=params))
+    text, usage = run(engine.complete(_request(params=params)))
     assert text.strip() and usage.completion_tokens > 0
     assert llm.last_n_tokens_size == before
 
@@ -91,10 +95,10 @@ def test_mirostat_and_repeat_last_n_run_and_the_context_setting_is_restored(engi
 def test_num_ctx_is_clamped_and_an_oversized_prompt_is_refused(engine):
     long_dialog = [{"role": "user", "content": "word " * 120}]
     with pytest.raises(ProviderError) as caught:
-        engine.complete(_request(long_dialog, params=PersonaParams(num_ctx=64)))
+        run(engine.complete(_request(long_dialog, params=PersonaParams(num_ctx=64))))
     assert caught.value.status == 400 and "context holds 64" in str(caught.value)
     # a num_ctx above the loaded 2048 is clamped to it, not an error
-    text, _ = engine.complete(_request(params=PersonaParams(num_ctx=100000), max_tokens=4))
+    text, _ = run(engine.complete(_request(params=PersonaParams(num_ctx=100000), max_tokens=4)))
     assert text
 
 
@@ -139,7 +143,7 @@ def test_concurrent_requests_all_complete(engine):
 
     def ask(n: int) -> None:
         try:
-            answer = engine.complete(_request([{"role": "user", "content": f"Say a word about the number {n}."}]))
+            answer = run(engine.complete(_request([{"role": "user", "content": f"Say a word about the number {n}."}])))
             with lock:
                 results.append(answer)
         except BaseException as exc:  # noqa: BLE001 - reported below
@@ -156,29 +160,24 @@ def test_concurrent_requests_all_complete(engine):
 
 def test_requests_wait_their_turn_and_only_a_full_queue_is_busy():
     engine = EmbeddedEngine(queue_size=2)
-    running = engine.stream(_request(COUNTING, params=PersonaParams(temperature=0), max_tokens=200))
-    assert isinstance(next(running), str)  # holds the model
-    answers: list[str] = []
 
-    def waiter() -> None:
-        answers.append(engine.complete(_request(max_tokens=6))[0])
+    async def scenario() -> list[str]:
+        running = engine.stream(_request(COUNTING, params=PersonaParams(temperature=0), max_tokens=200))
+        assert isinstance(await first_text(running), str)  # holds the model
+        waiters = [asyncio.ensure_future(engine.complete(_request(max_tokens=6))) for _ in range(2)]
+        while engine.waiting < 3:
+            await asyncio.sleep(0.01)
+        with pytest.raises(ProviderError) as caught:
+            await engine.complete(_request())
+        assert caught.value.status == 503 and "busy" in str(caught.value)
+        assert not any(w.done() for w in waiters)  # the queued requests are still waiting, not failed
+        await running.aclose()  # the client went away: the model is released to the next in line
+        return [text for text, _ in await asyncio.wait_for(asyncio.gather(*waiters), 60)]
 
-    threads = [threading.Thread(target=waiter) for _ in range(2)]
-    for t in threads:
-        t.start()
-    assert _wait_until(lambda: engine.waiting == 3)
-
-    with pytest.raises(ProviderError) as caught:
-        engine.complete(_request())
-    assert caught.value.status == 503 and "busy" in str(caught.value)
-    assert not answers  # the queued requests are still waiting, not failed
-
-    running.close()  # the client went away: the model is released to the next in line
-    for t in threads:
-        t.join(timeout=60)
+    answers = run(scenario())
     assert len(answers) == 2 and all(answers)
-    assert engine.waiting == 0
-    assert collect(engine.stream(_request(max_tokens=4)))[0]
+    assert _wait_until(lambda: engine.waiting == 0)
+    assert run(collect(engine.stream(_request(max_tokens=4))))[0]
 
 
 def test_load_llama_finds_the_packaged_model():

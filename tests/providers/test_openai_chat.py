@@ -6,13 +6,13 @@ import socket
 
 import pytest
 
-from backend.providers.base import ChatRequest, ProviderError, ProviderTimeout, Usage
-from backend.providers.embedded_llama import collect
+from backend.providers.base import ChatRequest, ProviderError, ProviderTimeout, Usage, collect
 from backend.providers.openai_chat import OpenAIChatProvider
 from backend.providers.registry import chat_provider, count_text_tokens, count_tokens
 from backend.providers.upstream import UpstreamHTTPError
 from backend.services.personas import PersonaParams
 from tests.fakes.openai_server import OpenAIServer
+from tests.providers.aio import first_text, items, run
 
 MESSAGES = [
     {"role": "system", "content": "You are terse."},
@@ -28,11 +28,11 @@ def _request(**kw) -> ChatRequest:
 def test_stream_yields_deltas_then_upstream_usage():
     with OpenAIServer("Hello dear class of twenty", prompt_tokens=17) as upstream:
         provider = chat_provider("openai", base_url=upstream.url, api_key=KEY, timeout=5)
-        items = list(provider.stream(_request()))
+        events = items(provider.stream(_request()))
         sent = upstream.requests[-1]
 
-    assert items[:-1] == upstream.deltas and "".join(items[:-1]) == "Hello dear class of twenty"
-    assert items[-1] == Usage(prompt_tokens=17, completion_tokens=5)
+    assert events[:-1] == upstream.deltas and "".join(events[:-1]) == "Hello dear class of twenty"
+    assert events[-1] == Usage(prompt_tokens=17, completion_tokens=5)
     assert sent["path"] == "/v1/chat/completions"
     assert sent["headers"]["authorization"] == f"Bearer {KEY}"
     assert sent["json"]["stream"] is True and sent["json"]["stream_options"] == {"include_usage": True}
@@ -42,7 +42,7 @@ def test_stream_yields_deltas_then_upstream_usage():
 def test_non_stream_returns_text_and_usage():
     with OpenAIServer("One whole answer", prompt_tokens=9) as upstream:
         provider = OpenAIChatProvider(base_url=upstream.url, api_key=KEY, timeout=5)
-        text, usage = provider.complete(_request())
+        text, usage = run(provider.complete(_request()))
         assert upstream.requests[-1]["json"].get("stream") in (None, False)
     assert text == "One whole answer"
     assert usage == Usage(prompt_tokens=9, completion_tokens=3)
@@ -51,8 +51,8 @@ def test_non_stream_returns_text_and_usage():
 def test_missing_usage_is_counted_with_the_offline_tokenizer():
     with OpenAIServer("Counting tokens without any help from upstream", include_usage=False) as upstream:
         provider = OpenAIChatProvider(base_url=upstream.url, timeout=5)
-        *deltas, usage = list(provider.stream(_request()))
-        text, usage_json = provider.complete(_request())
+        *deltas, usage = items(provider.stream(_request()))
+        text, usage_json = run(provider.complete(_request()))
 
     assert "".join(deltas) == text == "Counting tokens without any help from upstream"
     expected = Usage(prompt_tokens=count_tokens(MESSAGES), completion_tokens=count_text_tokens(text))
@@ -79,7 +79,7 @@ def test_persona_parameters_mapped_to_openai_fields_and_the_rest_dropped():
     )
     with OpenAIServer("one two three four five six seven eight nine ten") as upstream:
         provider = OpenAIChatProvider(base_url=upstream.url, timeout=5)
-        *deltas, usage = list(provider.stream(_request(params=params, max_tokens=100)))
+        *deltas, usage = items(provider.stream(_request(params=params, max_tokens=100)))
         body = upstream.requests[-1]["json"]
 
     assert body["temperature"] == 0.3 and body["top_p"] == 0.8 and body["seed"] == 42
@@ -95,9 +95,9 @@ def test_persona_parameters_mapped_to_openai_fields_and_the_rest_dropped():
 def test_caller_cap_wins_over_a_larger_num_predict():
     with OpenAIServer("a b c d e f") as upstream:
         provider = OpenAIChatProvider(base_url=upstream.url, timeout=5)
-        list(provider.stream(_request(params=PersonaParams(num_predict=-1), max_tokens=3)))
+        items(provider.stream(_request(params=PersonaParams(num_predict=-1), max_tokens=3)))
         assert upstream.requests[-1]["json"]["max_tokens"] == 3
-        list(provider.stream(_request(params=PersonaParams(num_predict=500), max_tokens=4)))
+        items(provider.stream(_request(params=PersonaParams(num_predict=500), max_tokens=4)))
         assert upstream.requests[-1]["json"]["max_tokens"] == 4
 
 
@@ -107,9 +107,9 @@ def test_upstream_http_error_becomes_provider_error_without_the_key(status):
     with OpenAIServer(fail_status=status, fail_message=leaky) as upstream:
         provider = OpenAIChatProvider(base_url=upstream.url, api_key=KEY, timeout=5)
         with pytest.raises(UpstreamHTTPError) as caught:
-            list(provider.stream(_request()))
+            items(provider.stream(_request()))
         with pytest.raises(UpstreamHTTPError) as caught_json:
-            provider.complete(_request())
+            run(provider.complete(_request()))
 
     for err in (caught.value, caught_json.value):
         assert err.status == 502 and err.upstream_status == status
@@ -122,7 +122,7 @@ def test_timeout_before_first_byte_is_provider_timeout():
     with OpenAIServer(delay_before_first_byte=30) as upstream:
         provider = OpenAIChatProvider(base_url=upstream.url, api_key=KEY, timeout=0.3)
         with pytest.raises(ProviderTimeout) as caught:
-            list(provider.stream(_request()))
+            items(provider.stream(_request()))
     assert caught.value.status == 504 and "0.3 s" in str(caught.value)
 
 
@@ -130,7 +130,7 @@ def test_request_timeout_tighter_than_connection_timeout_applies():
     with OpenAIServer(delay_before_first_byte=30) as upstream:
         provider = OpenAIChatProvider(base_url=upstream.url, timeout=60)
         with pytest.raises(ProviderTimeout):
-            provider.complete(_request(timeout=0.3))
+            run(provider.complete(_request(timeout=0.3)))
 
 
 def test_stall_mid_stream_is_provider_timeout_after_the_delivered_deltas():
@@ -138,8 +138,7 @@ def test_stall_mid_stream_is_provider_timeout_after_the_delivered_deltas():
         provider = OpenAIChatProvider(base_url=upstream.url, timeout=0.5)
         received: list[str] = []
         with pytest.raises(ProviderTimeout):
-            for item in provider.stream(_request()):
-                received.append(item)
+            items(provider.stream(_request()), received)
     assert received == ["a "]
 
 
@@ -148,8 +147,7 @@ def test_error_event_mid_stream_is_provider_error():
         provider = OpenAIChatProvider(base_url=upstream.url, timeout=5)
         received: list[str] = []
         with pytest.raises(ProviderError) as caught:
-            for item in provider.stream(_request()):
-                received.append(item)
+            items(provider.stream(_request()), received)
     assert received == ["a ", "b "]
     assert "model crashed" in str(caught.value) and caught.value.status == 502
 
@@ -160,7 +158,7 @@ def test_unreachable_upstream_is_provider_error():
         port = probe.getsockname()[1]
     provider = OpenAIChatProvider(base_url=f"http://127.0.0.1:{port}/v1", api_key=KEY, timeout=2)
     with pytest.raises(ProviderError) as caught:
-        collect(provider.stream(_request()))
+        run(collect(provider.stream(_request())))
     assert not isinstance(caught.value, ProviderTimeout)
     assert "cannot reach upstream" in str(caught.value) and KEY not in str(caught.value)
 
@@ -169,16 +167,22 @@ def test_closing_the_stream_mid_way_disconnects_from_upstream():
     with OpenAIServer("tick", chunks=500, chunk_delay=0.02) as upstream:
         provider = OpenAIChatProvider(base_url=upstream.url, timeout=5)
         stream = provider.stream(_request())
-        assert next(stream) == "tick "
-        assert upstream.first_chunk_sent.wait(5)
-        stream.close()
+
+        async def read_one_then_close() -> None:
+            assert await first_text(stream) == "tick "
+            await stream.aclose()
+
+        run(read_one_then_close())
         assert upstream.disconnected.wait(10)
         assert upstream.streams_completed == 0
 
 
 def test_list_models():
     with OpenAIServer(models=["m-one", "m-two"], api_key=KEY) as upstream:
-        assert OpenAIChatProvider(base_url=upstream.url, api_key=KEY, timeout=5).list_models() == ["m-one", "m-two"]
+        assert run(OpenAIChatProvider(base_url=upstream.url, api_key=KEY, timeout=5).list_models()) == [
+            "m-one",
+            "m-two",
+        ]
         with pytest.raises(UpstreamHTTPError) as caught:
-            OpenAIChatProvider(base_url=upstream.url, api_key="sk-wrong-key-1234", timeout=5).list_models()
+            run(OpenAIChatProvider(base_url=upstream.url, api_key="sk-wrong-key-1234", timeout=5).list_models())
     assert caught.value.upstream_status == 401

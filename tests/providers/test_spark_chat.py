@@ -16,6 +16,7 @@ from backend.providers.spark_chat import SparkChatProvider, SparkError, pack_sec
 from backend.providers.upstream import UpstreamHTTPError
 from backend.services.personas import PersonaParams, to_spark_chat
 from tests.fakes.spark_server import SparkServer
+from tests.providers.aio import first_text, items, run
 
 MESSAGES = [
     {"role": "system", "content": "你是一位老师。"},
@@ -30,10 +31,10 @@ def _request(**kw) -> ChatRequest:
 def test_stream_reads_frames_until_status_2_and_takes_sparks_usage():
     with SparkServer("Rain is water falling", prompt_tokens=13) as upstream:
         provider = chat_provider("spark", base_url=upstream.url, api_key=upstream.secret, timeout=5)
-        items = list(provider.stream(_request()))
+        events = items(provider.stream(_request()))
         sent = upstream.requests[-1]
 
-    assert items == ["Rain ", "is ", "water ", "falling", Usage(prompt_tokens=13, completion_tokens=4)]
+    assert events == ["Rain ", "is ", "water ", "falling", Usage(prompt_tokens=13, completion_tokens=4)]
     assert upstream.rejected == []
     body = sent["json"]
     assert body["header"]["app_id"] == "spark-app"
@@ -45,13 +46,15 @@ def test_stream_reads_frames_until_status_2_and_takes_sparks_usage():
 
 def test_complete_collects_the_frames():
     with SparkServer("你好 世界", prompt_tokens=5) as upstream:
-        text, usage = SparkChatProvider(base_url=upstream.url, secret=upstream.secret, timeout=5).complete(_request())
+        text, usage = run(
+            SparkChatProvider(base_url=upstream.url, secret=upstream.secret, timeout=5).complete(_request())
+        )
     assert text == "你好 世界" and usage == Usage(5, 2)
 
 
 def test_missing_usage_is_counted_offline():
     with SparkServer("no usage here", include_usage=False) as upstream:
-        *deltas, usage = list(
+        *deltas, usage = items(
             SparkChatProvider(base_url=upstream.url, secret=upstream.secret, timeout=5).stream(_request())
         )
     assert usage == Usage(count_tokens(MESSAGES), count_text_tokens("".join(deltas))) and usage.completion_tokens > 0
@@ -60,14 +63,14 @@ def test_missing_usage_is_counted_offline():
 def test_json_packed_secret_works_too():
     with SparkServer("ok") as upstream:
         secret = json.dumps({"app_id": "spark-app", "api_key": "spark-key", "api_secret": "spark-secret"})
-        assert list(SparkChatProvider(base_url=upstream.url, secret=secret, timeout=5).stream(_request()))[0] == "ok"
+        assert items(SparkChatProvider(base_url=upstream.url, secret=secret, timeout=5).stream(_request()))[0] == "ok"
     assert parse_secret(pack_secret("a", "k", "s")).api_secret == "s"
 
 
 def test_persona_parameters_translated_to_sparks_chat_parameters():
     params = PersonaParams(temperature=1.6, top_k=40, num_predict=3, top_p=0.5, seed=1, mirostat=1, stop=["x"])
     with SparkServer("a b c d e") as upstream:
-        *deltas, usage = list(
+        *deltas, usage = items(
             SparkChatProvider(base_url=upstream.url, secret=upstream.secret, timeout=5).stream(
                 _request(params=params, max_tokens=100)
             )
@@ -88,7 +91,7 @@ def test_bad_signature_is_refused_with_401_and_no_secret_in_the_message():
     with SparkServer() as upstream:
         wrong = "spark-app:spark-key:the-wrong-secret-value"
         with pytest.raises(UpstreamHTTPError) as caught:
-            list(SparkChatProvider(base_url=upstream.url, secret=wrong, timeout=5).stream(_request()))
+            items(SparkChatProvider(base_url=upstream.url, secret=wrong, timeout=5).stream(_request()))
         assert upstream.rejected == ["signature"] and upstream.requests == []
     assert caught.value.upstream_status == 401 and "HMAC signature cannot be verified" in str(caught.value)
     assert "the-wrong-secret-value" not in str(caught.value) and "spark-key" not in str(caught.value)
@@ -110,7 +113,7 @@ def test_the_fake_refuses_a_stale_date_and_a_tampered_host():
 def test_wrong_app_id_gets_the_iflytek_error_frame():
     with SparkServer() as upstream, pytest.raises(SparkError) as caught:
         provider = SparkChatProvider(base_url=upstream.url, secret="other-app:spark-key:spark-secret", timeout=5)
-        list(provider.stream(_request()))
+        items(provider.stream(_request()))
     assert caught.value.upstream_code == 10313 and caught.value.status == 502
 
 
@@ -118,21 +121,22 @@ def test_error_frame_mid_stream_is_provider_error_after_the_delivered_deltas():
     with SparkServer("a b c d", fail_after_chunks=2, fail_code=10013, fail_message="content not allowed") as upstream:
         received: list[str] = []
         with pytest.raises(SparkError) as caught:
-            for item in SparkChatProvider(base_url=upstream.url, secret=upstream.secret, timeout=5).stream(_request()):
-                received.append(item)
+            items(
+                SparkChatProvider(base_url=upstream.url, secret=upstream.secret, timeout=5).stream(_request()), received
+            )
     assert received == ["a ", "b "]
     assert caught.value.upstream_code == 10013 and "content not allowed" in str(caught.value)
 
 
 def test_upstream_error_frame_before_any_text():
     with SparkServer(fail_code=11200, fail_message="licence expired") as upstream, pytest.raises(SparkError) as caught:
-        SparkChatProvider(base_url=upstream.url, secret=upstream.secret, timeout=5).complete(_request())
+        run(SparkChatProvider(base_url=upstream.url, secret=upstream.secret, timeout=5).complete(_request()))
     assert "11200" in str(caught.value) and "licence expired" in str(caught.value)
 
 
 def test_timeout_waiting_for_frames_is_provider_timeout():
     with SparkServer(delay_before_first_byte=30) as upstream, pytest.raises(ProviderTimeout) as caught:
-        list(SparkChatProvider(base_url=upstream.url, secret=upstream.secret, timeout=0.3).stream(_request()))
+        items(SparkChatProvider(base_url=upstream.url, secret=upstream.secret, timeout=0.3).stream(_request()))
     assert caught.value.status == 504
 
 
@@ -140,10 +144,12 @@ def test_stall_mid_stream_is_provider_timeout():
     with SparkServer("a b c", chunk_delay=30) as upstream:
         received: list[str] = []
         with pytest.raises(ProviderTimeout):
-            for item in SparkChatProvider(base_url=upstream.url, secret=upstream.secret, timeout=5).stream(
-                _request(timeout=0.4)
-            ):
-                received.append(item)
+            items(
+                SparkChatProvider(base_url=upstream.url, secret=upstream.secret, timeout=5).stream(
+                    _request(timeout=0.4)
+                ),
+                received,
+            )
     assert received == ["a "]
 
 
@@ -152,12 +158,12 @@ def test_unreachable_and_malformed_secret_are_provider_errors():
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     with pytest.raises(ProviderError) as caught:
-        list(
+        items(
             SparkChatProvider(base_url=f"ws://127.0.0.1:{port}/v3.5/chat", secret="a:b:c", timeout=2).stream(_request())
         )
     assert "cannot reach upstream" in str(caught.value)
     with pytest.raises(ProviderError) as caught:
-        list(
+        items(
             SparkChatProvider(base_url=f"ws://127.0.0.1:{port}/v3.5/chat", secret="only-one-part", timeout=2).stream(
                 _request()
             )
@@ -168,7 +174,11 @@ def test_unreachable_and_malformed_secret_are_provider_errors():
 def test_closing_the_stream_mid_way_disconnects_from_upstream():
     with SparkServer("tick", chunks=500, chunk_delay=0.02) as upstream:
         stream = SparkChatProvider(base_url=upstream.url, secret=upstream.secret, timeout=5).stream(_request())
-        assert next(stream) == "tick "
-        stream.close()
+
+        async def read_one_then_close() -> None:
+            assert await first_text(stream) == "tick "
+            await stream.aclose()
+
+        run(read_one_then_close())
         assert upstream.disconnected.wait(10)
         assert upstream.streams_completed == 0
