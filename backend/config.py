@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     ollama_url: str = "http://127.0.0.1:11434"
     embedded_queue_size: int = 32
     model_concurrency: int = 2
+    # quota policy: failover across a model's connections (backend/services/routing.py)
+    failover_max_attempts: int = Field(default=3, ge=1, le=10)
+    connection_failure_threshold: int = Field(default=3, ge=1)
+    connection_cooldown_seconds: int = Field(default=60, ge=1)
 
     @model_validator(mode="after")
     def _fill_and_check_secrets(self) -> Settings:

@@ -11,11 +11,11 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
-from backend.api import admin, auth, conversations, envelope, keys, media, models, openai_compat, user
+from backend.api import admin, auth, conversations, envelope, keys, media, models, openai_compat, policy, user
 from backend.api import text as text_api
 from backend.api.get_body import GetBodyAsQuery
 from backend.config import Settings, get_settings
-from backend.services import quota, usage_rollup
+from backend.services import allowances, quota, rate_limits, usage_rollup
 from db.session import get_sessionmaker
 
 log = logging.getLogger("meteor.server")
@@ -33,6 +33,9 @@ def _sweeper(app: FastAPI, stop: threading.Event) -> None:
                 log.info("sweeper released %d expired reservations", released)
             with app.state.sessionmaker.begin() as session:
                 usage_rollup.catch_up(session)  # completed days into the dashboard's usage roll-up
+            allowances.apply_due(app.state.sessionmaker)  # quota policy: scheduled academy allowances
+            with app.state.sessionmaker.begin() as session:
+                rate_limits.sweep(session)  # quota policy: rate-limit events that left the window
         except Exception:  # keep sweeping; a transient DB error must not kill the thread
             log.exception("sweeper failed")
 
@@ -59,7 +62,7 @@ def create_app(settings: Settings | None = None, *, playground: bool = True) -> 
     app.state.sessionmaker = get_sessionmaker(settings.resolved_database_url)
     envelope.install(app)
     app.add_middleware(GetBodyAsQuery)
-    for module in (auth, admin, user, text_api, keys, openai_compat, media, conversations, models):
+    for module in (auth, admin, user, text_api, keys, openai_compat, media, conversations, models, policy):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["health"])

@@ -89,7 +89,10 @@ def describe_validation(exc: RequestValidationError) -> str:
 def install(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
-        return error_response(request.url.path, exc.code, exc.message, exc.status)
+        response = error_response(request.url.path, exc.code, exc.message, exc.status)
+        if exc.extra.get("retry_after"):  # a rate limit (backend/services/rate_limits.py)
+            response.headers["Retry-After"] = str(exc.extra["retry_after"])
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request, Response
@@ -100,10 +101,11 @@ def _conversation_id(body: ChatCompletionIn, request: Request) -> int | None:
 
 
 def _usage(result: ChatResult) -> dict[str, int]:
+    # quota policy: /v1 reports raw tokens; what they cost at the model's price is in the ledger
     return {
-        "prompt_tokens": result.billed_prompt_tokens,
-        "completion_tokens": result.billed_completion_tokens,
-        "total_tokens": result.billed_tokens,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
     }
 
 
@@ -166,7 +168,7 @@ def chat_completions(
     """A chat completion, streamed (SSE) or whole, with usage."""
     user, key = api_key_caller(request, session)
     apikeys.check_model_allowed(key, body.model)
-    caller = Caller.for_user(user)
+    caller = replace(Caller.for_user(user), api_key_id=key.id)  # quota policy: the key's rate limit
     dialog = check_dialog(
         [{"role": "system" if m.role == "developer" else m.role, "content": _text_of(m)} for m in body.messages]
     )

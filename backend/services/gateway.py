@@ -35,7 +35,7 @@ from backend.config import Settings
 from backend.errors import ServiceError
 from backend.providers.base import ChatProvider, ChatRequest, ProviderError, ProviderTimeout, Usage
 from backend.security import mask_secret
-from backend.services import model_registry, quota, usage
+from backend.services import model_registry, pricing, quota, rate_limits, usage
 from backend.services.model_registry import ResolvedModel
 from backend.services.personas import PersonaParams, build_messages
 from db.models import ModelConversation
@@ -55,6 +55,7 @@ class Caller:
     user_id: str | None = None
     academy: str | None = None
     admin_name: str | None = None
+    api_key_id: int | None = None  # quota policy: a /v1 request's key, for its rate limit
 
     @classmethod
     def for_user(cls, user: Any) -> Caller:
@@ -524,13 +525,19 @@ def start_chat(
         ttl = timedelta(seconds=settings.reservation_ttl_seconds + model.timeout)
         try:
             with maker.begin() as s:
+                rate_limits.admit(  # quota policy: 429 + Retry-After before anything is reserved
+                    s, settings, user_id=caller.user_id, academy=caller.academy, api_key_id=caller.api_key_id,
+                    tokens=prompt_estimate + limit,
+                )  # fmt: skip
+                price = pricing.model_price(s, model.model_id)  # quota policy: settled at this same price
                 reservation_id = quota.reserve(
                     s,
                     user_id=caller.user_id,
-                    tokens=prompt_estimate + limit,
+                    tokens=pricing.reserve_amount(price, prompt_estimate, limit),  # quota policy
                     ttl=ttl,
                     request_id=request_id,
                     model=model.name,
+                    price=price,  # quota policy
                 )
         except ServiceError as exc:
             refused = ChatCall(reservation_id=None, **call_fields)
