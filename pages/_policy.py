@@ -70,7 +70,7 @@ def render_prices(models: list[dict], actor: str) -> None:
         kind = c1.selectbox(t("prices.kind"), pricing.KINDS, format_func=lambda k: t(f"prices.kind.{k}"))
         engine = c2.text_input(t("prices.engine"), value="embedded")
         value = c3.number_input(t("prices.price"), min_value=0.0, max_value=pricing.MAX_PRICE, value=1.0)
-        if st.form_submit_button(t("common.save")):
+        if st.form_submit_button(t("prices.engine_save")):
             run_action(
                 lambda s: pricing.set_engine_price(s, kind, engine, price=float(value), actor=actor),
                 success=t("prices.engine_saved", engine=engine.strip()),
@@ -104,11 +104,13 @@ def render_rate_limits(actor: str) -> None:
         st.dataframe(frame, hide_index=True, width="stretch", column_config=columns_config(frame), key="limits_frame")
     with st.form("limits_form"):
         c1, c2, c3, c4 = st.columns(4)
-        scope = c1.selectbox(t("limits.scope"), rate_limits.SCOPES, format_func=lambda s: t(f"limits.scope.{s}"))
-        subject = c2.text_input(t("limits.subject"), help=t("limits.subject_help"))
-        rpm = c3.text_input(t("col.rpm"))
-        tpm = c4.text_input(t("col.tpm"))
-        if st.form_submit_button(t("common.save")):
+        scope = c1.selectbox(
+            t("limits.scope"), rate_limits.SCOPES, format_func=lambda s: t(f"limits.scope.{s}"), key="limits_scope"
+        )
+        subject = c2.text_input(t("limits.subject"), help=t("limits.subject_help"), key="limits_subject")
+        rpm = c3.text_input(t("col.rpm"), key="limits_rpm")
+        tpm = c4.text_input(t("col.tpm"), key="limits_tpm")
+        if st.form_submit_button(t("limits.save")):
             rpm_value = int(rpm) if rpm.strip().isdigit() else None
             tpm_value = int(tpm) if tpm.strip().isdigit() else None
 
@@ -150,3 +152,59 @@ def render_key_limits(user_id: str) -> None:
         st.subheader(t("limits.title"))
         frame = pd.DataFrame(rows)
         st.dataframe(frame, hide_index=True, width="stretch", column_config=columns_config(frame), key="limits_mine")
+
+
+def render_routes(models: list[dict], connections: list[dict], actor: str) -> None:
+    """Several connections per model (priority, weight) and each connection's health: state,
+    why it was disabled, requests / errors / p50 latency of the last hour."""
+    from backend.services import routing
+
+    st.subheader(t("routes.title"))
+    st.caption(t("routes.hint"))
+    health = read(lambda s: routing.health(s))
+    if health:
+        frame = pd.DataFrame(health)
+        st.dataframe(frame, hide_index=True, width="stretch", column_config=columns_config(frame), key="routes_health")
+        troubled = [h for h in health if h["state"] != "ok"]
+        if troubled:
+            with st.form("routes_enable"):
+                picked = st.selectbox(
+                    t("routes.enable_pick"),
+                    [h["connection_id"] for h in troubled],
+                    format_func=lambda i: next(h["name"] for h in troubled if h["connection_id"] == i),
+                    key="routes_enable_pick",
+                )
+                if st.form_submit_button(t("routes.enable")):
+                    run_action(lambda s: routing.enable(s, picked, actor=actor), success=t("routes.enabled"))
+    if not models or not connections:
+        return
+    names = {m["modelId"]: m["modelName"] for m in models}
+    conns = {c["aiId"]: c["aiName"] for c in connections}
+    with st.form("routes_form"):
+        c1, c2, c3, c4 = st.columns(4)
+        model_id = c1.selectbox(t("routes.model"), list(names), format_func=names.get, key="routes_model")
+        connection_id = c2.selectbox(t("routes.connection"), list(conns), format_func=conns.get, key="routes_conn")
+        priority = c3.number_input(t("col.priority"), min_value=-1000, max_value=1000, value=0, key="routes_priority")
+        weight = c4.number_input(t("col.weight"), min_value=1, max_value=1000, value=1, key="routes_weight")
+        add, remove = st.columns(2)
+        if add.form_submit_button(t("routes.save")):
+            run_action(
+                lambda s: routing.set_route(
+                    s,
+                    model_id=model_id,
+                    connection_id=connection_id,
+                    priority=int(priority),
+                    weight=int(weight),
+                    actor=actor,
+                ),  # fmt: skip
+                success=t("routes.saved"),
+            )
+        if remove.form_submit_button(t("routes.remove")):
+            run_action(
+                lambda s: routing.remove_route(s, model_id=model_id, connection_id=connection_id, actor=actor),
+                success=t("routes.removed"),
+            )
+    routes = read(lambda s: routing.list_routes(s))
+    if routes:
+        frame = pd.DataFrame(routes)
+        st.dataframe(frame, hide_index=True, width="stretch", column_config=columns_config(frame), key="routes_list")

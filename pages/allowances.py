@@ -182,7 +182,7 @@ if rows:
     with st.expander(t("allowances.edit")):
         with st.form(f"allowances_edit_{picked}"):
             values = fields_form(f"allowances_edit_{picked}", chosen)
-            if st.form_submit_button(t("common.save")):
+            if st.form_submit_button(t("allowances.save")):
                 clear = {
                     "clear_carry_cap_tokens": values["carry_cap_tokens"] is None,
                     "clear_carry_cap_pic_times": values["carry_cap_pic_times"] is None,
@@ -206,7 +206,7 @@ if rows:
 st.subheader(t("allowances.create"))
 with st.form("allowances_create"):
     values = fields_form("allowances_new")
-    if st.form_submit_button(t("common.save"), type="primary"):
+    if st.form_submit_button(t("allowances.create"), type="primary"):
         run_action(
             lambda s: allowances.create(s, actor=me.actor, **values),
             success=t("allowances.created", name=values["name"].strip()),

@@ -11,6 +11,10 @@
     POST   /admin/prices/engine              set (price null: reset) a recognition engine's price
     GET    /admin/rate_limits                the limits set (per user, API key, academy default)
     POST   /admin/rate_limits                set or (rpm and tpm null) remove one
+    GET    /admin/model_routes               every model's extra connections (priority, weight)
+    POST   /admin/model_routes               add or change one; DELETE …/{model_id}/{connection_id}
+    GET    /admin/connections/health         state, disabling reason, requests / errors / p50 (1 h)
+    POST   /admin/connections/{id}/enable    clear a disabling or a cooldown
 
 Every change and every run is audited.
 """
@@ -29,7 +33,7 @@ from backend.api import envelope
 from backend.api.admin import actor_name
 from backend.api.deps import CurrentAdmin, SessionDep
 from backend.errors import ServiceError
-from backend.services import accounts, allowances, pricing, rate_limits
+from backend.services import accounts, allowances, pricing, rate_limits, routing
 from db.models import ModelInfo
 
 router = APIRouter(tags=["quota policy"])
@@ -212,3 +216,52 @@ def set_rate_limit(body: RateLimitIn, admin: CurrentAdmin, session: SessionDep) 
     )
     session.commit()
     return envelope.ok("修改成功", data=row)
+
+
+# --- connections per model (failover) ---------------------------------------------------------
+
+
+class RouteIn(BaseModel):
+    model_id: int
+    connection_id: int
+    priority: Annotated[int, Field(ge=-1000, le=1000)] = 0
+    weight: Annotated[int, Field(ge=1, le=1000)] = 1
+
+
+@router.get("/admin/model_routes")
+def list_routes(admin: CurrentAdmin, session: SessionDep) -> dict:
+    return envelope.ok("查询成功", data=routing.list_routes(session))
+
+
+@router.post("/admin/model_routes")
+def set_route(body: RouteIn, admin: CurrentAdmin, session: SessionDep) -> dict:
+    routing.set_route(
+        session,
+        model_id=body.model_id,
+        connection_id=body.connection_id,
+        priority=body.priority,
+        weight=body.weight,
+        actor=actor_name(admin),
+    )
+    session.commit()
+    return envelope.ok("修改成功")
+
+
+@router.delete("/admin/model_routes/{model_id}/{connection_id}")
+def remove_route(model_id: int, connection_id: int, admin: CurrentAdmin, session: SessionDep) -> dict:
+    routing.remove_route(session, model_id=model_id, connection_id=connection_id, actor=actor_name(admin))
+    session.commit()
+    return envelope.ok("删除成功")
+
+
+@router.get("/admin/connections/health")
+def connections_health(admin: CurrentAdmin, session: SessionDep) -> dict:
+    """State (ok / cooldown / disabled with the reason), requests, errors and p50 of the last hour."""
+    return envelope.ok("查询成功", data=routing.health(session))
+
+
+@router.post("/admin/connections/{connection_id}/enable")
+def enable_connection(connection_id: int, admin: CurrentAdmin, session: SessionDep) -> dict:
+    routing.enable(session, connection_id, actor=actor_name(admin))
+    session.commit()
+    return envelope.ok("已恢复")

@@ -372,3 +372,24 @@ def failover_stream(
     if last is not None:
         raise last
     raise ServiceError(ERROR, "no usable connection for this model", 502)
+
+
+def list_routes(session: Session) -> list[dict[str, Any]]:
+    """Every model's extra connections, by model name then priority."""
+    rows = session.execute(
+        select(
+            ModelInfo.model_name,
+            ModelAiOnline.ai_name,
+            ModelRoute.model_id,
+            ModelRoute.connection_id,
+            ModelRoute.priority,
+            ModelRoute.weight,
+        )  # fmt: skip
+        .join(ModelInfo, ModelInfo.model_id == ModelRoute.model_id)
+        .join(ModelAiOnline, ModelAiOnline.ai_id == ModelRoute.connection_id)
+        .order_by(ModelInfo.model_name, ModelRoute.priority.desc(), ModelRoute.id)
+    ).all()
+    return [
+        {"model": r[0], "connection": r[1], "model_id": r[2], "connection_id": r[3], "priority": r[4], "weight": r[5]}
+        for r in rows
+    ]
