@@ -180,6 +180,7 @@ def pages_for(role: str) -> dict[str, list[st.Page]]:
         page("pages/tables.py", "page.tables", ":material/table_view:"),
         page("pages/users.py", "page.users", ":material/school:"),
         page("pages/vouchers.py", "page.vouchers", ":material/confirmation_number:"),
+        page("pages/allowances.py", "page.allowances", ":material/event_repeat:"),  # quota policy
         page("pages/models.py", "page.models", ":material/psychology:"),
         page("pages/conversations.py", "page.conversations", ":material/forum:"),
     ]

@@ -21,6 +21,7 @@ from backend.api import (
     media,
     models,
     openai_compat,
+    policy,
     sysuser,
     user,
 )
@@ -29,7 +30,7 @@ from backend.api.body_limit import BodyLimit
 from backend.api.cors import ApiCors
 from backend.api.get_body import GetBodyAsQuery
 from backend.config import Settings, get_settings
-from backend.services import quota, ratelimit, usage_rollup
+from backend.services import allowances, quota, rate_limits, ratelimit, usage_rollup
 from db.session import get_sessionmaker
 
 log = logging.getLogger("meteor.server")
@@ -49,6 +50,9 @@ def _sweeper(app: FastAPI, stop: threading.Event) -> None:
                 ratelimit.sweep(session, settings)  # login counters whose window is over
             with app.state.sessionmaker.begin() as session:
                 usage_rollup.catch_up(session)  # completed days into the dashboard's usage roll-up
+            allowances.apply_due(app.state.sessionmaker)  # quota policy: scheduled academy allowances
+            with app.state.sessionmaker.begin() as session:
+                rate_limits.sweep(session)  # quota policy: rate-limit events that left the window
         except Exception:  # keep sweeping; a transient DB error must not kill the thread
             log.exception("sweeper failed")
 
@@ -77,7 +81,7 @@ def create_app(settings: Settings | None = None, *, playground: bool = True) -> 
     envelope.install(app)
     app.add_middleware(GetBodyAsQuery)
     app.add_middleware(BodyLimit, settings=settings)  # counts the body before anyone reads it (only CORS is outside)
-    for module in (auth, admin, user, text_api, keys, openai_compat, media, conversations, models, sysuser):
+    for module in (auth, admin, user, text_api, keys, openai_compat, media, conversations, models, sysuser, policy):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["health"])

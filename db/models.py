@@ -155,6 +155,9 @@ class QuotaLedger(Base):
     actor: Mapped[str | None] = mapped_column(String(64), index=True)
     note: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # quota policy: the prices a chat was charged at (quota units per prompt / completion token)
+    prompt_price: Mapped[float | None] = mapped_column(Float)
+    completion_price: Mapped[float | None] = mapped_column(Float)
 
 
 class QuotaReservation(Base):
@@ -169,6 +172,8 @@ class QuotaReservation(Base):
     model: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime] = mapped_column(index=True)
+    prompt_price: Mapped[float | None] = mapped_column(Float)  # quota policy: prices captured at reserve time
+    completion_price: Mapped[float | None] = mapped_column(Float)
 
 
 class AuditLog(Base):
@@ -454,3 +459,175 @@ class ModelMessage(Base):
     created_time: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
     conversation: Mapped[ModelConversation] = relationship(back_populates="messages")
+
+
+# --- quota policy: academy allowances on a schedule ---------------------------------------
+
+
+class Allowance(Base):
+    """A scheduled grant: every user of an academy (or of all academies, `academy` NULL)
+    gets `tokens` / `pic_times` once per period — weekly, monthly, or per term (`terms`: a
+    JSON list of [first_day, last_day]). Mode `top_up` raises a balance to the amount, `add`
+    adds it; a carry cap first trims what is left from before (NULL: keep all)."""
+
+    __tablename__ = "quota_allowances"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    academy: Mapped[str | None] = mapped_column(String(64), index=True)
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    pic_times: Mapped[int] = mapped_column(BigInteger, default=0)
+    period: Mapped[str] = mapped_column(String(16), default="monthly")  # weekly monthly term
+    mode: Mapped[str] = mapped_column(String(16), default="top_up")  # top_up add
+    carry_cap_tokens: Mapped[int | None] = mapped_column(BigInteger)
+    carry_cap_pic_times: Mapped[int | None] = mapped_column(BigInteger)
+    terms: Mapped[str | None] = mapped_column(Text)  # JSON [["2026-09-01", "2027-01-31"], ...]
+    starts_on: Mapped[date | None] = mapped_column(Date)  # no period before the one holding this day
+    enabled: Mapped[bool] = mapped_column(Boolean, default=True, index=True)
+    created_by: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column()
+
+
+class AllowanceGrant(Base):
+    """One user's grant of one allowance period: the unique row that makes it happen once.
+    Written in the same transaction as the balance update and the ledger row."""
+
+    __tablename__ = "quota_allowance_grants"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    allowance_id: Mapped[int] = mapped_column(Integer)
+    period_key: Mapped[str] = mapped_column(String(16))
+    user_id: Mapped[str] = mapped_column(String(32))
+    run_id: Mapped[str] = mapped_column(String(32))
+    tokens_before: Mapped[int] = mapped_column(BigInteger, default=0)
+    pic_times_before: Mapped[int] = mapped_column(BigInteger, default=0)
+    delta_tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    delta_pic_times: Mapped[int] = mapped_column(BigInteger, default=0)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    __table_args__ = (
+        UniqueConstraint("allowance_id", "period_key", "user_id", name="uq_allowance_grant_period_user"),
+        Index("ix_allowance_grants_run_user", "run_id", "user_id"),
+    )
+
+
+class AllowanceRun(Base):
+    """A period of an allowance that some process started applying; `completed_at` once
+    every user of the academy then had a grant row (later users get theirs on register)."""
+
+    __tablename__ = "quota_allowance_runs"
+
+    allowance_id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    period_key: Mapped[str] = mapped_column(String(16), primary_key=True)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    completed_at: Mapped[datetime | None] = mapped_column()
+    users: Mapped[int] = mapped_column(BigInteger, default=0)
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+    pic_times: Mapped[int] = mapped_column(BigInteger, default=0)
+    actor: Mapped[str | None] = mapped_column(String(64))
+
+
+# --- quota policy: prices, rate limits, connection routing --------------------------------
+
+
+class ModelPrice(Base):
+    """A model's price as multipliers of a token: quota units per prompt token and per
+    completion token (no row: 1.0 / 1.0)."""
+
+    __tablename__ = "model_prices"
+
+    model_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("model_info.model_id", ondelete="CASCADE"), primary_key=True
+    )
+    prompt_price: Mapped[float] = mapped_column(Float, default=1.0)
+    completion_price: Mapped[float] = mapped_column(Float, default=1.0)
+    updated_by: Mapped[str | None] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class EnginePrice(Base):
+    """A recognition engine's price: picTimes per picture (kind picture) or tokens per minute
+    of speech (kind voice). No row: the defaults (1 picTime; the voice settings)."""
+
+    __tablename__ = "engine_prices"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # voice picture
+    engine: Mapped[str] = mapped_column(String(64), primary_key=True)
+    price: Mapped[float] = mapped_column(Float, default=1.0)
+    updated_by: Mapped[str | None] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RateLimit(Base):
+    """Requests and tokens per minute for a user, an API key, or an academy's default
+    (`scope` user | key | academy, `subject` the user id, key id or academy name)."""
+
+    __tablename__ = "rate_limits"
+
+    scope: Mapped[str] = mapped_column(String(16), primary_key=True)
+    subject: Mapped[str] = mapped_column(String(64), primary_key=True)
+    rpm: Mapped[int | None] = mapped_column(Integer)
+    tpm: Mapped[int | None] = mapped_column(BigInteger)
+    updated_by: Mapped[str | None] = mapped_column(String(64))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RateEvent(Base):
+    """One admitted request in a rate-limit bucket (sliding window log, database backend)."""
+
+    __tablename__ = "rate_events"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    bucket: Mapped[str] = mapped_column(String(80))
+    at: Mapped[datetime] = mapped_column()
+    tokens: Mapped[int] = mapped_column(BigInteger, default=0)
+
+    __table_args__ = (Index("ix_rate_events_bucket_at", "bucket", "at"),)
+
+
+class ModelRoute(Base):
+    """One of several connections a model may use: the highest `priority` group first,
+    weighted at random inside it."""
+
+    __tablename__ = "model_routes"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    model_id: Mapped[int] = mapped_column(Integer, ForeignKey("model_info.model_id", ondelete="CASCADE"), index=True)
+    connection_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("model_ai_online.ai_id", ondelete="CASCADE"), index=True
+    )
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    weight: Mapped[int] = mapped_column(Integer, default=1)
+
+    __table_args__ = (UniqueConstraint("model_id", "connection_id", name="uq_model_route"),)
+
+
+class ConnectionHealth(Base):
+    """A connection's failure state, shared by every replica: consecutive failures, cooldown,
+    and a disabling after 401/403 (with the reason shown to admins)."""
+
+    __tablename__ = "connection_health"
+
+    connection_id: Mapped[int] = mapped_column(
+        Integer, ForeignKey("model_ai_online.ai_id", ondelete="CASCADE"), primary_key=True
+    )
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    cooldown_until: Mapped[datetime | None] = mapped_column()
+    disabled_reason: Mapped[str | None] = mapped_column(String(255))
+    disabled_at: Mapped[datetime | None] = mapped_column()
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ConnectionCall(Base):
+    """One upstream attempt on a connection (for requests / errors / p50 in the last hour)."""
+
+    __tablename__ = "connection_calls"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    connection_id: Mapped[int] = mapped_column(Integer)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    ok: Mapped[bool] = mapped_column(Boolean, default=True)
+    latency_ms: Mapped[int | None] = mapped_column(Integer)
+
+    __table_args__ = (Index("ix_connection_calls_conn_at", "connection_id", "at"),)

@@ -7,6 +7,7 @@ import streamlit as st
 
 from backend.services import apikeys
 from pages._frame import columns_config, read, require, run_action, t
+from pages._policy import render_key_limits
 
 me = require("user")
 state = st.session_state
@@ -42,3 +43,5 @@ if active:
                 lambda s: apikeys.revoke_key(s, key_id=picked, actor=f"user:{me.name}", owner_id=me.id),
                 success=t("apikeys.revoked"),
             )
+
+render_key_limits(me.id)  # quota policy: the limits an admin set on these keys (pages/_policy.py)

@@ -14,6 +14,7 @@ from backend.services import connections, model_admin
 from backend.services.personas import PersonaParams, field_help
 from backend.services.seed003 import Viewer
 from pages._frame import columns_config, language, maker, read, require, run_action, settings, t
+from pages._policy import render_prices, render_routes
 
 me = require("admin", "super")
 viewer = Viewer.for_admin(me.name)
@@ -299,3 +300,6 @@ if conn_names:
             st.success(t("models.conn.ok", detail=found))
         elif result is not None:
             st.error(t("models.conn.failed", detail=result.error))
+
+render_prices(models, me.actor)  # quota policy: model and engine prices (pages/_policy.py)
+render_routes(models, conns, me.actor)  # quota policy: connections per model, their health

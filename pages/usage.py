@@ -11,6 +11,7 @@ import streamlit as st
 from backend.services import dashboard, usage_rollup
 from db.session import get_sessionmaker
 from pages._frame import READ_TTL, account, col, db_url, render_browser, status_label, t
+from pages._policy import render_spend
 
 me = account()
 own = me.kind == "user"
@@ -55,6 +56,8 @@ if status.empty:
 else:
     status["status"] = status["status"].map(status_label)
     st.bar_chart(status, x="status", y="requests", x_label=col("status"), y_label=col("requests"), horizontal=True)
+
+render_spend(me.id if own else None, days)  # quota policy: spend in quota units and raw tokens
 
 st.subheader(t("usage.records"))
 if own:

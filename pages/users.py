@@ -23,6 +23,7 @@ from pages._frame import (
     status_label,
     t,
 )
+from pages._policy import render_rate_limits
 
 me = require("admin", "super")
 state = st.session_state
@@ -236,3 +237,5 @@ with st.expander(t("users.create")), st.form("users_create", clear_on_submit=Tru
             state.pop("users_shown", None)
             state[FLASH_KEY] = t("users.created", name=created)
             st.rerun()
+
+render_rate_limits(me.actor)  # quota policy: rpm / tpm per user, academy, API key (pages/_policy.py)

@@ -14,6 +14,7 @@ with 200 and the string code): see `original_client`. The real status then trave
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -157,7 +158,8 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
         retry_after = exc.extra.get("retry_after")
-        headers = {"Retry-After": str(retry_after)} if isinstance(retry_after, int) else None
+        # UPSTREAM_BUSY and rate limits (backend/services/rate_limits.py) say when to come back
+        headers = {"Retry-After": str(math.ceil(retry_after))} if isinstance(retry_after, (int, float)) else None
         return error_response(request.url.path, exc.code, exc.message, exc.status, request=request, headers=headers)
 
     @app.exception_handler(RequestValidationError)

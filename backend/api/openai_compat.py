@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Request, Response
@@ -112,10 +113,11 @@ def _conversation_id(body: ChatCompletionIn, request: Request) -> int | None:
 
 
 def _usage(result: ChatResult) -> dict[str, int]:
+    # quota policy: /v1 reports raw tokens; what they cost at the model's price is in the ledger
     return {
-        "prompt_tokens": result.billed_prompt_tokens,
-        "completion_tokens": result.billed_completion_tokens,
-        "total_tokens": result.billed_tokens,
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
     }
 
 
@@ -188,7 +190,7 @@ async def chat_completions(
         with maker() as session:
             user, key = api_key_caller(request, session)
             model_name = apikeys.model_for_key(session, key, body.model)  # a browser key names its one model
-            caller = Caller.for_user(user)
+            caller = replace(Caller.for_user(user), api_key_id=key.id)  # quota policy: the key's rate limit
             target = gateway.find_target(
                 session, settings, caller=caller, model_name=model_name, conversation_id=conversation_id
             )

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from backend import security
 from backend.config import Settings
 from backend.errors import ServiceError, conflict, forbidden
-from backend.services import audit, quota
+from backend.services import allowances, audit, quota
 from db.models import Admin, ApiKey, User
 
 NAME_PATTERN = re.compile(r"^[^\x00-\x1f\x7f]{1,64}$")
@@ -113,6 +113,7 @@ def create_user(
     session.flush()
     if tokens or pic_times:
         quota.grant(session, user_id=user.id, tokens=tokens, pic_times=pic_times, actor=actor, note="initial quota")
+    allowances.on_new_user(session, user.id, user.academy)  # quota policy: the current period's allowances
     if actor:
         audit.record(
             session,

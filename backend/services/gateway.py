@@ -12,7 +12,7 @@ transactions offloaded to a bounded pool of threads (`offload`), one hop each:
 2. admit (no I/O): the per-upstream concurrency bound (`METEOR_UPSTREAM_CONCURRENCY`; a
    full upstream is UPSTREAM_BUSY, 503 with Retry-After, nothing reserved) — the place a
    rate limit goes (`admit`);
-3. reserve (one commit): the most the call can cost (`reservation_tokens`), so too little
+3. reserve (one commit): the most the call can cost (`pricing.reserve_amount` at the model's price), so too little
    quota is TOKEN_NOT_ENOUGH (402) before any upstream request;
 4. stream from the provider's async iterator, no transaction open, no thread hop per piece;
 5. settle (one commit): the reservation to the real usage, the usage row and the
@@ -51,7 +51,7 @@ from backend.errors import ServiceError
 from backend.providers.base import ChatProvider, ChatRequest, ProviderError, ProviderTimeout, RequestSent, Usage
 from backend.providers.upstream import PerLoop
 from backend.security import mask_secret
-from backend.services import model_registry, quota, usage
+from backend.services import model_registry, pricing, quota, rate_limits, usage
 from backend.services.model_registry import ResolvedModel
 from backend.services.personas import PersonaParams, build_messages
 from db.models import ModelConversation
@@ -89,6 +89,7 @@ class Caller:
     user_id: str | None = None
     academy: str | None = None
     admin_name: str | None = None
+    api_key_id: int | None = None  # quota policy: a /v1 request's key, for its rate limit
 
     @classmethod
     def for_user(cls, user: Any) -> Caller:
@@ -210,11 +211,6 @@ def pick_connection(model: ResolvedModel, settings: Settings) -> ChatProvider:
     """The provider (one pooled client per connection) that runs `model`: the one place a
     connection is chosen (failover goes here)."""
     return model_registry.open_provider(model, settings)
-
-
-def reservation_tokens(model: ResolvedModel, prompt_tokens: int, max_output_tokens: int) -> int:
-    """The most a call can cost, reserved before the upstream call (prices go here)."""
-    return prompt_tokens + max_output_tokens
 
 
 class _Slots:
@@ -384,14 +380,27 @@ def plan_chat(
 
 def _reserve(maker: sessionmaker, settings: Settings, plan: ChatPlan) -> str:
     ttl = timedelta(seconds=settings.reservation_ttl_seconds + plan.model.timeout)
+    caller = plan.caller
     with maker.begin() as s:
+        # quota policy: the rate limit (429 + Retry-After) before anything is reserved; the
+        # price read here is stored on the reservation, so settlement charges this same price
+        rate_limits.admit(
+            s,
+            settings,
+            user_id=caller.user_id,
+            academy=caller.academy,
+            api_key_id=caller.api_key_id,
+            tokens=plan.prompt_estimate + plan.request.max_tokens,
+        )
+        price = pricing.model_price(s, plan.model.model_id)
         return quota.reserve(
             s,
-            user_id=plan.caller.user_id,
-            tokens=reservation_tokens(plan.model, plan.prompt_estimate, plan.request.max_tokens),
+            user_id=caller.user_id,
+            tokens=pricing.reserve_amount(price, plan.prompt_estimate, plan.request.max_tokens),
             ttl=ttl,
             request_id=plan.request_id,
             model=plan.model.name,
+            price=price,
         )
 
 

@@ -8,6 +8,8 @@ unknown keys to the key itself (so a missing string shows, never crashes).
 
 from __future__ import annotations
 
+from backend.services.i18n_policy import POLICY_STRINGS
+
 LANGUAGES = ("zh-CN", "en")
 LANGUAGE_NAMES = {"zh-CN": "中文", "en": "English"}
 
@@ -348,6 +350,8 @@ STRINGS: dict[str, tuple[str, str]] = {
     "apikeys.revoked": ("已吊销", "Revoked"),
 }
 
+STRINGS.update(POLICY_STRINGS)  # the quota-policy pages' strings (backend/services/i18n_policy.py)
+
 
 def normalize(language: str | None) -> str:
     """One of LANGUAGES: `en*` → en, anything else → zh-CN."""
@@ -389,6 +393,9 @@ ERROR_MEANINGS: dict[str, str] = {
     "QUERY_TABLE_ERROR": "查询条件不正确",
     "APP_NOT_FOUND_ERROR": "找不到该记录",
     "APP_QUERY_METHOD_ERROR": "请求参数不正确",
+    "ALLOWANCE_ERROR": "定期配额设置不正确",
+    "PRICE_ERROR": "价格设置不正确",
+    "RATE_LIMIT_ERROR": "限流设置不正确",
 }
 
 

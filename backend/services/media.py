@@ -78,7 +78,7 @@ from backend.providers import iflytek_iat, iflytek_ocr, openai_audio, openai_vis
 from backend.providers.base import ProviderError
 from backend.providers.iflytek_keys import parse_keys
 from backend.providers.recognition import SAMPLE_RATE, SAMPLE_WIDTH, Picture, pcm_seconds
-from backend.services import connections, netguard, quota
+from backend.services import connections, netguard, pricing, quota, rate_limits
 from backend.services.seed003 import Viewer
 from db.models import ModelAiOnline, UsageRecord, User
 
@@ -611,11 +611,20 @@ async def _recognize(
     request_id = uuid.uuid4().hex
     error_code = "AUDIO_TO_TEXT_ERROR" if kind == "voice" else "PICTURE_TO_TEXT_ERROR"
 
-    def select_engine() -> Engine:
+    def select_engine() -> tuple[Engine, float | None]:
         with maker() as session:
-            return choose(session)
+            chosen = choose(session)
+            return chosen, pricing.engine_price(session, kind, chosen.name)  # quota policy: engine price
 
-    engine = await anyio.to_thread.run_sync(select_engine)
+    engine, price = await anyio.to_thread.run_sync(select_engine)
+    if price is not None:  # quota policy: tokens per minute of speech / picTimes per picture
+        if kind == "voice":
+            tokens = pricing.units(price, (audio_seconds or 0) / 60) if settings.voice_costs_quota else 0
+        else:
+            pic_times = pricing.units(price, 1)
+    await anyio.to_thread.run_sync(  # quota policy: rpm / tpm, 429 + Retry-After
+        lambda: rate_limits.admit_user(maker, settings, user_id=user_id, tokens=tokens)
+    )
     media_pool = pool(settings, engine)
     media_pool.admit()
     reservation_id: str | None = None

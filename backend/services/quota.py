@@ -18,6 +18,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from backend.errors import ServiceError
+from backend.services import pricing
 from db.models import QuotaLedger, QuotaReservation, User
 
 
@@ -168,8 +169,10 @@ def reserve(
     ttl: timedelta = timedelta(minutes=10),
     request_id: str | None = None,
     model: str | None = None,
+    price: pricing.Price | None = None,
 ) -> str:
-    """Hold the most a request can cost; raises TOKEN_NOT_ENOUGH / PIC_TIMES_NOT_ENOUGH (402)."""
+    """Hold the most a request can cost; raises TOKEN_NOT_ENOUGH / PIC_TIMES_NOT_ENOUGH (402).
+    With a `price` (a chat), the settlement charges the real usage at this price."""
     if tokens < 0 or pic_times < 0:
         raise ServiceError("APP_INTERNAL_ERROR", "a reservation cannot be negative", 500)
     if not _debit(session, user_id, tokens, pic_times):
@@ -189,6 +192,8 @@ def reserve(
         request_id=request_id,
         model=model,
         expires_at=datetime.now(UTC) + ttl,
+        prompt_price=None if price is None else price.prompt,
+        completion_price=None if price is None else price.completion,
     )
     session.add(reservation)
     session.flush()
@@ -201,6 +206,8 @@ def reserve(
         reservation_id=reservation.id,
         request_id=request_id,
         model=model,
+        prompt_price=reservation.prompt_price,
+        completion_price=reservation.completion_price,
     )
     return reservation.id
 
@@ -228,10 +235,17 @@ def settle(
     completion_tokens: int | None = None,
 ) -> Balance | None:
     """Charge the real usage (capped at what was reserved) and give back the rest.
-    Returns the amounts charged, or None if the reservation was already closed."""
+    Returns the amounts charged, or None if the reservation was already closed.
+
+    A reservation made with a price (a chat) charges `prompt_tokens` and `completion_tokens`
+    at the prices captured when it was made (`tokens` is then not used); the ledger row keeps
+    the raw tokens and those prices."""
     res = _close(session, reservation_id, "settled")
     if res is None:
         return None
+    if res.prompt_price is not None and res.completion_price is not None:
+        captured = pricing.Price(res.prompt_price, res.completion_price)
+        tokens = pricing.charge(captured, pricing.Tokens(prompt_tokens or 0, completion_tokens or 0))
     charged = Balance(min(max(tokens, 0), res.tokens), min(max(pic_times, 0), res.pic_times))
     refund_t, refund_p = res.tokens - charged.tokens, res.pic_times - charged.pic_times
     if refund_t or refund_p:
@@ -247,6 +261,8 @@ def settle(
         model=res.model,
         prompt_tokens=prompt_tokens,
         completion_tokens=completion_tokens,
+        prompt_price=res.prompt_price,
+        completion_price=res.completion_price,
     )
     return charged
 
