@@ -18,10 +18,11 @@ requests / errors / p50 latency of the last hour.
 
 from __future__ import annotations
 
+import asyncio
 import random
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -31,7 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend.errors import ServiceError
-from backend.providers.base import ProviderError, ProviderTimeout
+from backend.providers.base import REQUEST_SENT, ProviderError, ProviderTimeout
 from backend.services import audit
 from db.models import ConnectionCall, ConnectionHealth, ModelAiOnline, ModelInfo, ModelRoute
 
@@ -304,10 +305,10 @@ class Attempt:
     error: str | None = None
 
 
-def failover_stream(
+async def failover_stream(
     maker: sessionmaker,
     routes: list[Route],
-    open_stream: Callable[[Route], Iterator[Any]],
+    open_stream: Callable[[Route], AsyncIterator[Any]],
     *,
     max_attempts: int,
     threshold: int,
@@ -315,11 +316,12 @@ def failover_stream(
     attempts: list[Attempt] | None = None,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     rng: random.Random | None = None,
-) -> Iterator[Any]:
+) -> AsyncIterator[Any]:
     """Yield the items of the first connection (in `order()`) whose stream produces its first
     item; a retryable failure before that moves on (at most `max_attempts` tries), recording
-    each connection's health. After the first item, failures propagate and are not retried.
-    An empty `routes` raises ServiceError 502. The last failure is re-raised when all fail."""
+    each connection's health (one short offloaded write per try, never per item). After the
+    first item, failures propagate and are not retried. An empty `routes` raises
+    ServiceError 502. The last failure is re-raised when all fail."""
     tried = 0
     last: BaseException | None = None
     for route in order(routes, now(), rng):
@@ -327,51 +329,53 @@ def failover_stream(
             break
         tried += 1
         started = time.monotonic()
-        stream = None
+        iterator = aiter(open_stream(route))
+        sent = False  # the provider's REQUEST_SENT marker is not a first token
         try:
-            stream = open_stream(route)
-            iterator = iter(stream)
-            first = next(iterator)
-        except StopIteration:
+            first = await anext(iterator)
+            while first is REQUEST_SENT:
+                sent = True
+                first = await anext(iterator)
+        except StopAsyncIteration:
             first = None
-            iterator = iter(())
         except Exception as exc:
             last = exc
             status = getattr(exc, "status", None)
             latency = int((time.monotonic() - started) * 1000)
-            with maker.begin() as s:
-                record_failure(
-                    s,
-                    route.connection_id,
-                    status=status,
-                    reason=str(exc)[:200] or type(exc).__name__,
-                    threshold=threshold,
-                    cooldown_seconds=cooldown_seconds,
-                    latency_ms=latency,
-                    now=now(),
-                )
+            await asyncio.to_thread(
+                _record, maker, record_failure, route.connection_id,
+                status=status, reason=str(exc)[:200] or type(exc).__name__, threshold=threshold,
+                cooldown_seconds=cooldown_seconds, latency_ms=latency, now=now(),
+            )  # fmt: skip
             if attempts is not None:
                 attempts.append(Attempt(route.connection_id, False, type(exc).__name__))
             if not retryable(exc):
                 raise
             continue
         latency = int((time.monotonic() - started) * 1000)
-        with maker.begin() as s:
-            record_success(s, route.connection_id, latency_ms=latency, now=now())
+        await asyncio.to_thread(_record, maker, record_success, route.connection_id, latency_ms=latency, now=now())
         if attempts is not None:
             attempts.append(Attempt(route.connection_id, True))
         try:
+            if sent:
+                yield REQUEST_SENT
             if first is not None:
                 yield first
-            yield from iterator  # after the first item: errors are the request's, never retried
+            async for item in iterator:  # after the first item: errors are the request's, never retried
+                yield item
         finally:
-            close = getattr(iterator, "close", None)
+            close = getattr(iterator, "aclose", None)
             if close is not None:
-                close()
+                await close()
         return
     if last is not None:
         raise last
     raise ServiceError(ERROR, "no usable connection for this model", 502)
+
+
+def _record(maker: sessionmaker, outcome: Callable[..., Any], connection_id: int, **fields: Any) -> None:
+    with maker.begin() as s:
+        outcome(s, connection_id, **fields)
 
 
 def list_routes(session: Session) -> list[dict[str, Any]]:

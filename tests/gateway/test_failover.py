@@ -5,6 +5,7 @@ with no retry once a token has been delivered."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections import Counter
 from datetime import UTC, datetime, timedelta
@@ -97,6 +98,18 @@ def test_failures_cool_down_then_half_open_then_reset_and_401_disables(maker, se
     assert health_of(maker, cid).disabled_reason is None
 
 
+def collect(stream, into: list | None = None) -> list:
+    """Every item of an async stream, in one event loop (`into` keeps what came before a failure)."""
+    items = [] if into is None else into
+
+    async def drain() -> None:
+        async for item in stream:
+            items.append(item)
+
+    asyncio.run(drain())
+    return items
+
+
 def open_with(settings, urls: dict[int, str], timeouts: dict[int, float]):
     def open_stream(r: routing.Route):
         provider = registry.chat_provider(
@@ -130,7 +143,7 @@ def test_failing_and_slow_upstreams_fail_over_to_the_healthy_one(maker, settings
         urls = {ids["failing"]: failing.url, ids["slow"]: slow.url, ids["healthy"]: healthy.url}
         timeouts = {ids["failing"]: 5.0, ids["slow"]: 1.0, ids["healthy"]: 5.0}
         attempts: list[routing.Attempt] = []
-        items = list(
+        items = collect(
             routing.failover_stream(
                 maker,
                 routes,
@@ -152,7 +165,7 @@ def test_failing_and_slow_upstreams_fail_over_to_the_healthy_one(maker, settings
         assert len(healthy.requests) == 1
         # bounded: with max_attempts=2 the healthy one is never reached
         with pytest.raises(ProviderError):
-            list(
+            collect(
                 routing.failover_stream(
                     maker,
                     routes,
@@ -179,11 +192,13 @@ def test_a_failure_after_the_first_token_is_not_retried(maker, settings):
         got: list = []
         attempts: list[routing.Attempt] = []
         with pytest.raises(ProviderError):
-            for item in routing.failover_stream(
-                maker, routes, open_with(settings, {a: dying.url, b: healthy.url}, {a: 5.0, b: 5.0}),
-                max_attempts=3, threshold=3, cooldown_seconds=60, attempts=attempts,
-            ):  # fmt: skip
-                got.append(item)
+            collect(
+                routing.failover_stream(
+                    maker, routes, open_with(settings, {a: dying.url, b: healthy.url}, {a: 5.0, b: 5.0}),
+                    max_attempts=3, threshold=3, cooldown_seconds=60, attempts=attempts,
+                ),
+                into=got,
+            )  # fmt: skip
         assert len([g for g in got if isinstance(g, str)]) == 2  # the delivered part
         assert [(x.connection_id, x.ok) for x in attempts] == [(a, True)]
         assert healthy.requests == []

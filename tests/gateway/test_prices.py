@@ -5,6 +5,7 @@ rows carrying raw tokens and the price, ledger = balance."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 
 import pytest
@@ -83,25 +84,26 @@ def test_a_price_change_between_reserve_and_settle_changes_nothing(maker, settin
     model_id = add_online_model(maker, settings, url=upstream.url)
     set_price(maker, model_id, 2, 3)
     user = make_user(maker, settings, tokens=100_000)
-    call = gateway.start_chat(
-        maker, settings, caller=Caller(user_id=user.id, academy="CS"), dialog=DIALOG, model_name="fake", max_tokens=50
-    )
-    held = 100_000 - balance(maker, user.id)
-    assert held == estimate(maker, settings) * 2 + 50 * 3
-    set_price(maker, model_id, 100, 100)  # the admin changes the price while the chat runs
-    result = call.run()
+    caller = Caller(user_id=user.id, academy="CS")
     completion = len(upstream.deltas)
-    assert result.charged_tokens == PROMPT * 2 + completion * 3  # the price it reserved with
-    assert balance(maker, user.id) == 100_000 - result.charged_tokens
-    assert_ledger_consistent(maker, user.id)
-    # the next chat pays the new price
-    after = balance(maker, user.id)
-    second = gateway.chat(
-        maker, settings, caller=Caller(user_id=user.id, academy="CS"), dialog=DIALOG, model_name="fake", max_tokens=50
-    )
-    assert second.charged_tokens == PROMPT * 100 + completion * 100
-    assert balance(maker, user.id) == after - second.charged_tokens
-    assert_ledger_consistent(maker, user.id)
+
+    async def scenario() -> None:
+        call = await gateway.start_chat(maker, settings, caller=caller, dialog=DIALOG, model_name="fake", max_tokens=50)
+        held = 100_000 - balance(maker, user.id)
+        assert held == estimate(maker, settings) * 2 + 50 * 3
+        set_price(maker, model_id, 100, 100)  # the admin changes the price while the chat runs
+        result = await call.run()
+        assert result.charged_tokens == PROMPT * 2 + completion * 3  # the price it reserved with
+        assert balance(maker, user.id) == 100_000 - result.charged_tokens
+        assert_ledger_consistent(maker, user.id)
+        # the next chat pays the new price
+        after = balance(maker, user.id)
+        second = await gateway.chat(maker, settings, caller=caller, dialog=DIALOG, model_name="fake", max_tokens=50)
+        assert second.charged_tokens == PROMPT * 100 + completion * 100
+        assert balance(maker, user.id) == after - second.charged_tokens
+        assert_ledger_consistent(maker, user.id)
+
+    asyncio.run(scenario())
 
 
 def test_too_little_quota_for_the_priced_reservation_is_402(client, maker, settings, upstream):
