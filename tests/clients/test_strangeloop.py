@@ -205,7 +205,7 @@ def test_create_a_model(flow):
         model = s.scalar(select(ModelInfo).where(ModelInfo.model_name == "数学老师"))
         assert (model.link_type, model.aiol_id, model.ai_name) == (1, flow.ids["connection"], "fake-gpt")
         assert model.user_id == flow.ids["user"] and model.description == "耐心讲解数学题"
-        assert model.ollama_model_name == "shuxuelaoshi:latest"  # the pinyin name the page made
+        assert model.ollama_model_name == "ShuXueLaoShi:latest"  # the pinyin name the page made
         assert model.model_file_id is not None
         flow.ids["model"] = model.model_id
         flow.ids["persona"] = model.model_file_id
@@ -235,7 +235,9 @@ def test_edit_the_persona(flow):
     rate.wait_for()
     assert rate.input_value() == "0.1"
     page.get_by_text("样本回复").first.click()
-    page.locator("tr").filter(has_text="1+1等于几？").first.wait_for(state="attached")
+    page.wait_for_function(  # the example's row: its fields are inputs holding the stored text
+        "() => [...document.querySelectorAll('tr input')].some(e => e.value === '1+1等于几？')"
+    )
     rate.fill("0.3")
     page.locator("#system-prompt").fill("你是一位耐心的数学老师。")
     flow.shot("05-persona-edit")
