@@ -3,6 +3,12 @@
 A page that is not in the navigation of the signed-in role cannot be reached, not even by
 its URL. Run with `make run` (or `streamlit run Home.py`); the database and secrets come
 from the `METEOR_*` environment like the API server's.
+
+Streamlit's own navigation of the `pages/` folder (which it uses on a process's first run,
+before any `st.navigation` call) is hidden by `.streamlit/config.toml`
+(`client.showSidebarNavigation = false`); the signed-in navigation below turns sidebar
+navigation on. When Streamlit runs a page file by itself, the page's `account()` check runs
+this file, so that page too only renders through this gate (pages/_frame.py).
 """
 
 from __future__ import annotations
@@ -14,36 +20,47 @@ from streamlit_authenticator.utilities import LoginError
 
 from backend.services import dashboard_auth as auth
 from backend.services import i18n
-from pages._frame import LANG_KEY, NOTICE_KEY, language, maker, settings, t
+from pages._frame import LANG_KEY, NOTICE_KEY, language, maker, routed, settings, t
 
 st.set_page_config(page_title="Meteor", page_icon="☄️", layout="wide")
 
 state = st.session_state
 REVOKED_KEY = "meteor_revoked_message"
+PAGES = Path(__file__).resolve().parent / "pages"  # absolute: this file also runs with a page file as main script
 # every page file's address; an address the role has no page for gets a hidden stand-in page
-PAGE_PATHS = tuple(sorted(p.stem for p in (Path(__file__).parent / "pages").glob("*.py") if not p.stem.startswith("_")))
+PAGE_PATHS = tuple(sorted(p.stem for p in PAGES.glob("*.py") if not p.stem.startswith("_")))
+listed: set[str] = set()  # the page files this run's navigation opens (filled by page())
 
 # The cookie component (extra-streamlit-components, inside streamlit-authenticator) is an
 # iframe with no visible content; taken out of the page flow it leaves no empty bar above
-# the title. It still loads and reads / writes the cookie.
-st.html(
+# the title. It still loads and reads / writes the cookie. (st.markdown, not st.html: the
+# browser has the markdown code already for the title, st.html would be one more download
+# before the sign-in form can paint.)
+st.markdown(
     """<style>
     .stElementContainer:has(iframe[title*="CookieManager"]) {
         position: absolute; width: 0; height: 0; overflow: hidden; margin: 0; padding: 0;
     }
-    </style>"""
+    </style>""",
+    unsafe_allow_html=True,
 )
 
-with st.sidebar:
-    st.selectbox(
-        t("app.language"),
-        i18n.LANGUAGES,
-        index=i18n.LANGUAGES.index(language()),
-        format_func=i18n.LANGUAGE_NAMES.get,
-        key=LANG_KEY,
-    )
-
 authenticator, directory = auth.build_authenticator(settings(), maker(), state)
+
+
+def language_switch() -> None:
+    """The sidebar's language switch: a radio like "sign in as" (no selectbox code for the
+    browser to fetch before the sign-in form can paint). Home.py's sidebar widgets come after
+    st.navigation, which gives them the same identity however Streamlit reached this file."""
+    with st.sidebar:
+        st.radio(
+            t("app.language"),
+            i18n.LANGUAGES,
+            index=i18n.LANGUAGES.index(language()),
+            format_func=i18n.LANGUAGE_NAMES.get,
+            horizontal=True,
+            key=LANG_KEY,
+        )
 
 
 def forget_session(message_key: str | None = None) -> None:
@@ -125,8 +142,10 @@ def login_page() -> None:
         st.rerun()
 
 
-def page(path: str, title_key: str, icon: str, **kwargs) -> st.Page:
-    return st.Page(path, title=t(title_key), icon=icon, **kwargs)
+def page(name: str, title_key: str, icon: str, **kwargs) -> st.Page:
+    """The page file pages/<name>.py at the address /<name> (the start page at /)."""
+    listed.add(name)
+    return st.Page(PAGES / f"{name}.py", title=t(title_key), icon=icon, url_path=name, **kwargs)
 
 
 def stand_ins(target, taken: set[str]) -> list[st.Page]:
@@ -150,55 +169,60 @@ def with_stand_ins(sections: dict[str, list[st.Page]]) -> dict[str, list[st.Page
         state[NOTICE_KEY] = "nav.refused"
         st.switch_page(start)
 
-    taken = {Path(str(p._page)).stem for p in pages}
     last = list(sections)[-1]
-    return {**sections, last: [*sections[last], *stand_ins(refused, taken)]}
+    return {**sections, last: [*sections[last], *stand_ins(refused, listed)]}
 
 
 def pages_for(role: str) -> dict[str, list[st.Page]]:
     """The navigation of each role; anything not listed here is unreachable for that role."""
     if role == "user":
         mine = [
-            page("pages/account.py", "page.account", ":material/person:", default=True),
-            page("pages/usage.py", "page.my_usage", ":material/monitoring:"),
-            page("pages/conversations.py", "page.conversations", ":material/forum:"),
-            page("pages/playground.py", "page.playground", ":material/smart_toy:"),
+            page("account", "page.account", ":material/person:", default=True),
+            page("usage", "page.my_usage", ":material/monitoring:"),
+            page("conversations", "page.conversations", ":material/forum:"),
+            page("playground", "page.playground", ":material/smart_toy:"),
         ]
         try:
             import backend.services.apikeys  # noqa: F401
 
-            mine.append(page("pages/apikeys.py", "page.apikeys", ":material/key:"))
+            mine.append(page("apikeys", "page.apikeys", ":material/key:"))
         except ImportError:
             pass
         return {t("nav.section.mine"): mine}
     console = [
-        page("pages/overview.py", "page.overview", ":material/dashboard:", default=True),
-        page("pages/usage.py", "page.usage", ":material/monitoring:"),
-        page("pages/playground.py", "page.playground", ":material/smart_toy:"),
+        page("overview", "page.overview", ":material/dashboard:", default=True),
+        page("usage", "page.usage", ":material/monitoring:"),
+        page("playground", "page.playground", ":material/smart_toy:"),
     ]
     manage = [
-        page("pages/tables.py", "page.tables", ":material/table_view:"),
-        page("pages/users.py", "page.users", ":material/school:"),
-        page("pages/vouchers.py", "page.vouchers", ":material/confirmation_number:"),
-        page("pages/allowances.py", "page.allowances", ":material/event_repeat:"),  # quota policy
-        page("pages/models.py", "page.models", ":material/psychology:"),
-        page("pages/conversations.py", "page.conversations", ":material/forum:"),
+        page("tables", "page.tables", ":material/table_view:"),
+        page("users", "page.users", ":material/school:"),
+        page("vouchers", "page.vouchers", ":material/confirmation_number:"),
+        page("allowances", "page.allowances", ":material/event_repeat:"),  # quota policy
+        page("models", "page.models", ":material/psychology:"),
+        page("conversations", "page.conversations", ":material/forum:"),
     ]
     if role == "super":
-        manage.append(page("pages/admins.py", "page.admins", ":material/admin_panel_settings:"))
+        manage.append(page("admins", "page.admins", ":material/admin_panel_settings:"))
     return {
         t("nav.section.console"): console,
         t("nav.section.manage"): manage,
-        t("nav.section.mine"): [page("pages/account.py", "page.account", ":material/person:")],
+        t("nav.section.mine"): [page("account", "page.account", ":material/person:")],
     }
 
 
 account = current_account()
 if account is None:
     sign_in = st.Page(login_page, title=t("login.title"), icon=":material/login:", url_path="login")
-    st.navigation([sign_in, *stand_ins(login_page, set())]).run()
+    signed_out = st.navigation([sign_in, *stand_ins(login_page, set())], position="hidden")
+    language_switch()
+    with routed():
+        signed_out.run()
     st.stop()
 
+st.set_option("client.showSidebarNavigation", True)  # config.toml hides it until here (see the docstring)
+current = st.navigation(with_stand_ins(pages_for(account.role)), position="sidebar")
+language_switch()
 with st.sidebar:
     st.caption(t("signed_in_as", name=account.name, role=t(f"role.{account.role}")))
     if st.button(t("logout"), key="meteor_logout"):
@@ -206,8 +230,7 @@ with st.sidebar:
             auth.revoke(session, account)
         forget_session()
         st.rerun()
-
-current = st.navigation(with_stand_ins(pages_for(account.role)))
 if current.url_path != "":  # the refusal notice stays on the start page (across reruns) until the person moves on
     state.pop(NOTICE_KEY, None)
-current.run()
+with routed():
+    current.run()

@@ -9,11 +9,14 @@ so one process can serve several databases without mixing them up.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import runpy
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import date
-from typing import Any, TypeVar
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import pandas as pd
 import streamlit as st
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -23,10 +26,15 @@ from backend.services import browse, i18n
 from backend.services.dashboard_auth import ACCOUNT_KEY, VERSION_KEY, DashboardAccount, check_session
 from db.session import get_sessionmaker
 
+if TYPE_CHECKING:  # pandas is imported by the pages that show frames: the sign-in page never needs it
+    import pandas as pd
+
 LANG_KEY = "meteor_language"
 FLASH_KEY = "meteor_flash"
 NOTICE_KEY = "meteor_notice"  # an i18n key shown as a warning on top of the start page it sent the person to
 READ_TTL = 30  # seconds a read-only frame may be reused; writes clear the cache at once
+HOME = Path(__file__).resolve().parent.parent / "Home.py"
+_gate = threading.local()  # Streamlit runs each session's script in a thread of its own
 
 T = TypeVar("T")
 
@@ -91,11 +99,27 @@ def columns_config(frame: pd.DataFrame, labels: dict[str, str] | None = None) ->
     return config
 
 
+@contextmanager
+def routed() -> Iterator[None]:
+    """Home.py runs the page st.navigation chose inside this: the page knows the gate ran."""
+    _gate.depth = getattr(_gate, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _gate.depth -= 1
+
+
 def account() -> DashboardAccount:
-    """The signed-in account, re-checked against the database. Home.py's gate has normally
-    done so this run already; the page checks again because Streamlit may run a file under
-    pages/ directly (the first run of a process, before st.navigation is known, uses the
-    pages/ folder) — a page must never trust that the gate ran."""
+    """The signed-in account, re-checked against the database.
+
+    Streamlit runs a file under pages/ by itself on a process's first run (before any
+    st.navigation call it serves the pages/ folder), and AppTest does on every run. A page
+    run that way did not pass Home.py's gate, so it runs Home.py instead: the sign-in form,
+    or this page through the role's navigation (or the refusal) — and stops after it."""
+    if not getattr(_gate, "depth", 0):
+        runpy.run_path(str(HOME), run_name="__main__")
+        st.stop()
+    # Home.py has checked the session this run already; a page checks again (defence in depth)
     state = st.session_state
     known = state.get(ACCOUNT_KEY)
     current = None
@@ -262,6 +286,8 @@ def render_browser(
     except ServiceError as exc:
         st.error(error_text(exc))
         st.stop()
+    import pandas as pd
+
     frame = pd.DataFrame(result.rows, columns=result.columns).drop(columns=list(hide), errors="ignore")
     if frame.empty:
         st.info(t("common.none"))

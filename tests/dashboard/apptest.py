@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from streamlit.runtime.pages_manager import PagesManager
 from streamlit.testing.v1 import AppTest
 
 from backend.config import Settings
@@ -32,22 +31,6 @@ def dashboard_env(monkeypatch, settings: Settings, language: str = "en") -> None
     }
     for key, value in values.items():
         monkeypatch.setenv(key, value)
-    steady_state_navigation(monkeypatch)
-
-
-def steady_state_navigation(monkeypatch) -> None:
-    """Run every AppTest run the way a server runs after its first request. Streamlit decides
-    "pages/ folder or st.navigation" once per process (`PagesManager.uses_pages_directory`,
-    set to False by the first st.navigation call); AppTest resets that before each run, so
-    each run would start in pages/-folder mode and run a requested page file without Home.py.
-    (That first-run path is covered on its own: a page run without Home.py shows nothing.)"""
-    original = PagesManager.__init__
-
-    def init(self, *args, **kwargs):
-        original(self, *args, **kwargs)
-        PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(PagesManager, "__init__", init)
 
 
 def open_dashboard(timeout: float = 60) -> AppTest:
