@@ -32,6 +32,7 @@ def chat_provider(
     api_key: str | None = None,
     timeout: float | None = None,
     settings: Settings | None = None,
+    allow_private: bool = True,
 ) -> ChatProvider:
     """A provider for `protocol` (one of PROTOCOLS). `api_key` is the connection's decrypted
     secret (for Spark, the packed `app_id:api_key:api_secret` or JSON; see spark_chat)."""
@@ -41,9 +42,9 @@ def chat_provider(
     if settings is not None:
         from backend.services.netguard import Guard
 
-        # every connection is checked by today's rules (loopback per METEOR_ALLOW_LOOPBACK,
-        # private ranges per METEOR_ALLOWED_PRIVATE_HOSTS) and pinned to the checked address
-        guard = Guard(settings, allow_private=True)
+        # every connection is pinned to the address its check passed; loopback and private
+        # ranges only for admins' (shared) connections (`allow_private`, audit finding 9)
+        guard = Guard(settings, allow_private=allow_private)
     if protocol == "openai":
         from backend.providers.openai_chat import OpenAIChatProvider
 

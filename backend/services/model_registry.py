@@ -190,7 +190,12 @@ def open_provider(model: ResolvedModel, settings: Settings) -> ChatProvider:
             _providers.move_to_end(cache_key)
             return provider
     provider = registry.chat_provider(
-        model.provider, base_url=model.base_url, api_key=model.api_key, timeout=model.timeout, settings=settings
+        model.provider,
+        base_url=model.base_url,
+        api_key=model.api_key,
+        timeout=model.timeout,
+        settings=settings,
+        allow_private=model.allow_private,
     )
     with _providers_lock:
         _providers[cache_key] = provider

@@ -65,6 +65,7 @@ class PlaygroundAccount:
     name: str
     token_version: int
     academy: str | None = None
+    identity: str = ""  # the account's identity stamp: a token of a deleted namesake never fits
 
     @property
     def subject(self) -> str:
@@ -92,13 +93,13 @@ def _load(session: Session, kind: str, account_id: str) -> PlaygroundAccount | N
             return None
         if admin is None:
             return None
-        return PlaygroundAccount("admin", str(admin.id), admin.name, admin.token_version)
+        return PlaygroundAccount("admin", str(admin.id), admin.name, admin.token_version, identity=admin.identity)
     if kind != "user":
         return None
     user = session.get(User, str(account_id))
     if user is None or user.status != "active":
         return None
-    return PlaygroundAccount("user", user.id, user.username, user.token_version, user.academy)
+    return PlaygroundAccount("user", user.id, user.username, user.token_version, user.academy, user.identity)
 
 
 def _from_token(session: Session, settings: Settings, token: str, kind: str) -> PlaygroundAccount | None:
@@ -108,7 +109,7 @@ def _from_token(session: Session, settings: Settings, token: str, kind: str) -> 
         except security.TokenError:
             continue
         account = _load(session, role, str(claims["sub"]))
-        if account is not None and account.token_version == claims["ver"]:
+        if account is not None and security.same_account(claims, account):
             return account
         return None
     return None
@@ -135,7 +136,7 @@ def _link(session: Session, settings: Settings, token: str) -> tuple[PlaygroundA
         except security.TokenError:
             continue
         account = _load(session, role, str(claims["sub"]))
-        if account is None or account.token_version != claims["ver"] or not claims.get("jti"):
+        if account is None or not security.same_account(claims, account) or not claims.get("jti"):
             return None
         return account, claims
     return None
@@ -190,6 +191,7 @@ def session_token(settings: Settings, account: PlaygroundAccount) -> str:
         kind=SESSION_KIND,
         version=account.token_version,
         ttl=timedelta(minutes=settings.access_token_minutes),
+        identity=account.identity,
     )
 
 

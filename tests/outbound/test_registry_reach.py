@@ -31,3 +31,31 @@ def test_a_users_own_connection_cannot_reach_loopback_through_chat(maker, settin
         with pytest.raises(UnsafeURL, match="only connections an admin manages"):
             model_registry.open_provider(own, settings)
         assert upstream.requests == []
+
+
+def test_the_pinned_transport_of_a_users_connection_refuses_private_addresses_too(maker, settings):
+    """The URL check and the transport that pins each connection use the same rule, so a
+    user's connection whose host later resolves to loopback is refused at connect time."""
+    import asyncio
+
+    owner = make_user(maker, settings)
+    with OpenAIServer() as upstream:
+        add_online_model(maker, settings, url=upstream.url, name="own-2", user_id=owner.id)
+        with maker.begin() as s:
+            s.execute(update(ModelAiOnline).where(ModelAiOnline.ai_name == "conn-own-2").values(created_by=owner.id))
+        with maker() as s:
+            own = model_registry.resolve(s, settings, name="own-2", user_id=owner.id)
+        from backend.providers import registry
+
+        provider = registry.chat_provider(
+            "openai", base_url=upstream.url, api_key="k", timeout=5, settings=settings, allow_private=own.allow_private
+        )
+
+        async def models() -> None:
+            await provider._guard.transport(asynchronous=True).handle_async_request(
+                __import__("httpx").Request("GET", upstream.url + "/models")
+            )
+
+        with pytest.raises(UnsafeURL):
+            asyncio.run(models())
+        assert upstream.requests == []

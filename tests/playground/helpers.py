@@ -55,12 +55,19 @@ def link_token(settings: Settings, maker: sessionmaker, kind: str, account_id: s
         if kind == "user":
             user = s.get(User, account_id)
             account = DashboardAccount(
-                "user", user.id, user.username, False, user.academy, user.status, user.token_version
+                "user", user.id, user.username, False, user.academy, user.status, user.token_version, user.identity
             )
         else:
             admin = s.scalar(select(Admin).where(Admin.id == int(account_id)))
             account = DashboardAccount(
-                "admin", str(admin.id), admin.name, bool(admin.is_super), None, "active", admin.token_version
+                "admin",
+                str(admin.id),
+                admin.name,
+                bool(admin.is_super),
+                None,
+                "active",
+                admin.token_version,
+                admin.identity,
             )
     return playground_token(settings, account)
 

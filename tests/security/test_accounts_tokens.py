@@ -181,3 +181,25 @@ def test_admin_password_reset_revokes_api_keys_other_edits_do_not(client, maker,
     body = {"target_user": user.username, "new_user_info": {"new_password": "reset-pass-7"}}
     assert client.post("/admin/modify_normal_user", json=body, headers=root).json()["code"] == 0
     assert not _key_works(client, key)
+
+
+def test_a_playground_session_of_a_deleted_account_never_signs_in_its_namesake(maker, settings):
+    """The playground's session cookie and sign-in link carry the identity stamp, like API tokens."""
+    from backend.services import playground
+
+    old = make_user(maker, settings, username="ghost")
+    with maker() as s:
+        cookie = playground.session_token(settings, playground._load(s, "user", old.id))
+        assert playground.authenticate(s, settings, cookie=cookie).id == old.id
+    with maker.begin() as s:
+        s.delete(s.get(User, old.id))
+    new = make_user(maker, settings, username="ghost")
+    forged = security.issue_token(
+        settings, subject=new.id, role="user", kind=playground.SESSION_KIND, version=new.token_version,
+        ttl=timedelta(minutes=5),
+    )  # fmt: skip
+    with maker() as s:
+        assert playground.authenticate(s, settings, cookie=cookie) is None
+        assert playground.authenticate(s, settings, cookie=forged) is None  # no stamp: refused
+        good = playground.session_token(settings, playground._load(s, "user", new.id))
+        assert playground.authenticate(s, settings, cookie=good).id == new.id
