@@ -85,7 +85,7 @@ def _login(request: Request, session, settings, body: Any) -> dict:
         settings,
         "user",
         data.account,
-        lambda: accounts.authenticate_user(session, settings, username=data.account, password=data.password),
+        data.password,
     )
     assert isinstance(user, User)
     if user.status != "active":

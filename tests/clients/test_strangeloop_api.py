@@ -64,8 +64,8 @@ def test_sign_in_errors_in_the_seed003_envelope(client, maker):
 
 def test_sign_in_is_rate_limited_like_auth_login(client, maker):
     ok(client.post("/sys/user/create", json={"account": "xiaoli", "password": "secret-123"}))
-    for _ in range(5):
-        refused(client.post("/sys/user/login", json={"account": "xiaoli", "password": "wrong-pass"}), 401)
+    for n in range(5):  # distinct guesses: the same one again within seconds is a client's retry, counted once
+        refused(client.post("/sys/user/login", json={"account": "xiaoli", "password": f"wrong-pass-{n}"}), 401)
     refused(client.post("/sys/user/login", json={"account": "xiaoli", "password": "secret-123"}), 429)
 
 

@@ -73,8 +73,5 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("quota_allowance_runs")
-    op.drop_index("ix_allowance_grants_run_user", table_name="quota_allowance_grants")
     op.drop_table("quota_allowance_grants")
-    op.drop_index("ix_quota_allowances_enabled", table_name="quota_allowances")
-    op.drop_index("ix_quota_allowances_academy", table_name="quota_allowances")
     op.drop_table("quota_allowances")

@@ -103,13 +103,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_index("ix_connection_calls_conn_at", table_name="connection_calls")
     op.drop_table("connection_calls")
     op.drop_table("connection_health")
-    op.drop_index("ix_model_routes_connection_id", table_name="model_routes")
-    op.drop_index("ix_model_routes_model_id", table_name="model_routes")
     op.drop_table("model_routes")
-    op.drop_index("ix_rate_events_bucket_at", table_name="rate_events")
     op.drop_table("rate_events")
     op.drop_table("rate_limits")
     op.drop_table("engine_prices")

@@ -29,5 +29,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_index(op.f('ix_playground_links_expires_at'), table_name='playground_links')
     op.drop_table('playground_links')
