@@ -49,8 +49,7 @@ def test_a_user_chats_in_the_embedded_playground_and_sees_the_answer_stream(page
 
 def test_the_playground_follows_the_dashboard_language_and_an_admin_is_charged_to_no_one(page, stack):
     sign_in(page, stack.ui_url, "admin", "admin", ADMIN_PASSWORD)
-    page.get_by_label(zh("app.language")).click()
-    page.get_by_role("option", name="English").click()
+    page.get_by_role("radiogroup", name=zh("app.language")).get_by_text("English", exact=True).click()
     settle(page)
     page.locator('[data-testid="stSidebarNav"] a', has_text="Playground").click()
     expect(page.locator("h1", has_text="Playground")).to_be_visible(timeout=RUN_TIMEOUT)
