@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     language: str = "zh-CN"
     allowed_private_hosts: str = ""
     allow_loopback: bool = True  # aiApi may point at this machine (a local Ollama)
+    # exact host:port upstreams users' OWN connections may reach although private (a campus
+    # model server); empty: users reach public addresses only (audit finding 9)
+    user_upstreams: str = ""
     voice_costs_quota: bool = False
     voice_tokens_per_second: int = 1
     legacy_uuid_auth: bool = False  # accept the seed's uuid + username instead of a Bearer token
@@ -146,6 +149,10 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ValueError(f"METEOR_TRUSTED_PROXIES: {exc}") from exc
         return self
+
+    @property
+    def user_upstream_set(self) -> set[str]:
+        return {h.strip().lower().replace("[", "").replace("]", "") for h in self.user_upstreams.split(",") if h.strip()}
 
     @property
     def private_host_allowlist(self) -> set[str]:

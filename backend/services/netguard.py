@@ -12,7 +12,9 @@ aimed at the server's own network: a cloud metadata address (169.254.169.254, Al
 - loopback and every private, link-local, shared, reserved or unspecified address are for
   ADMINS' connections only (`allow_private=True`: a shared connection, or an admin's
   unsaved test). A user's own connection reaches public addresses only, whatever the
-  settings below say;
+  settings below say, except the exact `host:port` upstreams a deployer lists in
+  `METEOR_USER_UPSTREAMS` (a campus model server on a private network) — a port is
+  required, so a user can never scan a host's other ports;
 - with `allow_private`, loopback is allowed when `Settings.allow_loopback` (default on, for
   a local Ollama), and any other private address only when the host name, the address, or
   a network containing it is in `METEOR_ALLOWED_PRIVATE_HOSTS`.
@@ -119,8 +121,20 @@ def _kind(address: Address) -> str | None:
     return None
 
 
+def _user_upstream(host: str, address: Address, port: int, settings: Settings) -> bool:
+    """Whether `host` (or `address`) at `port` is one of METEOR_USER_UPSTREAMS."""
+    listed = settings.user_upstream_set
+    return bool(listed) and (f"{host}:{port}" in listed or f"{address}:{port}" in listed)
+
+
 def _refusal(
-    address: Address, settings: Settings, networks: list[Network], *, allow_private: bool, name_allowed: bool
+    address: Address,
+    settings: Settings,
+    networks: list[Network],
+    *,
+    allow_private: bool,
+    name_allowed: bool,
+    user_listed: bool = False,
 ) -> str | None:
     """Why the server may not connect to `address`, or None when it may."""
     address = _unmapped(address)
@@ -130,7 +144,7 @@ def _refusal(
     if kind is None:
         return None
     if not allow_private:
-        return kind
+        return None if user_listed else kind
     if name_allowed or any(address in net for net in networks if net.version == address.version):
         return None
     if address.is_loopback and settings.allow_loopback:
@@ -173,11 +187,16 @@ def _check_name(host: str) -> str:
     return host
 
 
-def _check_addresses(host: str, addresses: list[Address], settings: Settings, *, allow_private: bool) -> None:
+def _check_addresses(
+    host: str, port: int, addresses: list[Address], settings: Settings, *, allow_private: bool
+) -> None:
     names, networks = _allowlist(settings)
     name_allowed = host in names
     for address in addresses:
-        reason = _refusal(address, settings, networks, allow_private=allow_private, name_allowed=name_allowed)
+        listed = not allow_private and _user_upstream(host, _unmapped(address), port, settings)
+        reason = _refusal(
+            address, settings, networks, allow_private=allow_private, name_allowed=name_allowed, user_listed=listed
+        )
         if reason is not None:
             raise _refuse(host, reason, allow_private)
 
@@ -192,7 +211,7 @@ def checked_addresses(host: str, port: int, settings: Settings, *, allow_private
         raise UnsafeURL(f"cannot resolve the host {host!r}") from None
     if not addresses:
         raise UnsafeURL(f"cannot resolve the host {host!r}")
-    _check_addresses(host, addresses, settings, allow_private=allow_private)
+    _check_addresses(host, port, addresses, settings, allow_private=allow_private)
     return [str(a) for a in addresses]
 
 
@@ -229,7 +248,7 @@ def check_url(url: str, settings: Settings, *, on_save: bool = False, allow_priv
         if on_save:
             return CheckedURL(url, host, port, ())
         raise UnsafeURL(f"cannot resolve the host {host!r}") from None
-    _check_addresses(host, addresses, settings, allow_private=allow_private)
+    _check_addresses(host, port, addresses, settings, allow_private=allow_private)
     return CheckedURL(url, host, port, tuple(str(a) for a in addresses))
 
 

@@ -38,12 +38,7 @@ from tests.clients.stack import serve_api, static_site
 from tests.fakes.openai_server import OpenAIServer
 from tests.gateway.helpers import assert_ledger_consistent, wait_for
 
-pytestmark = [
-    pytest.mark.skip(
-        reason="fails since finding 9: a user's connection to the loopback fake upstream is refused (issue 11 open)"
-    ),
-    pytest.mark.slow,
-]
+pytestmark = pytest.mark.slow
 
 SHOTS = ARTIFACTS / "clients" / "strangeloop"
 ACCOUNT, PASSWORD = "xiaoming", "secret-123"
@@ -88,7 +83,9 @@ def flow(tmp_path_factory) -> Iterator[Flow]:
 
     with (
         OpenAIServer(reply=REPLY, prompt_tokens=PROMPT_TOKENS) as upstream,
-        serve_api(tmp / "data", logs) as api,
+        # the fake upstream is on loopback, which a user's own connection may reach only when
+        # the deployer lists that exact host:port (audit finding 9)
+        serve_api(tmp / "data", logs, user_upstreams=urlsplit(upstream.url).netloc) as api,
         static_site(dist_for(dist, api.url, tmp / "site")) as site,
         sync_playwright() as playwright,
     ):

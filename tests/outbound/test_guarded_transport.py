@@ -109,6 +109,20 @@ def test_users_never_reach_loopback_or_private_addresses(tmp_path, pair, dns):
     assert len(allowed.hits) == hits
 
 
+def test_a_listed_user_upstream_is_reachable_at_its_port_only(tmp_path, pair, dns):
+    """METEOR_USER_UPSTREAMS opens one exact host:port to users' own connections (a campus
+    model server); its other ports and other private addresses stay refused."""
+    allowed, forbidden = pair
+    dns.set("campus.test", [FORBIDDEN_IP])
+    listed = make_settings("sqlite:///unused.db", tmp_path, user_upstreams=f"{ALLOWED_IP}:{allowed.port}")
+    with sync_client(listed, allow_private=False) as client:
+        assert client.get(allowed.url()).json() == {"who": "allowed"}
+    for url in (forbidden.url(), f"http://campus.test:{allowed.port}/", f"http://{ALLOWED_IP}:{allowed.port + 1}/"):
+        with sync_client(listed, allow_private=False) as client, pytest.raises(UnsafeURL, match="admin"):
+            client.get(url)
+    assert forbidden.hits == []
+
+
 def test_dns_rebinding_never_reaches_the_forbidden_address(strict, pair, dns):
     allowed, forbidden = pair
     url = f"http://rebind.test:{allowed.port}/"
