@@ -293,6 +293,8 @@ def test_chat(flow):
     answer = page.locator(".semi-chat-chatBox").filter(has_text=REPLY)
     answer.wait_for()
     page.locator(".semi-chat-chatBox").filter(has_text="1+1等于几？").first.wait_for()
+    # the app's "加载中" overlay clears once every call it made (to Meteor) has answered
+    page.locator(".loading-text").wait_for(state="hidden")
     flow.shot("08-chat")
     # the browser talked to Meteor only; Meteor called the upstream with the provider's key
     upstream_origin = f"{urlsplit(flow.upstream.url).hostname}:{urlsplit(flow.upstream.url).port}"
