@@ -152,7 +152,8 @@ class Settings(BaseSettings):
 
     @property
     def user_upstream_set(self) -> set[str]:
-        return {h.strip().lower().replace("[", "").replace("]", "") for h in self.user_upstreams.split(",") if h.strip()}
+        entries = (h.strip().lower().replace("[", "").replace("]", "") for h in self.user_upstreams.split(","))
+        return {h for h in entries if h}
 
     @property
     def private_host_allowlist(self) -> set[str]:
