@@ -5,7 +5,6 @@ deployer changes). Nothing of the clients is copied into the project."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys
@@ -20,11 +19,11 @@ from sqlalchemy.orm import sessionmaker
 from backend.config import Settings
 from db.models import ModelFile
 from db.session import get_sessionmaker
-from tests.browser.conftest import START_TIMEOUT, free_port, stop, wait_healthy
+from tests.browser.conftest import START_TIMEOUT, free_port, stop
+from tests.clients.stack import ADMIN_PASSWORD, api_env, spawn_api  # noqa: F401 - ADMIN_PASSWORD for the tests
 from tests.seed003.conftest import Actor, admin, alice, bob  # noqa: F401 - pytest fixtures
 
 ROOT = Path(__file__).resolve().parents[2]
-ADMIN_PASSWORD = "clients-admin-pass-1"
 ANSWER_TOKENS = 24  # the embedded model's answer limit: a chat takes seconds
 
 
@@ -61,19 +60,10 @@ class Meteor:
 
 
 def start_meteor(tmp: Path, **env_overrides: str) -> tuple[Meteor, subprocess.Popen]:
+    """Migrate a fresh data dir, shorten the embedded model's answers, then serve it."""
     data = tmp / "data"
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("METEOR_")}
-    env.update(
-        METEOR_DATA_DIR=str(data),
-        METEOR_ADMIN_PASSWORD=ADMIN_PASSWORD,
-        METEOR_API_PORT=str(port),
-        METEOR_BCRYPT_ROUNDS="4",
-        METEOR_MODEL_TITLES="false",
-        HF_HUB_OFFLINE="1",
-        GRADIO_ANALYTICS_ENABLED="False",
-        **env_overrides,
-    )
+    env = api_env(data, port, **env_overrides)
     log = tmp / "api.log"
     prepared = subprocess.run(
         [sys.executable, "-m", "backend", "migrate"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
@@ -83,18 +73,7 @@ def start_meteor(tmp: Path, **env_overrides: str) -> tuple[Meteor, subprocess.Po
     maker = get_sessionmaker(settings.resolved_database_url)
     with maker.begin() as s:
         s.execute(update(ModelFile).values(num_predict=ANSWER_TOKENS, temperature=0.3))
-    process = subprocess.Popen(
-        [sys.executable, "-m", "backend", "serve-api", "--port", str(port), "--skip-prepare"],
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("w"),
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        wait_healthy(f"http://127.0.0.1:{port}/healthz", process, log, timeout=START_TIMEOUT)
-    except BaseException:
-        stop(process)
-        raise
+    process = spawn_api(port, env, log, "--skip-prepare", timeout=START_TIMEOUT)
     return Meteor(f"http://127.0.0.1:{port}", settings, maker, log), process
 
 

@@ -59,11 +59,9 @@ class Api:
         return get_sessionmaker(self.settings.resolved_database_url)
 
 
-@contextmanager
-def serve_api(data: Path, logs: Path, **settings: str) -> Iterator[Api]:
-    """`python -m backend serve-api` on a free port over a fresh data dir (it migrates and
-    bootstraps itself), with the given METEOR_* settings."""
-    port = free_port()
+def api_env(data: Path, port: int, **overrides: str) -> dict[str, str]:
+    """The environment of a test serve-api: no METEOR_* of the caller's, a fresh data dir,
+    cheap bcrypt, no model-written titles, plus `overrides` (full variable names)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("METEOR_")}
     env.update(
         METEOR_DATA_DIR=str(data),
@@ -71,19 +69,38 @@ def serve_api(data: Path, logs: Path, **settings: str) -> Iterator[Api]:
         METEOR_API_PORT=str(port),
         METEOR_BCRYPT_ROUNDS="4",
         METEOR_MODEL_TITLES="false",
+        HF_HUB_OFFLINE="1",
         GRADIO_ANALYTICS_ENABLED="False",
-        **{f"METEOR_{k.upper()}": v for k, v in settings.items()},
+        **overrides,
     )
-    log = logs / "api.log"
+    return env
+
+
+def spawn_api(port: int, env: dict[str, str], log: Path, *args: str, timeout: float | None = None) -> subprocess.Popen:
+    """`python -m backend serve-api` on `port`, healthy when this returns (stopped if not)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "backend", "serve-api", "--port", str(port)],
+        [sys.executable, "-m", "backend", "serve-api", "--port", str(port), *args],
         cwd=ROOT,
         env=env,
         stdout=log.open("w"),
         stderr=subprocess.STDOUT,
     )
     try:
-        wait_healthy(f"http://127.0.0.1:{port}/healthz", process, log)
-        yield Api(f"http://127.0.0.1:{port}", Settings(data_dir=data, bcrypt_rounds=4), log)
+        wait_healthy(f"http://127.0.0.1:{port}/healthz", process, log, **({"timeout": timeout} if timeout else {}))
+    except BaseException:
+        stop(process)
+        raise
+    return process
+
+
+@contextmanager
+def serve_api(data: Path, logs: Path, **settings: str) -> Iterator[Api]:
+    """`python -m backend serve-api` on a free port over a fresh data dir (it migrates and
+    bootstraps itself), with the given METEOR_* settings."""
+    port = free_port()
+    env = api_env(data, port, **{f"METEOR_{k.upper()}": v for k, v in settings.items()})
+    process = spawn_api(port, env, logs / "api.log")
+    try:
+        yield Api(f"http://127.0.0.1:{port}", Settings(data_dir=data, bcrypt_rounds=4), logs / "api.log")
     finally:
         stop(process)
