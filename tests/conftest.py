@@ -3,8 +3,14 @@
 Every test that asks for `db_url` (directly or through `settings`, `session`, `client`)
 runs three times: on SQLite, on PostgreSQL (`METEOR_TEST_POSTGRES_URL`) and on
 MariaDB/MySQL (`METEOR_TEST_MYSQL_URL`). Each pytest run creates its own throw-away
-database on the servers (so parallel runs never collide), migrates it with Alembic, and
-empties every table after each test.
+database on the servers (so parallel runs never collide) and migrates it with Alembic.
+
+Each test runs inside one outer transaction that is rolled back afterwards: every session
+the test and the app open in this process joins that connection and turns its own
+commits into savepoints (`join_transaction_mode="create_savepoint"`). Tests that need
+real commits — several connections at once (threads, a live server, a second process),
+lock behaviour — are marked `@pytest.mark.committed` and get their tables emptied after
+them instead.
 """
 
 from __future__ import annotations
@@ -19,12 +25,13 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, delete, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from backend.config import Settings
 from db import migrate
+from db import session as session_module
 from db.models import Base
-from db.session import dispose_all, get_sessionmaker, normalize_url
+from db.session import dispose_all, get_engine, get_sessionmaker, normalize_url
 
 BACKENDS = {
     "sqlite": None,
@@ -108,16 +115,41 @@ def settings(db_url, tmp_path) -> Settings:
     return make_settings(db_url, tmp_path)
 
 
-@pytest.fixture(autouse=True)
-def _empty_tables(request) -> Iterator[None]:
-    yield
-    if "db_url" not in request.fixturenames:
-        return
-    url = request.getfixturevalue("db_url")
+def _empty_tables(url: str) -> None:
     maker = get_sessionmaker(url)
     with maker.begin() as s:
         for table in reversed(Base.metadata.sorted_tables):
             s.execute(delete(table))
+
+
+@pytest.fixture(autouse=True)
+def _isolated(request) -> Iterator[None]:
+    """A rolled-back outer transaction per test, or (`committed`) emptied tables after it."""
+    if "db_url" not in request.fixturenames:
+        yield
+        return
+    url = normalize_url(request.getfixturevalue("db_url"))
+    if request.node.get_closest_marker("committed"):
+        yield
+        _empty_tables(url)
+        return
+    connection = get_engine(url).connect()
+    outer = connection.begin()
+    joined = sessionmaker(bind=connection, expire_on_commit=False, join_transaction_mode="create_savepoint")
+    real = session_module._makers.get(url)
+    session_module._makers[url] = joined
+    try:
+        yield
+    finally:
+        replaced = session_module._makers.get(url) is not joined  # e.g. dispose_all() ran
+        if real is None:
+            session_module._makers.pop(url, None)
+        else:
+            session_module._makers[url] = real
+        outer.rollback()
+        connection.close()
+        if replaced:  # what the test wrote after that went to real commits
+            _empty_tables(url)
 
 
 @pytest.fixture

@@ -172,6 +172,7 @@ def test_disabled_users_and_disabled_allowances_get_nothing(maker, settings):
 # --- exactly once -----------------------------------------------------------------------------
 
 
+@pytest.mark.committed
 def test_concurrent_runners_grant_each_user_exactly_once(maker, settings):
     users = [make_user(maker, settings, tokens=i) for i in range(60)]
     aid = new_allowance(maker, tokens=100, pic_times=1, mode="add")
@@ -221,6 +222,7 @@ CRASHING_RUN = textwrap.dedent(
 )
 
 
+@pytest.mark.committed
 def test_a_run_killed_between_chunks_resumes_without_double_grants(maker, settings):
     users = [make_user(maker, settings, tokens=5) for _ in range(45)]
     aid = new_allowance(maker, tokens=100, mode="add")

@@ -83,6 +83,7 @@ def test_sweeper_releases_only_expired(maker, settings):
         assert quota.balance(s, user.id).tokens == 20 == quota.ledger_sum(s, user.id).tokens
 
 
+@pytest.mark.committed
 def test_hundred_concurrent_reservations_against_250(maker, settings):
     """100 threads reserve 10 tokens each against 250: exactly 25 succeed."""
     user = make_user(maker, settings, tokens=250)
@@ -106,6 +107,7 @@ def test_hundred_concurrent_reservations_against_250(maker, settings):
         assert quota.ledger_sum(s, user.id).tokens == 0
 
 
+@pytest.mark.committed
 def test_concurrent_set_balance_and_reserve_keep_ledger_exact(maker, settings):
     user = make_user(maker, settings, tokens=1000)
 

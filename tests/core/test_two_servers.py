@@ -6,12 +6,15 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 
 from backend.services import quota
 from tests.core.test_make_run import ROOT, env_for, free_port, wait_for
 from tests.factories import PASSWORD, make_user
 from tests.fakes.openai_server import OpenAIServer
 from tests.gateway.helpers import add_online_model
+
+pytestmark = pytest.mark.committed  # several connections at once, or a cached sessionmaker
 
 BALANCE = 400
 REQUESTS = 60

@@ -3,6 +3,7 @@
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import func, select
 
 from backend.errors import ServiceError
@@ -86,6 +87,7 @@ def test_legacy_uuid_mode(client, maker, settings, app):
     assert client.post("/user/get_token", json=body).json()["code"] == 0
 
 
+@pytest.mark.committed
 def test_fifty_threads_redeem_same_voucher_once(maker, settings):
     """50 threads, one user, one voucher: granted exactly once."""
     user = make_user(maker, settings, academy="CS")

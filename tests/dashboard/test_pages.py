@@ -19,6 +19,8 @@ from db.models import AuditLog, LoginAttempt, ModelConversation, ModelMessage, Q
 from tests.dashboard.apptest import ROOT, button, dashboard_env, go, open_dashboard, sign_in, titles
 from tests.factories import make_admin, make_user
 
+pytestmark = pytest.mark.committed  # several connections at once, or a cached sessionmaker
+
 ADMIN_PAGES = {
     "overview": "Overview",
     "usage": "Usage & audit",

@@ -13,6 +13,8 @@ from db.models import AuditLog, ModelInfo, RateLimit, User
 from tests.dashboard.apptest import button, dashboard_env, go, sign_in, titles
 from tests.factories import make_admin, make_user
 
+pytestmark = pytest.mark.committed  # several connections at once, or a cached sessionmaker
+
 
 @pytest.fixture
 def dash(monkeypatch, settings, maker):

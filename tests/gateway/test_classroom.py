@@ -31,6 +31,8 @@ from tests.gateway.helpers import (
     wait_for,
 )
 
+pytestmark = pytest.mark.committed  # several connections at once, or a cached sessionmaker
+
 DIALOG = [{"role": "user", "content": "Explain the water cycle"}]
 
 

@@ -9,6 +9,7 @@ import json
 from datetime import UTC, datetime, timedelta
 
 import httpx
+import pytest
 from sqlalchemy import select
 
 from backend.providers import registry
@@ -70,6 +71,7 @@ def test_client_disconnect_mid_stream_settles_only_what_was_delivered(app, clien
     assert 3 <= registry.count_text_tokens(delivered_text) <= row.completion_tokens < 400
 
 
+@pytest.mark.committed
 def test_fifty_concurrent_streams_never_overspend(app, client, maker, settings):
     with OpenAIServer(reply="one two three four five six seven eight", chunk_delay=0.01, prompt_tokens=30) as upstream:
         add_online_model(maker, settings, url=upstream.url)

@@ -116,6 +116,7 @@ def test_a_keys_limit_is_its_own_window(maker, backend_settings):
     assert admit(maker, backend_settings, user, at(1)) is None  # nor on the user
 
 
+@pytest.mark.committed
 def test_two_replicas_share_one_limit(maker, backend_settings, db_url):
     """Two engines (two replicas' connection pools) on one database / one Redis, requests in
     parallel threads: exactly the limit is admitted."""

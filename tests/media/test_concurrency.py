@@ -16,6 +16,8 @@ from tests.media.conftest import assert_books_balance, snapshot, usage_rows
 from tests.media.fakes import serve_asgi
 from tests.media.samples import render_lines
 
+pytestmark = pytest.mark.committed  # several connections at once, or a cached sessionmaker
+
 URL = "/PictureToTextModel/chat"
 UPLOADS = 20
 PIC_TIMES = 5

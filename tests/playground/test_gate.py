@@ -14,6 +14,8 @@ from db.models import Admin, UsageRecord, User
 from tests.factories import admin_headers, make_admin, make_user, user_headers
 from tests.playground.helpers import link_token
 
+pytestmark = pytest.mark.committed  # several connections at once, or a cached sessionmaker
+
 GRADIO_PATHS = ("/playground/config", "/playground/gradio_api/info", "/playground/gradio_api/queue/data?session_hash=x")
 
 

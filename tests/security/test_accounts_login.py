@@ -66,6 +66,7 @@ def _login(client, name: str, password: str, address: str | None = None):
 # --- finding 7 ---------------------------------------------------------------------------
 
 
+@pytest.mark.committed
 def test_no_transaction_is_open_while_bcrypt_runs(db_url, tmp_path, maker, monkeypatch):
     settings = make_settings(db_url, tmp_path, bcrypt_rounds=6)
     make_user(maker, settings, username="solo")
@@ -95,6 +96,7 @@ def test_no_transaction_is_open_while_bcrypt_runs(db_url, tmp_path, maker, monke
     assert seen == [(0, True)] * 3, "a connection (or SQLite's write lock) was held during a password check"
 
 
+@pytest.mark.committed
 def test_thirty_concurrent_correct_logins_all_succeed(db_url, tmp_path, maker):
     settings = make_settings(db_url, tmp_path, bcrypt_rounds=8)
     names = [f"class{i:02d}" for i in range(30)]
@@ -115,6 +117,7 @@ def test_thirty_concurrent_correct_logins_all_succeed(db_url, tmp_path, maker):
 # --- finding 10 --------------------------------------------------------------------------
 
 
+@pytest.mark.committed
 def test_thirty_parallel_wrong_passwords_get_at_most_the_limit_of_checks(db_url, tmp_path, maker, monkeypatch):
     settings = make_settings(db_url, tmp_path)
     make_user(maker, settings, username="target")

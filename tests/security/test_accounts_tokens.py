@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select, text
 
 from backend import security
@@ -95,6 +96,7 @@ def test_deleted_user_name_reused_old_tokens_refused(client, maker, settings):
         assert method(path, headers={"Authorization": f"Bearer {token}"}).status_code == 401
 
 
+@pytest.mark.committed
 def test_migration_keeps_rows_stamps_identities_and_stops_id_reuse(db_url, settings):
     """0002 -> 0003 on a database with rows: rows kept, each account stamped differently, and
     from then on a deleted highest id is not handed out again. (An id deleted before the

@@ -29,6 +29,8 @@ from tests.gateway.helpers import wait_for
 from tests.playground.conftest import pg_app  # noqa: F401  (the app with the playground, per database)
 from tests.playground.helpers import link_token
 
+pytestmark = pytest.mark.committed  # several connections at once, or a cached sessionmaker
+
 _replicas: dict[str, object] = {}
 
 
