@@ -14,7 +14,10 @@ transactions offloaded to a bounded pool of threads (`offload`), one hop each:
    rate limit goes (`admit`);
 3. reserve (one commit): the most the call can cost (`pricing.reserve_amount` at the model's price), so too little
    quota is TOKEN_NOT_ENOUGH (402) before any upstream request;
-4. stream from the provider's async iterator, no transaction open, no thread hop per piece;
+4. stream from the provider's async iterator, no transaction open, no thread hop per piece
+   (a model with routes: `routing.failover_stream` over its connections, in the order
+   `pick_connection` chose; retried only before the first token, the reservation stays the
+   same, so the call is charged once, on the connection that served it);
 5. settle (one commit): the reservation to the real usage, the usage row and the
    conversation history (in a savepoint: losing a history line never loses the charge).
 

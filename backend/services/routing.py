@@ -1,19 +1,25 @@
 """Several connections per model, with failover; the connections' health, shared by replicas.
 
-A model may list several connections (`model_routes`: priority, weight). A request tries
-them in `order()`: the highest priority group first, weighted at random inside a group, then
-the next group; connections disabled (after a 401/403) are left out, cooling-down ones go
-last (so a model whose connections all cool down still gets a try). `failover_stream()` runs
-a chat stream over that order: a connection error, timeout, 5xx (or 429, 401, 403) before
-the first token moves on to the next connection, at most `Settings.failover_max_attempts`
-tries; once a token reached the client, an error is the request's error (never retried).
+A model may list several connections (`model_routes`: priority, weight); with routes it runs
+on them instead of its own connection (`model_registry.resolve`). A request tries them in
+`order()`: the highest priority group first, weighted at random inside a group, then the
+next group; connections disabled (after a 401/403) are left out, cooling-down ones go last
+(so a model whose connections all cool down still gets a try). `failover_stream()` runs a
+chat stream over that order: a connection error, timeout, 5xx, 408, 409, 429, 401 or 403
+before the first token moves on to the next connection, at most
+`Settings.failover_max_attempts` tries; a refusal of the request itself (400, 413, 422)
+is not retried; once a token reached the client, an error is the request's error (never
+retried). The gateway (`gateway.pick_connection`, `ChatCall._connect`) orders the routes
+when it plans the chat, admits it on the first connection's upstream slot and moves the slot
+with each try (a connection whose slots are full is skipped: ConnectionBusy).
 
 Health (`connection_health`, one row per connection, in the database so every replica sees
 it): `Settings.connection_failure_threshold` failures in a row cool a connection down for
 `Settings.connection_cooldown_seconds`; after the cooldown one more failure cools it down
-again at once (half-open), a success resets it. A 401/403 disables it with the reason (an
-admin re-enables it on the Models page). Every attempt is a `connection_calls` row for the
-requests / errors / p50 latency of the last hour.
+again at once (half-open), a success resets it. A 401/403 (the upstream's own status, which
+the provider carries as `upstream_status`) disables it with the reason (an admin re-enables
+it on the Models page). Every attempt is a `connection_calls` row for the requests / errors
+/ p50 latency (to the first token) of the last hour; the API server's sweeper deletes older ones.
 """
 
 from __future__ import annotations
