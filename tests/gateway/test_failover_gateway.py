@@ -73,6 +73,11 @@ def health_states(maker) -> dict[str, dict]:
         return {h["name"]: h for h in routing.health(s)}
 
 
+def ledger_rows(maker, user_id: str) -> int:
+    with maker() as s:
+        return len(s.scalars(select(QuotaLedger.id).where(QuotaLedger.user_id == user_id)).all())
+
+
 def settle_rows(maker, user_id: str) -> list[QuotaLedger]:
     with maker() as s:
         return list(
@@ -213,6 +218,29 @@ def test_every_connection_failing_charges_nothing_and_names_the_last_cause(maker
     assert assert_ledger_consistent(maker, user.id) == START
     [row] = usage_rows(maker, user.id)
     assert row.status == "error"
+
+
+def test_a_model_whose_connections_are_all_disabled_is_refused_before_reserving_until_re_enabled(maker, policy):
+    with OpenAIServer(api_key="not-the-key-we-hold") as wrong_key:
+        ids = routed_model(maker, policy, [(wrong_key.url, "wrong-key", 0, 5, None)])
+        user = make_user(maker, policy, tokens=START)
+        make_admin(maker, policy, name="ops")
+        with TestClient(create_app(policy, playground=False)) as client:
+            headers = user_headers(client, user.username)
+            ask = {"dialog": DIALOG, "model": "multi"}
+            r = client.post("/textModel/chat", json=ask, headers=headers)
+            assert r.status_code == 502 and "HTTP 401" in r.json()["msg"]
+            ledger = ledger_rows(maker, user.id)
+            r = client.post("/textModel/chat", json=ask, headers=headers)
+            assert r.status_code == 502 and "disabled" in r.json()["msg"]
+            assert len(wrong_key.requests) == 1  # refused when planned: not asked, nothing reserved
+            assert ledger_rows(maker, user.id) == ledger
+            ops = admin_headers(client, "ops")
+            assert client.post(f"/admin/connections/{ids['wrong-key']}/enable", headers=ops).json()["code"] == 0
+            r = client.post("/textModel/chat", json=ask, headers=headers)
+            assert r.status_code == 502 and "HTTP 401" in r.json()["msg"]  # tried again, disabled again
+            assert len(wrong_key.requests) == 2
+    assert assert_ledger_consistent(maker, user.id) == START
 
 
 def test_a_failure_after_the_first_token_is_not_retried_and_settles_what_was_delivered(maker, policy):
