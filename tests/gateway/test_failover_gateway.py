@@ -343,3 +343,27 @@ def test_a_model_without_routes_uses_its_own_connection_as_before(maker, policy)
     [row] = usage_rows(maker, user.id)
     assert row.connection_id is not None and settle_rows(maker, user.id)[0].connection_id == row.connection_id
     assert balance(maker, user.id) == START - r.json()["consume_token"]
+
+
+def test_a_call_cancelled_after_failing_over_owes_the_prompt_and_what_was_delivered(maker, policy):
+    with (
+        OpenAIServer(fail_status=500) as failing,
+        OpenAIServer(reply="a b c d e f g h", chunk_delay=0.05, prompt_tokens=40) as healthy,
+    ):
+        ids = routed_model(maker, policy, [(failing.url, "failing", 10, 5, None), (healthy.url, "healthy", 0, 5, None)])
+        user = make_user(maker, policy, tokens=START)
+        caller = Caller(user_id=user.id, academy=user.academy)
+
+        async def scenario() -> int:
+            call = await gateway.start_chat(maker, policy, caller=caller, dialog=DIALOG, model_name="multi")
+            first = await call.__anext__()  # the first token, from the healthy connection
+            assert isinstance(first, str) and call.model.connection_id == ids["healthy"]
+            await call.__anext__()  # the consumer took the first one: delivered
+            await call.aclose()
+            return call.prompt_estimate
+
+        prompt = asyncio.run(scenario())
+    [row] = usage_rows(maker, user.id)
+    assert (row.status, row.connection_id, row.prompt_tokens) == ("cancelled", ids["healthy"], prompt)
+    assert row.completion_tokens >= 1
+    assert assert_ledger_consistent(maker, user.id) == START - prompt - row.completion_tokens
