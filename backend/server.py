@@ -30,7 +30,7 @@ from backend.api.body_limit import BodyLimit
 from backend.api.cors import ApiCors
 from backend.api.get_body import GetBodyAsQuery
 from backend.config import Settings, get_settings
-from backend.services import allowances, quota, rate_limits, ratelimit, usage_rollup
+from backend.services import allowances, quota, rate_limits, ratelimit, routing, usage_rollup
 from db.session import get_sessionmaker
 
 log = logging.getLogger("meteor.server")
@@ -53,6 +53,8 @@ def _sweeper(app: FastAPI, stop: threading.Event) -> None:
             allowances.apply_due(app.state.sessionmaker)  # quota policy: scheduled academy allowances
             with app.state.sessionmaker.begin() as session:
                 rate_limits.sweep(session)  # quota policy: rate-limit events that left the window
+            with app.state.sessionmaker.begin() as session:
+                routing.sweep(session)  # quota policy: connection attempts older than the Models page's hour
         except Exception:  # keep sweeping; a transient DB error must not kill the thread
             log.exception("sweeper failed")
 

@@ -158,6 +158,8 @@ class QuotaLedger(Base):
     # quota policy: the prices a chat was charged at (quota units per prompt / completion token)
     prompt_price: Mapped[float | None] = mapped_column(Float)
     completion_price: Mapped[float | None] = mapped_column(Float)
+    # a chat's settle row: the model_ai_online connection that served it (no FK: history stays)
+    connection_id: Mapped[int | None] = mapped_column(Integer)
 
 
 class QuotaReservation(Base):
@@ -269,6 +271,8 @@ class UsageRecord(Base):
     status: Mapped[str] = mapped_column(String(16), default="ok", index=True)  # ok error cancelled
     error: Mapped[str | None] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    # a chat's model_ai_online connection (the one that served it, with failover); no FK
+    connection_id: Mapped[int | None] = mapped_column(Integer)
 
     __table_args__ = (
         Index("ix_usage_user_created", "user_id", "created_at"),

@@ -14,7 +14,10 @@ transactions offloaded to a bounded pool of threads (`offload`), one hop each:
    rate limit goes (`admit`);
 3. reserve (one commit): the most the call can cost (`pricing.reserve_amount` at the model's price), so too little
    quota is TOKEN_NOT_ENOUGH (402) before any upstream request;
-4. stream from the provider's async iterator, no transaction open, no thread hop per piece;
+4. stream from the provider's async iterator, no transaction open, no thread hop per piece
+   (a model with routes: `routing.failover_stream` over its connections, in the order
+   `pick_connection` chose; retried only before the first token, the reservation stays the
+   same, so the call is charged once, on the connection that served it);
 5. settle (one commit): the reservation to the real usage, the usage row and the
    conversation history (in a savepoint: losing a history line never loses the charge).
 
@@ -35,9 +38,10 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import timedelta
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import anyio
@@ -51,7 +55,7 @@ from backend.errors import ServiceError
 from backend.providers.base import ChatProvider, ChatRequest, ProviderError, ProviderTimeout, RequestSent, Usage
 from backend.providers.upstream import PerLoop
 from backend.security import mask_secret
-from backend.services import model_registry, pricing, quota, rate_limits, usage
+from backend.services import model_registry, pricing, quota, rate_limits, routing, usage
 from backend.services.model_registry import ResolvedModel
 from backend.services.personas import PersonaParams, build_messages
 from db.models import ModelConversation
@@ -207,10 +211,29 @@ def _completion_tokens(provider: ChatProvider, text: str) -> int:
 # --- seams: the connection, the amount reserved, admission -------------------------------------
 
 
-def pick_connection(model: ResolvedModel, settings: Settings) -> ChatProvider:
-    """The provider (one pooled client per connection) that runs `model`: the one place a
-    connection is chosen (failover goes here)."""
-    return model_registry.open_provider(model, settings)
+def pick_connection(
+    model: ResolvedModel, settings: Settings
+) -> tuple[ResolvedModel, ChatProvider, list[ResolvedModel]]:
+    """The one place a connection is chosen: the connection to try first, its provider (one
+    pooled client per connection), and the ones to fail over to, in order. A model without
+    routes: itself, no others. With routes: `routing.order` (highest priority group weighted
+    at random, cooling-down connections last, disabled ones never); a connection that cannot
+    be opened (its URL refused) is passed over. Blocking (the URL check): off the loop."""
+    if not model.routes:
+        return model, model_registry.open_provider(model, settings), []
+    by_id = {m.connection_id: m for m in model.routes}
+    ordered = [by_id[r.connection_id] for r in routing.order([m.route for m in model.routes], datetime.now(UTC))]
+    if not ordered:
+        raise ServiceError("MODEL_ERROR", f"every connection of model {model.name!r} is disabled", 502)
+    failure: Exception | None = None
+    for i, first in enumerate(ordered):
+        try:
+            return first, model_registry.open_provider(first, settings), ordered[i + 1 :]
+        except (ProviderError, ValueError, ServiceError) as exc:
+            log.warning("model %s: connection %s cannot be opened: %s", model.name, first.connection_id, exc)
+            failure = failure or exc
+    assert failure is not None
+    raise failure
 
 
 class _Slots:
@@ -253,9 +276,39 @@ def connection_key(model: ResolvedModel) -> tuple | None:
     return (model.provider, model.base_url)
 
 
+class _Seat:
+    """The upstream slot of a call over several connections: held on the connection being
+    tried, moved by the failover (never two at once); calling it gives the slot back."""
+
+    def __init__(self, bound: int) -> None:
+        self._bound = bound
+        self._key: tuple | None = None
+
+    def move_to(self, key: tuple | None) -> bool:
+        if key == self._key:
+            return True
+        if key is not None and not upstream_slots.take(key, self._bound):
+            return False
+        self()
+        self._key = key
+        return True
+
+    def __call__(self) -> None:
+        key, self._key = self._key, None
+        if key is not None:
+            upstream_slots.give_back(key)
+
+
 def admit(plan: ChatPlan, settings: Settings) -> Callable[[], None] | None:
     """Admission, before anything is reserved: the per-upstream concurrency bound (a rate
-    limit check goes here too). Returns how to give the slot back; raises UpstreamBusy."""
+    limit check goes here too). Returns how to give the slot back; raises UpstreamBusy.
+    A model with routes takes the slot of the first of its connections with room (the
+    failover moves it to the connection it tries: `ChatCall._connect`)."""
+    if plan.model.route is not None:
+        seat = _Seat(settings.upstream_concurrency)
+        if any(seat.move_to(connection_key(m)) for m in (plan.model, *plan.fallbacks)):
+            return seat
+        raise UpstreamBusy(plan.model.name, settings.upstream_concurrency)
     key = connection_key(plan.model)
     if key is None:
         return None
@@ -270,7 +323,9 @@ def admit(plan: ChatPlan, settings: Settings) -> Callable[[], None] | None:
 
 @dataclass
 class ChatPlan:
-    """A chat resolved and counted, not yet admitted or reserved."""
+    """A chat resolved and counted, not yet admitted or reserved. `model`, `provider` and
+    `request` are the connection tried first; the failover moves them to the one it tries
+    (so the usage row, the key scrubbing and the token counting follow the connection)."""
 
     caller: Caller
     model: ResolvedModel
@@ -282,6 +337,7 @@ class ChatPlan:
     conversation_id: int | None
     record_history: bool
     user_text: str
+    fallbacks: list[ResolvedModel] = field(default_factory=list)  # a model with routes: the others, in order
 
 
 @dataclass(frozen=True)
@@ -334,7 +390,7 @@ def plan_chat(
     model = target.model
     params = _apply_overrides(model.params, overrides)
     try:
-        provider = pick_connection(model, settings)
+        model, provider, fallbacks = pick_connection(model, settings)
     except (ProviderError, ValueError) as exc:
         cause = _cause(exc, model.api_key)
         raise ServiceError("MODEL_ERROR", f"model {model.name!r} cannot be opened: {cause}", 502) from None
@@ -372,6 +428,7 @@ def plan_chat(
         conversation_id=target.conversation_id,
         record_history=record_history,
         user_text=_last_user_text(dialog),
+        fallbacks=fallbacks,
     )
 
 
@@ -427,6 +484,7 @@ def _usage_row(session: Session, plan: ChatPlan, **fields: Any) -> None:
         admin_name=plan.caller.admin_name,
         model=plan.model.name,
         provider=plan.model.provider,
+        connection_id=plan.model.connection_id,
         **fields,
     )
 
@@ -528,6 +586,9 @@ class ChatCall:
         self._finished = False
         # the upstream slot comes back however the call ends, even if it is never closed
         self._give_back = weakref.finalize(self, give_back) if give_back is not None else None
+        self._seat = give_back if isinstance(give_back, _Seat) else None
+        self._connections = {m.connection_id: m for m in (plan.model, *plan.fallbacks)}
+        self._providers = {plan.model.connection_id: plan.provider}
 
     # the plan's fields, as the routes and the playground read them
     @property
@@ -564,7 +625,7 @@ class ChatCall:
         if self._finished:
             raise StopAsyncIteration
         if self._upstream is None:
-            self._upstream = aiter(self.plan.provider.stream(self.plan.request))
+            self._upstream = aiter(self._open_upstream())
         try:
             while True:
                 item = await anext(self._upstream)
@@ -600,6 +661,39 @@ class ChatCall:
                 charged_tokens=charged,
                 request_id=self.request_id,
             ) from None
+
+    def _open_upstream(self) -> AsyncIterator[Any]:
+        """The provider's stream; for a model with routes, the failover over its connections."""
+        if self.plan.model.route is None:
+            return self.plan.provider.stream(self.plan.request)
+        return routing.failover_stream(
+            self.maker,
+            [m.route for m in self._connections.values()],  # type: ignore[misc]
+            self._connect,
+            ordered=True,  # pick_connection's order, which admission followed
+            max_attempts=self.settings.failover_max_attempts,
+            threshold=self.settings.connection_failure_threshold,
+            cooldown_seconds=self.settings.connection_cooldown_seconds,
+            run_sync=offload,
+        )
+
+    async def _connect(self, route: routing.Route) -> AsyncIterator[Any]:
+        """One try of the failover: the connection's upstream slot (ConnectionBusy when full:
+        skipped), its provider, its stream."""
+        plan, model = self.plan, self._connections[route.connection_id]
+        if self._seat is not None and not self._seat.move_to(connection_key(model)):
+            raise routing.ConnectionBusy(f"connection {model.connection_id} is at its bound of requests")
+        provider = self._providers.get(model.connection_id)
+        if provider is None:
+            try:
+                provider = await offload(model_registry.open_provider, model, self.settings)
+            except (ValueError, ServiceError) as exc:
+                raise ProviderError(f"cannot open the connection: {exc}") from None
+        plan.model, plan.provider = model, provider
+        plan.request = replace(plan.request, model=model.base_model, timeout=model.timeout)
+        async with aclosing(provider.stream(plan.request)) as events:
+            async for event in events:
+                yield event
 
     async def prime(self) -> None:
         """Pull the first event now; upstream errors before the first byte raise here."""
@@ -724,6 +818,7 @@ class ChatCall:
                     tokens=tokens,
                     prompt_tokens=prompt,
                     completion_tokens=completion,
+                    connection_id=self.model.connection_id,
                 )
                 if settled is None:
                     log.warning("chat %s: reservation was already closed (swept?)", self.request_id)

@@ -8,13 +8,20 @@ A model (`model_info`) is a persona (`model_file` + its example pairs) over a ba
 
 No model name means the enabled default (`is_default`). A user may use shared models
 (user_id NULL) and their own; a disabled model is refused.
+
+A model with routes (`model_routes`, backend/services/routing.py) runs on those connections
+instead of its own: `resolve()` returns it with `routes`, one ResolvedModel per connection
+(the same persona and base model, that connection's protocol, URL, key and timeout), and
+the gateway chooses among them (`gateway.pick_connection`). Its own `aiol_id` connection
+takes part only when it is listed as a route too.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session, selectinload
@@ -23,11 +30,13 @@ from backend import security
 from backend.config import Settings
 from backend.errors import ServiceError
 from backend.providers.base import ChatProvider
-from backend.services import netguard
+from backend.services import netguard, routing
 from backend.services.bootstrap import EMBEDDED_BASE_MODEL
 from backend.services.connections import api_base, reaches_private
 from backend.services.personas import PersonaParams
-from db.models import ModelFile, ModelInfo
+from db.models import ModelAiOnline, ModelFile, ModelInfo
+
+log = logging.getLogger("meteor.models")
 
 PROTOCOLS = ("openai", "ollama", "spark")
 # Local engines have no connection row to carry a timeout; the embedded one may queue.
@@ -54,6 +63,9 @@ class ResolvedModel:
     # manage (connections.reaches_private) and the local engines; the providers' guarded
     # transports (netguard.guarded_transport) take it as `allow_private`.
     allow_private: bool = False
+    connection_id: int | None = None  # the model_ai_online row it runs on (None: a local engine)
+    route: routing.Route | None = None  # one of the model's routes: priority, weight, health
+    routes: tuple[ResolvedModel, ...] = ()  # a model with routes: one per connection, unordered
 
 
 def _not_found(name: str | None) -> ServiceError:
@@ -107,49 +119,71 @@ def resolve(
     system = persona.system if persona else None
     base_model = (info.ai_name or "").strip()
 
+    persona_fields = dict(model_id=info.model_id, name=info.model_name, params=params, system=system,
+                          examples=examples, disabled=bool(info.disable))  # fmt: skip
+    routed = routing.connections_for(session, info.model_id)
+    if routed:
+        return _over_routes(settings, info, routed, base_model, persona_fields)
     if info.link_type == 1:
-        conn = info.ai_online
-        if conn is None:
+        if info.ai_online is None:
             raise ServiceError("MODEL_ERROR", f"model {info.model_name!r} has no online connection", 502)
-        protocol = (conn.protocol or "openai").lower()
-        if protocol not in PROTOCOLS:
-            raise ServiceError("MODEL_ERROR", f"connection {conn.ai_name!r} has unknown protocol {protocol!r}", 502)
-        try:
-            api_key = security.decrypt_secret(settings, conn.ai_token_encrypted)
-        except ValueError:
-            raise ServiceError(
-                "MODEL_ERROR", f"the key of connection {conn.ai_name!r} cannot be decrypted with this server's key", 502
-            ) from None
-        return ResolvedModel(
-            model_id=info.model_id,
-            name=info.model_name,
-            provider=protocol,
-            base_model=base_model or conn.ai_version or conn.ai_name,
-            base_url=_upstream_base(conn.ai_api, conn.protocol or "openai"),
-            timeout=float(conn.timeout or 30),
-            params=params,
-            system=system,
-            examples=examples,
-            disabled=bool(info.disable),
-            api_key=api_key,
-            allow_private=reaches_private(conn),
-        )
+        return _over_connection(settings, info.ai_online, base_model, persona_fields)
     if not base_model:
         raise ServiceError("MODEL_ERROR", f"model {info.model_name!r} names no base model", 502)
     embedded = base_model.lower() == EMBEDDED_BASE_MODEL
     return ResolvedModel(
-        model_id=info.model_id,
-        name=info.model_name,
         provider="embedded" if embedded else "ollama",
         base_model=base_model,
         base_url=None if embedded else settings.ollama_url,
         timeout=LOCAL_TIMEOUT_SECONDS,
-        params=params,
-        system=system,
-        examples=examples,
-        disabled=bool(info.disable),
         allow_private=True,  # the embedded engine, or Ollama at the admin-configured Settings.ollama_url
+        **persona_fields,
     )
+
+
+def _over_connection(settings: Settings, conn: ModelAiOnline, base_model: str, persona: dict) -> ResolvedModel:
+    """The model (its persona fields) over one online connection; MODEL_ERROR 502 when the
+    connection row cannot be used (unknown protocol, a key this server cannot decrypt)."""
+    protocol = (conn.protocol or "openai").lower()
+    if protocol not in PROTOCOLS:
+        raise ServiceError("MODEL_ERROR", f"connection {conn.ai_name!r} has unknown protocol {protocol!r}", 502)
+    try:
+        api_key = security.decrypt_secret(settings, conn.ai_token_encrypted)
+    except ValueError:
+        raise ServiceError(
+            "MODEL_ERROR", f"the key of connection {conn.ai_name!r} cannot be decrypted with this server's key", 502
+        ) from None
+    return ResolvedModel(
+        provider=protocol,
+        base_model=base_model or conn.ai_version or conn.ai_name,
+        base_url=_upstream_base(conn.ai_api, conn.protocol or "openai"),
+        timeout=float(conn.timeout or 30),
+        api_key=api_key,
+        allow_private=reaches_private(conn),
+        connection_id=conn.ai_id,
+        **persona,
+    )
+
+
+def _over_routes(
+    settings: Settings,
+    info: ModelInfo,
+    routed: list[tuple[routing.Route, ModelAiOnline]],
+    base_model: str,
+    persona: dict,
+) -> ResolvedModel:
+    """A model with routes: one ResolvedModel per usable connection. A route whose row cannot
+    be used is left out (logged); 502 when none is left."""
+    variants, first_error = [], None
+    for route, conn in routed:
+        try:
+            variants.append(replace(_over_connection(settings, conn, base_model, persona), route=route))
+        except ServiceError as exc:
+            log.warning("model %s: route over connection %s left out: %s", info.model_name, conn.ai_id, exc.message)
+            first_error = first_error or exc
+    if not variants:
+        raise first_error  # type: ignore[misc]
+    return replace(variants[0], routes=tuple(variants))
 
 
 def usable_models(session: Session, *, user_id: str | None) -> list[ModelInfo]:

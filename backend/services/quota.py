@@ -233,9 +233,11 @@ def settle(
     pic_times: int = 0,
     prompt_tokens: int | None = None,
     completion_tokens: int | None = None,
+    connection_id: int | None = None,
 ) -> Balance | None:
     """Charge the real usage (capped at what was reserved) and give back the rest.
     Returns the amounts charged, or None if the reservation was already closed.
+    `connection_id`: the connection that served a chat, kept on the ledger row.
 
     A reservation made with a price (a chat) charges `prompt_tokens` and `completion_tokens`
     at the prices captured when it was made (`tokens` is then not used); the ledger row keeps
@@ -263,6 +265,7 @@ def settle(
         completion_tokens=completion_tokens,
         prompt_price=res.prompt_price,
         completion_price=res.completion_price,
+        connection_id=connection_id,
     )
     return charged
 

@@ -1,28 +1,36 @@
 """Several connections per model, with failover; the connections' health, shared by replicas.
 
-A model may list several connections (`model_routes`: priority, weight). A request tries
-them in `order()`: the highest priority group first, weighted at random inside a group, then
-the next group; connections disabled (after a 401/403) are left out, cooling-down ones go
-last (so a model whose connections all cool down still gets a try). `failover_stream()` runs
-a chat stream over that order: a connection error, timeout, 5xx (or 429, 401, 403) before
-the first token moves on to the next connection, at most `Settings.failover_max_attempts`
-tries; once a token reached the client, an error is the request's error (never retried).
+A model may list several connections (`model_routes`: priority, weight); with routes it runs
+on them instead of its own connection (`model_registry.resolve`). A request tries them in
+`order()`: the highest priority group first, weighted at random inside a group, then the
+next group; connections disabled (after a 401/403) are left out, cooling-down ones go last
+(so a model whose connections all cool down still gets a try). `failover_stream()` runs a
+chat stream over that order: a connection error, timeout, 5xx, 408, 409, 429, 401 or 403
+before the first token moves on to the next connection, at most
+`Settings.failover_max_attempts` tries; a refusal of the request itself (400, 413, 422)
+is not retried; once a token reached the client, an error is the request's error (never
+retried). The gateway (`gateway.pick_connection`, `ChatCall._connect`) orders the routes
+when it plans the chat, admits it on the first connection's upstream slot and moves the slot
+with each try (a connection whose slots are full is skipped: ConnectionBusy).
 
 Health (`connection_health`, one row per connection, in the database so every replica sees
 it): `Settings.connection_failure_threshold` failures in a row cool a connection down for
 `Settings.connection_cooldown_seconds`; after the cooldown one more failure cools it down
-again at once (half-open), a success resets it. A 401/403 disables it with the reason (an
-admin re-enables it on the Models page). Every attempt is a `connection_calls` row for the
-requests / errors / p50 latency of the last hour.
+again at once (half-open), a success resets it. A 401/403 (the upstream's own status, which
+the provider carries as `upstream_status`) disables it with the reason (an admin re-enables
+it on the Models page). Every attempt is a `connection_calls` row for the requests / errors
+/ p50 latency (to the first token) of the last hour; the API server's sweeper deletes older ones.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
 import random
 import statistics
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -39,6 +47,15 @@ from db.models import ConnectionCall, ConnectionHealth, ModelAiOnline, ModelInfo
 AUTH_STATUSES = (401, 403)
 RETRY_STATUSES = (401, 403, 408, 409, 429)
 ERROR = "MODEL_ERROR"
+
+log = logging.getLogger("meteor.routing")
+
+
+class ConnectionBusy(ProviderError):
+    """A connection this process already sends its bound of calls to (`gateway.admit`): the
+    failover skips it without counting a try or a failure."""
+
+    status = 503
 
 
 @dataclass(frozen=True)
@@ -87,20 +104,33 @@ def order(routes: list[Route], now: datetime, rng: random.Random | None = None) 
     return ordered + cooling
 
 
+def failure_status(exc: BaseException) -> int | None:
+    """The HTTP status behind a failure: the upstream's own (an HTTP error from the upstream
+    is a 502 to our client, `upstream_status` keeps the 401), else the provider error's."""
+    return getattr(exc, "upstream_status", None) or getattr(exc, "status", None)
+
+
 def retryable(exc: BaseException) -> bool:
-    """Whether a failure before the first token may move on to another connection."""
+    """Whether a failure before the first token may move on to another connection: not a
+    request the upstream refused as such (400, 413, 422: it would fail everywhere)."""
     if isinstance(exc, ProviderTimeout):
         return True
     if isinstance(exc, ProviderError):
-        return exc.status >= 500 or exc.status in RETRY_STATUSES
+        status = failure_status(exc) or 502
+        return status >= 500 or status in RETRY_STATUSES
     return isinstance(exc, OSError | ConnectionError)
+
+
+def _request_fault(status: int | None) -> bool:
+    return status is not None and 400 <= status < 500 and status not in RETRY_STATUSES
 
 
 # --- routes of a model --------------------------------------------------------------------
 
 
-def routes_for(session: Session, model_id: int) -> list[Route]:
-    """The model's connections with their health (empty: the model has no extra routes)."""
+def connections_for(session: Session, model_id: int) -> list[tuple[Route, ModelAiOnline]]:
+    """The model's routes with their health and connection rows, in one query (empty: the
+    model has no routes and uses its own connection)."""
     rows = session.execute(
         select(
             ModelRoute.connection_id,
@@ -108,12 +138,19 @@ def routes_for(session: Session, model_id: int) -> list[Route]:
             ModelRoute.weight,
             ConnectionHealth.cooldown_until,
             ConnectionHealth.disabled_reason,
+            ModelAiOnline,
         )
+        .join(ModelAiOnline, ModelAiOnline.ai_id == ModelRoute.connection_id)
         .outerjoin(ConnectionHealth, ConnectionHealth.connection_id == ModelRoute.connection_id)
         .where(ModelRoute.model_id == model_id)
         .order_by(ModelRoute.id)
     ).all()
-    return [Route(int(r[0]), int(r[1]), int(r[2]), r[3], r[4]) for r in rows]
+    return [(Route(int(r[0]), int(r[1]), int(r[2]), r[3], r[4]), r[5]) for r in rows]
+
+
+def routes_for(session: Session, model_id: int) -> list[Route]:
+    """The model's routes with their health (empty: the model has no routes)."""
+    return [route for route, _ in connections_for(session, model_id)]
 
 
 def set_route(
@@ -196,9 +233,13 @@ def record_failure(
     latency_ms: int | None = None,
     now: datetime | None = None,
 ) -> str:
-    """Count a failure: 'disabled' (401/403), 'cooldown' (threshold reached), or 'counted'."""
+    """Count a failure: 'disabled' (401/403), 'cooldown' (threshold reached), 'counted', or
+    'request' (a 4xx about the request itself, e.g. 400 or 413: an error of the last hour,
+    but the connection works, so its health is unchanged)."""
     now = now or datetime.now(UTC)
     session.add(ConnectionCall(connection_id=connection_id, at=now, ok=False, latency_ms=latency_ms))
+    if _request_fault(status):
+        return "request"
     _health_row(session, connection_id)
     if status in AUTH_STATUSES:
         session.execute(
@@ -316,61 +357,97 @@ async def failover_stream(
     attempts: list[Attempt] | None = None,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
     rng: random.Random | None = None,
+    ordered: bool = False,
+    run_sync: Callable[[Callable[[], Any]], Awaitable[Any]] | None = None,
 ) -> AsyncIterator[Any]:
-    """Yield the items of the first connection (in `order()`) whose stream produces its first
-    item; a retryable failure before that moves on (at most `max_attempts` tries), recording
-    each connection's health (one short offloaded write per try, never per item). After the
-    first item, failures propagate and are not retried. An empty `routes` raises
-    ServiceError 502. The last failure is re-raised when all fail."""
-    tried = 0
+    """Yield the items of the first connection (in `order()`, or as given when `ordered`)
+    whose stream produces its first item; a retryable failure before that moves on (at most
+    `max_attempts` tries; a ConnectionBusy is skipped, not counted). After the first item,
+    failures propagate and are not retried. The provider's REQUEST_SENT marker is passed on
+    once, as soon as the first try sends its request (from then on a cancelled call owes the
+    prompt, as without failover); it is not a first item. An empty `routes` raises
+    ServiceError 502; the last failure is re-raised when all fail.
+
+    Health: one short write per try, run by `run_sync` (default a worker thread; the gateway
+    passes its bounded database pool) while the stream goes on, never per item and never
+    ahead of a token; the writes are awaited before the stream ends, so whoever reads the
+    health after a call sees it."""
+    run_sync = run_sync or asyncio.to_thread
+    writes: list[asyncio.Future] = []
+
+    def note(outcome: Callable[..., Any], connection_id: int, **fields: Any) -> None:
+        writes.append(_spawn(run_sync(functools.partial(_record, maker, outcome, connection_id, **fields))))
+
+    tried, sent = 0, False
     last: BaseException | None = None
-    for route in order(routes, now(), rng):
-        if tried >= max(max_attempts, 1):
-            break
-        tried += 1
-        started = time.monotonic()
-        iterator = aiter(open_stream(route))
-        sent = False  # the provider's REQUEST_SENT marker is not a first token
-        try:
-            first = await anext(iterator)
-            while first is REQUEST_SENT:
-                sent = True
-                first = await anext(iterator)
-        except StopAsyncIteration:
-            first = None
-        except Exception as exc:
-            last = exc
-            status = getattr(exc, "status", None)
-            latency = int((time.monotonic() - started) * 1000)
-            await asyncio.to_thread(
-                _record, maker, record_failure, route.connection_id,
-                status=status, reason=str(exc)[:200] or type(exc).__name__, threshold=threshold,
-                cooldown_seconds=cooldown_seconds, latency_ms=latency, now=now(),
-            )  # fmt: skip
-            if attempts is not None:
-                attempts.append(Attempt(route.connection_id, False, type(exc).__name__))
-            if not retryable(exc):
-                raise
-            continue
-        latency = int((time.monotonic() - started) * 1000)
-        await asyncio.to_thread(_record, maker, record_success, route.connection_id, latency_ms=latency, now=now())
-        if attempts is not None:
-            attempts.append(Attempt(route.connection_id, True))
-        try:
-            if sent:
-                yield REQUEST_SENT
-            if first is not None:
-                yield first
-            async for item in iterator:  # after the first item: errors are the request's, never retried
-                yield item
-        finally:
-            close = getattr(iterator, "aclose", None)
-            if close is not None:
-                await close()
-        return
-    if last is not None:
-        raise last
-    raise ServiceError(ERROR, "no usable connection for this model", 502)
+    try:
+        for route in routes if ordered else order(routes, now(), rng):
+            if tried >= max(max_attempts, 1):
+                break
+            started = time.monotonic()
+            iterator = aiter(open_stream(route))
+            try:
+                try:
+                    first = await anext(iterator, None)
+                    while first is REQUEST_SENT:
+                        if not sent:
+                            sent = True
+                            yield REQUEST_SENT
+                        first = await anext(iterator, None)
+                except ConnectionBusy as exc:
+                    last = last or exc
+                    continue
+                except Exception as exc:
+                    tried += 1
+                    last = exc
+                    note(
+                        record_failure, route.connection_id, status=failure_status(exc),
+                        reason=str(exc)[:200] or type(exc).__name__, threshold=threshold,
+                        cooldown_seconds=cooldown_seconds, latency_ms=int((time.monotonic() - started) * 1000),
+                        now=now(),
+                    )  # fmt: skip
+                    if attempts is not None:
+                        attempts.append(Attempt(route.connection_id, False, type(exc).__name__))
+                    if not retryable(exc):
+                        raise
+                    continue
+                tried += 1
+                latency = int((time.monotonic() - started) * 1000)
+                note(record_success, route.connection_id, latency_ms=latency, now=now())
+                if attempts is not None:
+                    attempts.append(Attempt(route.connection_id, True))
+                if first is not None:
+                    yield first
+                async for item in iterator:  # after the first item: errors are the request's, never retried
+                    yield item
+                return
+            finally:
+                close = getattr(iterator, "aclose", None)
+                if close is not None:
+                    await close()
+        if last is not None:
+            raise last
+        raise ServiceError(ERROR, "no usable connection for this model", 502)
+    finally:
+        if writes:
+            await asyncio.wait(writes)
+
+
+_writing: set[asyncio.Future] = set()
+
+
+def _spawn(work: Awaitable[Any]) -> asyncio.Future:
+    """A health write in the background (kept referenced until done; a failure is logged)."""
+    task = asyncio.ensure_future(work)
+    _writing.add(task)
+
+    def done(t: asyncio.Future) -> None:
+        _writing.discard(t)
+        if not t.cancelled() and t.exception() is not None:
+            log.warning("recording a connection's health failed: %s", type(t.exception()).__name__)
+
+    task.add_done_callback(done)
+    return task
 
 
 def _record(maker: sessionmaker, outcome: Callable[..., Any], connection_id: int, **fields: Any) -> None:

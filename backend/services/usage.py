@@ -46,6 +46,7 @@ def record(
     status: str,
     error: str | None = None,
     kind: str = "chat",
+    connection_id: int | None = None,
 ) -> UsageRecord:
     """Add one usage row in the caller's transaction. `error` must already be free of secrets."""
     if status not in STATUSES:
@@ -66,6 +67,7 @@ def record(
         ttft_ms=ttft_ms,
         status=status,
         error=error,
+        connection_id=connection_id,
     )
     session.add(row)
     return row

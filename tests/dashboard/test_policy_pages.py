@@ -137,3 +137,39 @@ def test_models_page_shows_connection_health_and_edits_routes(dash, maker):
     with maker() as s:
         assert [(r.connection_id, r.priority) for r in s.scalars(select(ModelRoute))] == [(conn_id, 5)]
         assert routing.health(s)[0]["state"] == "ok"
+
+
+def test_models_page_shows_what_failover_through_the_gateway_recorded(dash, maker):
+    """Real chats over a model with a 401 connection and a healthy one: the page shows the
+    disabling with its reason and each connection's requests, errors and p50."""
+    import asyncio
+
+    from backend.services import gateway, routing
+    from tests.fakes.openai_server import OpenAIServer
+    from tests.gateway.helpers import add_connection, add_online_model
+
+    dialog = [{"role": "user", "content": "hi"}]
+    with OpenAIServer(api_key="a-key-we-do-not-hold") as wrong, OpenAIServer(reply="fine") as healthy:
+        model_id = add_online_model(maker, dash, url=healthy.url, name="routed")
+        ids = [add_connection(maker, dash, url=u.url, name=n) for u, n in ((wrong, "wrong-key"), (healthy, "good"))]
+        with maker.begin() as s:
+            for cid, priority in zip(ids, (10, 0), strict=True):
+                routing.set_route(s, model_id=model_id, connection_id=cid, priority=priority, actor="test")
+        user = make_user(maker, dash, tokens=1_000)
+        caller = gateway.Caller(user_id=user.id, academy=user.academy)
+        for _ in range(2):
+            answer = asyncio.run(gateway.chat(maker, dash, caller=caller, dialog=dialog, model_name="routed"))
+            assert answer.content == healthy.reply_text
+        assert len(wrong.requests) == 1  # disabled after its 401: not asked again
+    at = sign_in("admin", "root")
+    go(at, "pages/models.py")
+    assert not at.exception, at.exception
+    health = next(d.value for d in at.dataframe if "p50_ms_1h" in d.value.columns).set_index("name")
+    assert health.loc["wrong-key", "state"] == "disabled" and "401" in health.loc["wrong-key", "reason"]
+    assert (health.loc["wrong-key", "requests_1h"], health.loc["wrong-key", "errors_1h"]) == (1, 1)
+    assert (health.loc["good", "state"], health.loc["good", "requests_1h"], health.loc["good", "errors_1h"]) == (
+        "ok",
+        2,
+        0,
+    )
+    assert health.loc["good", "p50_ms_1h"] >= 0

@@ -39,16 +39,12 @@ def add_online_model(
     **persona: Any,
 ) -> int:
     """An online model (persona + connection) over the upstream at `url`; returns model_id."""
+    conn_id = add_connection(
+        maker, settings, url=url, name=f"conn-{name}", protocol=protocol, timeout=timeout, api_key=api_key
+    )
     with maker.begin() as s:
-        conn = ModelAiOnline(
-            ai_api=url,
-            ai_token_encrypted=security.encrypt_secret(settings, api_key),
-            ai_name=f"conn-{name}",
-            protocol=protocol,
-            timeout=timeout,
-        )
         persona_row = ModelFile(system=SYSTEM_PROMPT, **persona)
-        s.add_all([conn, persona_row])
+        s.add(persona_row)
         s.flush()
         for user_message, model_message in examples:
             s.add(
@@ -60,7 +56,7 @@ def add_online_model(
             model_name=name,
             model_file_id=persona_row.model_file_id,
             link_type=1,
-            aiol_id=conn.ai_id,
+            aiol_id=conn_id,
             ai_name=base_model,
             user_id=user_id,
             disable=disable,
@@ -68,6 +64,30 @@ def add_online_model(
         s.add(info)
         s.flush()
         return info.model_id
+
+
+def add_connection(
+    maker: sessionmaker,
+    settings: Settings,
+    *,
+    url: str,
+    name: str,
+    protocol: str = "openai",
+    timeout: int = 10,
+    api_key: str | None = UPSTREAM_KEY,
+) -> int:
+    """A connection (model_ai_online) to the upstream at `url`; returns its id."""
+    with maker.begin() as s:
+        conn = ModelAiOnline(
+            ai_api=url,
+            ai_token_encrypted=security.encrypt_secret(settings, api_key),
+            ai_name=name,
+            protocol=protocol,
+            timeout=timeout,
+        )
+        s.add(conn)
+        s.flush()
+        return conn.ai_id
 
 
 def add_default_embedded(maker: sessionmaker) -> None:

@@ -13,13 +13,12 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from backend import security
 from backend.providers import registry
 from backend.providers.base import ChatRequest, ProviderError, Usage
 from backend.services import routing
-from db.models import ConnectionHealth, ModelAiOnline, ModelRoute
+from db.models import ConnectionHealth, ModelRoute
 from tests.fakes.openai_server import OpenAIServer
-from tests.gateway.helpers import UPSTREAM_KEY, add_online_model
+from tests.gateway.helpers import UPSTREAM_KEY, add_connection, add_online_model
 
 NOW = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
 MESSAGES = [{"role": "user", "content": "Say hello"}]
@@ -51,17 +50,7 @@ def test_cooling_down_connections_go_last_soonest_first():
 
 
 def connection(maker, settings, url: str, name: str, timeout: int = 5) -> int:
-    with maker.begin() as s:
-        row = ModelAiOnline(
-            ai_api=url,
-            ai_token_encrypted=security.encrypt_secret(settings, UPSTREAM_KEY),
-            ai_name=name,
-            protocol="openai",
-            timeout=timeout,
-        )
-        s.add(row)
-        s.flush()
-        return row.ai_id
+    return add_connection(maker, settings, url=url, name=name, timeout=timeout)
 
 
 def health_of(maker, cid: int) -> ConnectionHealth | None:
