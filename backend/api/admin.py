@@ -17,7 +17,7 @@ from pydantic import BaseModel, Field, field_validator
 from backend import security
 from backend.api import envelope
 from backend.api.bounds import INT32_MAX, OffsetQuery
-from backend.api.deps import CurrentAdmin, CurrentSuperAdmin, SessionDep, SettingsDep
+from backend.api.deps import CurrentAdmin, CurrentSuperAdmin, SessionDep, SettingsDep, hashed_first
 from backend.errors import ServiceError
 from backend.services import accounts, tables, vouchers
 
@@ -154,16 +154,17 @@ def actor_name(admin) -> str:
 
 @router.post("/admin/add_normal_user")
 def add_normal_user(body: AddUserIn, admin: CurrentAdmin, session: SessionDep, settings: SettingsDep) -> dict:
+    actor = actor_name(admin)
     user = accounts.create_user(
         session,
         settings,
         username=body.username,
-        password=body.password,
+        password=hashed_first(session, settings, body.password, "ADD_USER_ERROR"),
         email=body.email,
         academy=body.academy,
         tokens=body.tokens,
         pic_times=body.pictimes,
-        actor=actor_name(admin),
+        actor=actor,
     )
     session.commit()
     return envelope.ok("添加用户成功", uuid=user.id)
@@ -172,13 +173,14 @@ def add_normal_user(body: AddUserIn, admin: CurrentAdmin, session: SessionDep, s
 @router.post("/admin/modify_normal_user")
 def modify_normal_user(body: ModifyUserIn, admin: CurrentAdmin, session: SessionDep, settings: SettingsDep) -> dict:
     info = body.new_user_info
+    actor = actor_name(admin)
     accounts.modify_user(
         session,
         settings,
         target_username=body.target_user,
-        actor=actor_name(admin),
+        actor=actor,
         new_username=info.new_username,
-        new_password=info.new_password,
+        new_password=hashed_first(session, settings, info.new_password, "MODIFY_USER_ERROR"),
         new_email=info.new_email,
         new_academy=info.new_academy,
         new_tokens=info.new_tokens,
@@ -201,20 +203,23 @@ def delete_normal_user(body: DeleteUserIn, admin: CurrentAdmin, session: Session
 
 @router.post("/admin/add_admin")
 def add_admin(body: AddAdminIn, admin: CurrentSuperAdmin, session: SessionDep, settings: SettingsDep) -> dict:
-    accounts.create_admin(session, settings, name=body.admin, password=body.password, actor=actor_name(admin))
+    actor = actor_name(admin)
+    password = hashed_first(session, settings, body.password, "ADD_ADMIN_ERROR")
+    accounts.create_admin(session, settings, name=body.admin, password=password, actor=actor)
     session.commit()
     return envelope.ok("添加管理员成功")
 
 
 @router.post("/admin/modify_admin")
 def modify_admin(body: ModifyAdminIn, admin: CurrentSuperAdmin, session: SessionDep, settings: SettingsDep) -> dict:
+    actor = actor_name(admin)
     accounts.modify_admin(
         session,
         settings,
         target=body.target_admin,
-        actor=actor_name(admin),
+        actor=actor,
         new_name=body.new_name,
-        new_password=body.new_password,
+        new_password=hashed_first(session, settings, body.new_password, "MODIFY_ADMIN_ERROR"),
     )
     session.commit()
     return envelope.ok("修改管理员信息成功")

@@ -19,6 +19,7 @@ from backend.api.deps import (
     SettingsDep,
     admin_from_token,
     client_address,
+    hashed_first,
     require_bearer,
     user_from_token,
 )
@@ -153,8 +154,9 @@ def limited_login(request: Request, session: Session, settings: Settings, kind: 
 
 @router.post("/auth/register", responses=envelope.documented(409))
 def register(body: RegisterIn, session: SessionDep, settings: SettingsDep) -> dict:
+    password = hashed_first(session, settings, body.password, "REGISTER_ERROR")
     accounts.register_user(
-        session, settings, username=body.username, password=body.password, email=body.email, academy=body.academy
+        session, settings, username=body.username, password=password, email=body.email, academy=body.academy
     )
     session.commit()
     return envelope.ok("用户注册成功")
@@ -194,9 +196,12 @@ def logout_user(user: CurrentUser, session: SessionDep) -> dict:
 
 @router.post("/auth/change_password")
 def change_password(body: PasswordChangeIn, user: CurrentUser, session: SessionDep, settings: SettingsDep) -> dict:
-    accounts.change_user_password(
-        session, settings, user=user, old_password=body.old_password, new_password=body.new_password
-    )
+    """Both bcrypt steps (the old password's check, the new one's hash) run with no
+    transaction open; then one short write (audit finding 7)."""
+    user_id, checked_hash = user.id, user.password_hash
+    session.rollback()  # the token check's transaction: on SQLite it holds the write lock
+    new = accounts.verify_password_change(settings, checked_hash, body.old_password, body.new_password)
+    user = accounts.change_user_password(session, user_id=user_id, checked_hash=checked_hash, new=new)
     session.commit()
     return envelope.ok("密码修改成功", **user_tokens(settings, user))
 

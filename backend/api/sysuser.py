@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from backend.api.auth import limited_login, user_tokens
 from backend.api.conversations import parse_body
-from backend.api.deps import CurrentUser, SessionDep, SettingsDep
+from backend.api.deps import CurrentUser, SessionDep, SettingsDep, hashed_first
 from backend.api.envelope import success
 from backend.errors import ServiceError
 from backend.services import accounts
@@ -108,7 +108,8 @@ def _create(session, settings, body: Any) -> dict:
     if data.password_again is not None and data.password_again != data.password:
         raise bad_request("the two passwords differ")
     try:
-        accounts.register_user(session, settings, username=data.account, password=data.password)
+        password = hashed_first(session, settings, data.password, "REGISTER_ERROR")
+        accounts.register_user(session, settings, username=data.account, password=password)
     except ServiceError as exc:
         if exc.status == 422:  # a name or password the account rules refuse: a 400 in this envelope
             raise bad_request(exc.message) from None
