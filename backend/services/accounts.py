@@ -60,7 +60,9 @@ def new_password(settings: Settings, password: str, code: str) -> NewPassword:
 
 
 def _stored_hash(settings: Settings, password: str | NewPassword, code: str) -> str:
-    """The hash to store: a NewPassword's, or (the CLI, the dashboard) one made here."""
+    """The hash to store: a NewPassword's, or (the CLI, the dashboard) one made here. The
+    services make it before their first query, so a caller's transaction that has not yet
+    touched the database (the dashboard's `run_action`) holds no connection meanwhile."""
     return password.hash if isinstance(password, NewPassword) else new_password(settings, password, code).hash
 
 
@@ -161,6 +163,7 @@ def modify_user(
     new_status: str | None = None,
 ) -> User:
     """Admin edit of a user. Balances go through the quota service; the id never changes."""
+    password_hash = _stored_hash(settings, new_password, "MODIFY_USER_ERROR") if new_password else None
     user = require_user_by_name(session, target_username)
     changes: dict[str, object] = {}
     if new_username is not None and new_username.strip() != user.username:
@@ -169,8 +172,8 @@ def modify_user(
             raise conflict("USER_NAME_REPEAT", f"username {new_username!r} is taken")
         changes["username"] = (user.username, new_username)
         user.username = new_username
-    if new_password:
-        user.password_hash = _stored_hash(settings, new_password, "MODIFY_USER_ERROR")
+    if password_hash is not None:
+        user.password_hash = password_hash
         user.token_version += 1
         revoked = revoke_api_keys(session, user_id=user.id)
         changes["password"] = "changed"
@@ -355,6 +358,7 @@ def modify_admin(
     new_name: str | None = None,
     new_password: str | NewPassword | None = None,
 ) -> Admin:
+    password_hash = _stored_hash(settings, new_password, "MODIFY_ADMIN_ERROR") if new_password else None
     admin = require_admin_by_name(session, target, "MODIFY_ADMIN_ERROR")
     changes: dict[str, object] = {}
     if new_name and new_name.strip() != admin.name:
@@ -363,8 +367,8 @@ def modify_admin(
             raise conflict("USER_NAME_REPEAT", f"admin name {new_name!r} is taken")
         changes["name"] = (admin.name, new_name)
         admin.name = new_name
-    if new_password:
-        admin.password_hash = _stored_hash(settings, new_password, "MODIFY_ADMIN_ERROR")
+    if password_hash is not None:
+        admin.password_hash = password_hash
         admin.token_version += 1
         changes["password"] = "changed"
     if changes:

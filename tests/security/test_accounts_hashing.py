@@ -183,3 +183,27 @@ def test_a_change_racing_another_change_is_refused_not_lost(world, monkeypatch, 
     with maker() as s:
         stored = s.scalar(select(User.password_hash).where(User.username == "carol"))
     assert security.verify_password("admin-set-pass-1", stored)
+
+
+def test_the_dashboards_create_and_reset_hash_before_their_first_query(world, monkeypatch, db_url, maker):
+    """pages/users.py and pages/admins.py call the services first thing in `run_action`'s
+    transaction (`maker.begin()`), which opens no connection until its first statement; the
+    services hash before that statement."""
+    from backend.services import accounts
+
+    settings, _, _ = world
+    probe = HashProbe(monkeypatch, db_url)
+    actions = (
+        lambda s: accounts.create_user(s, settings, username="dash-new", password=NEW, actor="admin:root"),
+        lambda s: accounts.create_admin(s, settings, name="dash-admin", password=NEW, actor="admin:root"),
+        lambda s: accounts.modify_admin(s, settings, target="helper", actor="admin:root", new_password=NEW),
+        lambda s: accounts.modify_user(s, settings, target_username="carol", actor="admin:root", new_password=NEW),
+    )
+    for action in actions:
+        with maker.begin() as s:
+            action(s)
+    assert [what for what, _, _ in probe.seen] == ["hash"] * 4
+    assert all(held == 0 and free for _, held, free in probe.seen), probe.seen
+    with maker() as s:
+        for model, column, name in ((User, User.username, "carol"), (Admin, Admin.name, "helper")):
+            assert security.verify_password(NEW, s.scalar(select(model.password_hash).where(column == name)))
