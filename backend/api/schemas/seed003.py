@@ -49,14 +49,12 @@ def answers(model: type[BaseModel], *statuses: int, description: str = "success"
 COMMON = (400, 401, 403, 405, 413)
 
 Id = Annotated[int, Field(ge=0, le=INT32_MAX)]
-PageNum = Annotated[int, Field(ge=1, le=10**7)]
-PageSize = Annotated[int, Field(ge=1, description="rows per page; more than METEOR_QUERY_PAGE_SIZE_MAX is cut to it")]
-
-
-PageNumQuery = Annotated[int | None, Query(ge=1, le=10**7)]
-PageSizeQuery = Annotated[
-    int | None, Query(ge=1, description="rows per page; more than METEOR_QUERY_PAGE_SIZE_MAX is cut to it")
-]
+PAGE_NUM_MAX = 10**7  # backend/services/seed003.py make_page
+PAGE_SIZE = "rows per page; more than METEOR_QUERY_PAGE_SIZE_MAX is cut to it"
+PageNum = Annotated[int, Field(ge=1, le=PAGE_NUM_MAX)]
+PageSize = Annotated[int, Field(ge=1, description=PAGE_SIZE)]
+PageNumQuery = Annotated[int | None, Query(ge=1, le=PAGE_NUM_MAX)]
+PageSizeQuery = Annotated[int | None, Query(ge=1, description=PAGE_SIZE)]
 
 
 def text(limit: int) -> Any:
