@@ -45,9 +45,6 @@ def answers(model: type[BaseModel], *statuses: int, description: str = "success"
     }
 
 
-# what every signed-in seed-003 route may answer
-COMMON = (400, 401, 403, 405, 413)
-
 Id = Annotated[int, Field(ge=0, le=INT32_MAX)]
 PAGE_NUM_MAX = 10**7  # backend/services/seed003.py make_page
 PAGE_SIZE = "rows per page; more than METEOR_QUERY_PAGE_SIZE_MAX is cut to it"
