@@ -155,7 +155,7 @@ async def sse_chunks(call: ChatCall, include_usage: bool) -> AsyncIterator[str]:
             yield _sse({"error": {"message": event.message, "type": "api_error", "code": event.code, "param": None}})
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", **openai.answers(openai.ModelList))
 def list_models(request: Request, session: SessionDep) -> dict:
     """The models this key may call."""
     user, key = api_key_caller(request, session)
