@@ -35,8 +35,7 @@ with st.form("account_password", clear_on_submit=True):
             st.error(t("account.mismatch"))
         else:
             try:
-                with maker().begin() as session:
-                    version = auth.change_password(session, settings(), me, old_password=old, new_password=new)
+                version = auth.change_password(maker(), settings(), me, old_password=old, new_password=new)
             except ServiceError as exc:
                 st.error(error_text(exc))
             else:

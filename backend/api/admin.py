@@ -7,129 +7,29 @@ nested in `new_token_limit` (document) or at the top level (code).
 
 from __future__ import annotations
 
-import json
-from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field, field_validator
 
-from backend import security
 from backend.api import envelope
 from backend.api.bounds import INT32_MAX, OffsetQuery
-from backend.api.deps import CurrentAdmin, CurrentSuperAdmin, SessionDep, SettingsDep
+from backend.api.deps import CurrentAdmin, CurrentSuperAdmin, SessionDep, SettingsDep, hashed_first
+from backend.api.schemas import seed000
+from backend.api.schemas.seed000 import (
+    AddAdminIn,
+    AddTokenIn,
+    AddUserIn,
+    DeleteAdminIn,
+    DeleteTokenIn,
+    DeleteUserIn,
+    ModifyAdminIn,
+    ModifyTokenIn,
+    ModifyUserIn,
+)
 from backend.errors import ServiceError
 from backend.services import accounts, tables, vouchers
 
-router = APIRouter(tags=["admin"], responses=envelope.documented(401, 403, 404, 405, 409, 413, 422))
-
-Name = Annotated[str, Field(min_length=1, max_length=64)]
-OptName = Annotated[str, Field(max_length=64)] | None
-# the service's password rule, in the schema: at least 6 characters, at most 72 bytes
-Password = Annotated[str, Field(min_length=accounts.PASSWORD_MIN, max_length=security.BCRYPT_MAX_BYTES)]
-# "" or absent: unchanged
-OptPassword = Annotated[str, Field(max_length=security.BCRYPT_MAX_BYTES)] | None
-Amount = Annotated[int, Field(ge=0, le=10**15)]
-
-
-class AddUserIn(BaseModel):
-    username: Name
-    password: Password
-    tokens: Amount = 0
-    pictimes: Amount = 0
-    email: Annotated[str, Field(max_length=128)] | None = None
-    academy: OptName = None
-
-
-class NewUserInfo(BaseModel):
-    new_username: OptName = None
-    new_tokens: Amount | None = None
-    new_password: OptPassword = None
-    new_email: Annotated[str, Field(max_length=128)] | None = None
-    new_pictimes: Amount | None = None
-    new_academy: OptName = None
-    new_status: Annotated[str, Field(max_length=16)] | None = None
-
-
-class ModifyUserIn(BaseModel):
-    target_user: Name
-    new_user_info: NewUserInfo
-
-
-class DeleteUserIn(BaseModel):
-    target_username: Name
-
-
-class AddAdminIn(BaseModel):
-    admin: Name
-    password: Password
-
-
-class ModifyAdminIn(BaseModel):
-    target_admin: Name
-    new_name: OptName = None
-    new_password: OptPassword = None
-
-
-class DeleteAdminIn(BaseModel):
-    target_admin: Name
-
-
-class TokenLimit(BaseModel):
-    tokens: Amount = 0
-    pictimes: Amount = 0
-
-
-def parse_token_limit(value: Any) -> TokenLimit:
-    """`token_limit` as `{"tokens", "pictimes"}`, that object as a JSON string, or a number
-    (string or int) meaning tokens only."""
-    if isinstance(value, str):
-        text = value.strip()
-        try:
-            value = json.loads(text) if text else {}
-        except json.JSONDecodeError:
-            raise ValueError("token_limit must be an object {tokens, pictimes}, its JSON, or a number") from None
-    if isinstance(value, bool):
-        raise ValueError("token_limit must be an object {tokens, pictimes} or a number")
-    if isinstance(value, int):
-        value = {"tokens": value}
-    if not isinstance(value, dict):
-        raise ValueError("token_limit must be an object {tokens, pictimes} or a number")
-    return TokenLimit.model_validate(value)
-
-
-class AddTokenIn(BaseModel):
-    token_name: Name
-    token_limit: TokenLimit = TokenLimit()
-    token_range: OptName = None
-    expires_at: datetime | None = None
-    max_redemptions: Annotated[int, Field(ge=1, le=INT32_MAX)] | None = None
-
-    @field_validator("token_limit", mode="before")
-    @classmethod
-    def _limit(cls, v: Any) -> TokenLimit:
-        return parse_token_limit(v)
-
-
-class NewTokenLimit(BaseModel):
-    tokens: Amount | None = None
-    pictimes: Amount | None = None
-    new_token_range: OptName = None
-    new_token_is_available: Annotated[int, Field(ge=0, le=1)] | None = None
-
-
-class ModifyTokenIn(BaseModel):
-    target_token: Name
-    new_token_limit: NewTokenLimit = NewTokenLimit()
-    new_token_range: OptName = None
-    new_token_is_available: Annotated[int, Field(ge=0, le=1)] | None = None
-    new_expires_at: datetime | None = None
-    new_max_redemptions: Annotated[int, Field(ge=1, le=INT32_MAX)] | None = None
-
-
-class DeleteTokenIn(BaseModel):
-    target_token: Name
-
+router = APIRouter(tags=["admin"], responses=seed000.errors(401, 403, 404, 405, 409, 413, 422))
 
 envelope.on_invalid("ADD_USER_ERROR", "/admin/add_normal_user")
 envelope.on_invalid("MODIFY_USER_ERROR", "/admin/modify_normal_user")
@@ -154,16 +54,17 @@ def actor_name(admin) -> str:
 
 @router.post("/admin/add_normal_user")
 def add_normal_user(body: AddUserIn, admin: CurrentAdmin, session: SessionDep, settings: SettingsDep) -> dict:
+    actor = actor_name(admin)
     user = accounts.create_user(
         session,
         settings,
         username=body.username,
-        password=body.password,
+        password=hashed_first(session, settings, body.password, "ADD_USER_ERROR"),
         email=body.email,
         academy=body.academy,
         tokens=body.tokens,
         pic_times=body.pictimes,
-        actor=actor_name(admin),
+        actor=actor,
     )
     session.commit()
     return envelope.ok("添加用户成功", uuid=user.id)
@@ -172,13 +73,14 @@ def add_normal_user(body: AddUserIn, admin: CurrentAdmin, session: SessionDep, s
 @router.post("/admin/modify_normal_user")
 def modify_normal_user(body: ModifyUserIn, admin: CurrentAdmin, session: SessionDep, settings: SettingsDep) -> dict:
     info = body.new_user_info
+    actor = actor_name(admin)
     accounts.modify_user(
         session,
         settings,
         target_username=body.target_user,
-        actor=actor_name(admin),
+        actor=actor,
         new_username=info.new_username,
-        new_password=info.new_password,
+        new_password=hashed_first(session, settings, info.new_password, "MODIFY_USER_ERROR"),
         new_email=info.new_email,
         new_academy=info.new_academy,
         new_tokens=info.new_tokens,
@@ -201,20 +103,23 @@ def delete_normal_user(body: DeleteUserIn, admin: CurrentAdmin, session: Session
 
 @router.post("/admin/add_admin")
 def add_admin(body: AddAdminIn, admin: CurrentSuperAdmin, session: SessionDep, settings: SettingsDep) -> dict:
-    accounts.create_admin(session, settings, name=body.admin, password=body.password, actor=actor_name(admin))
+    actor = actor_name(admin)
+    password = hashed_first(session, settings, body.password, "ADD_ADMIN_ERROR")
+    accounts.create_admin(session, settings, name=body.admin, password=password, actor=actor)
     session.commit()
     return envelope.ok("添加管理员成功")
 
 
 @router.post("/admin/modify_admin")
 def modify_admin(body: ModifyAdminIn, admin: CurrentSuperAdmin, session: SessionDep, settings: SettingsDep) -> dict:
+    actor = actor_name(admin)
     accounts.modify_admin(
         session,
         settings,
         target=body.target_admin,
-        actor=actor_name(admin),
+        actor=actor,
         new_name=body.new_name,
-        new_password=body.new_password,
+        new_password=hashed_first(session, settings, body.new_password, "MODIFY_ADMIN_ERROR"),
     )
     session.commit()
     return envelope.ok("修改管理员信息成功")

@@ -34,15 +34,24 @@ from typing import Annotated, Any
 
 import jwt
 from fastapi import APIRouter, Body, Depends, Query, Request
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from backend.api.deps import SessionDep, SettingsDep, admin_from_token, require_bearer, user_from_token
 from backend.api.envelope import success
+from backend.api.schemas import json_body
+from backend.api.schemas.seed003 import (
+    ConversationIn,
+    ConversationUpdate,
+    MessageIn,
+    PageNumQuery,
+    PageSizeQuery,
+    errors,
+)
 from backend.errors import unauthorized
 from backend.services import conversations
 from backend.services.seed003 import Viewer, bad_request, make_page, parse_ids, shape_listing
 
-router = APIRouter(tags=["seed-003 conversations"])
+router = APIRouter(tags=["seed-003 conversations"], responses=errors(400, 401, 403, 404, 405, 413))
 
 BARE_LIST_LIMIT = 1000
 
@@ -83,44 +92,6 @@ def parse_body(model: type[BaseModel], body: Any) -> Any:
 def given(data: BaseModel, *names: str) -> dict[str, Any]:
     """The fields the client actually sent, by Python name."""
     return {name: getattr(data, name) for name in names if name in data.model_fields_set}
-
-
-# --- schemas -----------------------------------------------------------------------------
-
-Id = Annotated[int, Field(ge=0)]
-UserRef = Annotated[str | int, Field()] | None
-
-
-class ConversationIn(BaseModel):
-    """`id` and `userId` from a user are ignored on create (ids are made by the server)."""
-
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-
-    id: Id | None = None
-    user_id: UserRef = Field(default=None, alias="userId")
-    title: str | None = None
-    ai_name: str | None = Field(default=None, alias="aiName")
-    model_id: Id | None = Field(default=None, alias="modelId")
-    model_info_id: Id | None = Field(default=None, alias="modelInfoId")  # the original code's name
-
-    @property
-    def model(self) -> int | None:
-        return self.model_id if self.model_id is not None else self.model_info_id
-
-
-class ConversationUpdate(ConversationIn):
-    id: Id
-
-
-class MessageIn(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-
-    id: Id | None = None  # ignored: the server makes ids
-    conversation_id: Id = Field(alias="conversationId")
-    role: str | None = None
-    content: str | None = None
-    prompt_tokens: Id | None = Field(default=None, alias="promptTokens")
-    completion_tokens: Id | None = Field(default=None, alias="completionTokens")
 
 
 # --- conversations -----------------------------------------------------------------------
@@ -166,8 +137,8 @@ def list_conversations_document(
     createdTimeStart: Annotated[str | None, Query(max_length=40)] = None,  # noqa: N803
     createdTimeEnd: Annotated[str | None, Query(max_length=40)] = None,  # noqa: N803
     userId: Annotated[str | None, Query(max_length=32)] = None,  # noqa: N803
-    pageNum: int | None = None,  # noqa: N803
-    pageSize: int | None = None,  # noqa: N803
+    pageNum: PageNumQuery = None,  # noqa: N803
+    pageSize: PageSizeQuery = None,  # noqa: N803
 ) -> dict[str, Any]:
     """The document's list: newest first, a bare list unless paged."""
     return _list_conversations(
@@ -185,8 +156,8 @@ def list_conversations_original(
     createdTimeStart: Annotated[str | None, Query(max_length=40)] = None,  # noqa: N803
     createdTimeEnd: Annotated[str | None, Query(max_length=40)] = None,  # noqa: N803
     userId: Annotated[str | None, Query(max_length=32)] = None,  # noqa: N803
-    pageNum: int | None = None,  # noqa: N803
-    pageSize: int | None = None,  # noqa: N803
+    pageNum: PageNumQuery = None,  # noqa: N803
+    pageSize: PageSizeQuery = None,  # noqa: N803
 ) -> dict[str, Any]:
     """The original code's list: `{total, items}` always, oldest first (its frontend opens the
     last card as the newest conversation)."""
@@ -232,7 +203,12 @@ def _add_message(session, viewer: Viewer, body: Any, *, id_only: bool = False) -
     return success(message.id if id_only else conversations.message_public(message))
 
 
-@router.post("/model/message")
+@router.post(
+    "/model/message",
+    openapi_extra=json_body(
+        MessageIn, ConversationIn, description="with conversationId: a message; else a conversation"
+    ),
+)
 def create_conversation_or_message(
     session: SessionDep, viewer: ViewerDep, body: Annotated[Any, Body()] = None
 ) -> dict[str, Any]:
@@ -243,13 +219,13 @@ def create_conversation_or_message(
     return _create_conversation(session, viewer, body if body is not None else {})
 
 
-@router.post("/model/conversation")
+@router.post("/model/conversation", openapi_extra=json_body(ConversationIn, required=False))
 def create_conversation(session: SessionDep, viewer: ViewerDep, body: Annotated[Any, Body()] = None) -> dict[str, Any]:
     return _create_conversation(session, viewer, body if body is not None else {})
 
 
-@router.put("/model/message")
-@router.put("/model/conversation")
+@router.put("/model/message", openapi_extra=json_body(ConversationUpdate))
+@router.put("/model/conversation", openapi_extra=json_body(ConversationUpdate))
 def update_conversation(session: SessionDep, viewer: ViewerDep, body: Annotated[Any, Body()] = None) -> dict[str, Any]:
     data = parse_body(ConversationUpdate, body)
     conv = conversations.update_conversation(session, viewer, data.id, **given(data, "title", "ai_name"))
@@ -260,7 +236,7 @@ def update_conversation(session: SessionDep, viewer: ViewerDep, body: Annotated[
 # --- messages (the more specific paths first) --------------------------------------------
 
 
-@router.post("/model/message/detail")
+@router.post("/model/message/detail", openapi_extra=json_body(MessageIn))
 @router.post("/model/message/detail/", include_in_schema=False)  # the document's spelling
 def add_message(session: SessionDep, viewer: ViewerDep, body: Annotated[Any, Body()] = None) -> dict[str, Any]:
     return _add_message(session, viewer, body)

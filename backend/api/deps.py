@@ -16,6 +16,8 @@ from sqlalchemy.orm import Session
 from backend import security
 from backend.config import Settings
 from backend.errors import ServiceError, forbidden, unauthorized
+from backend.services import accounts
+from backend.services.accounts import NewPassword
 from db.models import Admin, User
 
 
@@ -92,6 +94,18 @@ def current_super_admin(admin: Annotated[Admin, Depends(current_admin)]) -> Admi
 
 def current_user(request: Request, session: SessionDep, settings: SettingsDep) -> User:
     return user_from_token(session, settings, require_bearer(request))
+
+
+def hashed_first(session: Session, settings: Settings, password: str | None, code: str) -> NewPassword | None:
+    """A new password checked and hashed before the route writes, with no transaction open:
+    the request's transaction (its token check; on SQLite BEGIN IMMEDIATE, so the write
+    lock) is ended first, and the route's write opens a short one afterwards (audit
+    finding 7). None for no password ("" or absent means unchanged). Read what the route
+    needs of the caller's row before calling: the rollback expires it."""
+    if not password:
+        return None
+    session.rollback()
+    return accounts.new_password(settings, password, code)
 
 
 CurrentAdmin = Annotated[Admin, Depends(current_admin)]

@@ -20,10 +20,10 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel
 from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from backend.api import schemas
 from backend.errors import ServiceError
 
 log = logging.getLogger("meteor.api")
@@ -36,31 +36,6 @@ def on_invalid(code: str, *paths: str) -> None:
     """Declare which seed error code bad input on these paths gets."""
     for path in paths:
         VALIDATION_CODES[path] = code
-
-
-class Seed000Error(BaseModel):
-    """A seed-000 error: `code` names it (LOGIN_ERROR, USER_NAME_REPEAT, ...)."""
-
-    code: str
-    msg: str
-
-
-ERROR_DESCRIPTIONS = {
-    400: "bad request",
-    401: "missing, invalid, expired or revoked token, or wrong name / password",
-    403: "not allowed for this account (disabled, not a super admin)",
-    404: "no such account or row",
-    405: "method not allowed (the Allow header lists the path's methods)",
-    409: "the name is taken",
-    413: "the request body is larger than this endpoint's limit",
-    422: "invalid input (lengths, ranges, password rules)",
-    429: "too many failed logins (per account and address, per account, per address)",
-}
-
-
-def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI `responses` for seed-000 routes: the 4xx they answer, in the seed-000 envelope."""
-    return {s: {"model": Seed000Error, "description": ERROR_DESCRIPTIONS[s]} for s in statuses}
 
 
 def ok(msg: str, **extra: Any) -> dict[str, Any]:
@@ -155,6 +130,13 @@ def describe_validation(exc: RequestValidationError) -> str:
 
 
 def install(app: FastAPI) -> None:
+    base_openapi = app.openapi
+
+    def openapi() -> dict[str, Any]:  # FastAPI's spec, with each family's error statuses
+        return schemas.finish(base_openapi(), family)
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
         retry_after = exc.extra.get("retry_after")

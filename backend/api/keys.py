@@ -6,50 +6,19 @@ anyone's under `/admin/api_keys`. Seed-000 envelope.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, Field, model_validator
 
 from backend.api import envelope
 from backend.api.bounds import IdPath
 from backend.api.deps import CurrentAdmin, CurrentUser, SessionDep
+from backend.api.schemas import seed000
+from backend.api.schemas.seed000 import AdminApiKeyCreate, ApiKeyCreate
 from backend.services import accounts, apikeys
 from db.models import User
 
-router = APIRouter(tags=["api keys"], responses=envelope.documented(401, 403, 404, 405, 413, 422))
-
-ModelName = Annotated[str, Field(min_length=1, max_length=50)]
-
-
-class ApiKeyCreate(BaseModel):
-    name: Annotated[str, Field(max_length=64)] = ""
-    expires_at: datetime | None = None
-    expires_in_days: Annotated[int, Field(ge=1, le=3650)] | None = None
-    allowed_models: Annotated[list[ModelName], Field(min_length=1, max_length=apikeys.MAX_ALLOWED_MODELS)] | None = None
-
-    @model_validator(mode="after")
-    def _one_expiry(self) -> ApiKeyCreate:
-        if self.expires_at is not None and self.expires_in_days is not None:
-            raise ValueError("give expires_at or expires_in_days, not both")
-        return self
-
-    def expiry(self) -> datetime | None:
-        if self.expires_in_days is not None:
-            return datetime.now(UTC) + timedelta(days=self.expires_in_days)
-        return self.expires_at
-
-
-class AdminApiKeyCreate(ApiKeyCreate):
-    user_id: Annotated[str, Field(min_length=1, max_length=32)] | None = None
-    username: Annotated[str, Field(min_length=1, max_length=64)] | None = None
-
-    @model_validator(mode="after")
-    def _one_owner(self) -> AdminApiKeyCreate:
-        if (self.user_id is None) == (self.username is None):
-            raise ValueError("name the key's owner with user_id or username (one of them)")
-        return self
+router = APIRouter(tags=["api keys"], responses=seed000.errors(401, 403, 404, 405, 413, 422))
 
 
 def _owner(session: SessionDep, user_id: str | None, username: str | None) -> User:

@@ -19,11 +19,12 @@ from fastapi import APIRouter, Query, Request
 
 from backend.api import envelope
 from backend.api.deps import resolve_caller
+from backend.api.schemas import seed000
 from backend.config import Settings
 from backend.errors import ServiceError
 from backend.services import media
 
-router = APIRouter(tags=["voice and pictures"])
+router = APIRouter(tags=["voice and pictures"], responses=seed000.errors(400, 401, 402, 403, 404, 405, 413, 422, 429))
 T = TypeVar("T")
 
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries, part headers and small form fields around the file

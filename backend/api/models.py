@@ -27,71 +27,29 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
-from backend.api.bounds import INT32_MAX, OptIntQuery
+from backend.api.bounds import OptIntQuery
 from backend.api.conversations import BARE_LIST_LIMIT, ViewerDep, given, parse_body
 from backend.api.deps import SessionDep, SettingsDep
 from backend.api.envelope import success
+from backend.api.schemas import json_body
+from backend.api.schemas.seed003 import (
+    ConnectionFilter,
+    ConnectionIn,
+    ConnectionUpdate,
+    ModelIn,
+    ModelUpdate,
+    PageNumQuery,
+    PageSizeQuery,
+    ProbeIn,
+    errors,
+    persona_schema,
+)
 from backend.config import Settings
 from backend.services import connections, model_admin
 from backend.services.seed003 import bad_request, make_page, parse_ids, shape_listing
 
-router = APIRouter(tags=["seed-003 models"])
-
-Id = Annotated[int, Field(ge=0, le=INT32_MAX)]
-
-
-# --- schemas -----------------------------------------------------------------------------
-
-
-def _blank_is_none(value: Any) -> Any:
-    """The StrangeLoop frontend sends `aiolId: ""` for a local model."""
-    return None if isinstance(value, str) and not value.strip() else value
-
-
-OptionalId = Annotated[int | None, BeforeValidator(_blank_is_none)]
-
-
-class ModelIn(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-
-    model_name: Any = Field(default=None, alias="modelName")
-    ai_name: Any = Field(default=None, alias="aiName")
-    link_type: int | None = Field(default=None, alias="linkType")
-    description: Any = None
-    model_version: Any = Field(default=None, alias="modelVersion")
-    disable: int | None = None
-    aiol_id: OptionalId = Field(default=None, alias="aiolId")
-    ai_id: OptionalId = Field(default=None, alias="aiId")  # another spelling of aiolId
-    user_id: str | int | None = Field(default=None, alias="userId")
-    # the StrangeLoop frontend's fields
-    localmodel_name: Any = Field(default=None, alias="localmodelName")
-    ollama_model_name: Any = Field(default=None, alias="ollamaModelName")
-    base_model_name: Any = Field(default=None, alias="baseModelName")
-
-
-class ModelUpdate(ModelIn):
-    model_id: Id = Field(alias="modelId")
-
-
-class ConnectionIn(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-
-    ai_id: int | None = Field(default=None, alias="aiId")  # ignored on create
-    ai_name: Any = Field(default=None, alias="aiName")
-    ai_version: Any = Field(default=None, alias="aiVersion")
-    ai_token: Any = Field(default=None, alias="aiToken")
-    ai_api: Any = Field(default=None, alias="aiApi")
-    ai_type: int | None = Field(default=None, alias="aiType")
-    timeout: int | None = None
-    time_out: int | None = Field(default=None, alias="timeOut")
-    protocol: str | None = None
-
-
-class ConnectionUpdate(ConnectionIn):
-    ai_id: Id = Field(alias="aiId")
-
+router = APIRouter(tags=["seed-003 models"], responses=errors(400, 401, 403, 404, 405, 409, 413))
 
 # --- models ------------------------------------------------------------------------------
 
@@ -109,8 +67,8 @@ def list_models(
     userId: Annotated[str | None, Query(max_length=32)] = None,  # noqa: N803
     linkType: Annotated[int | None, Query(ge=0, le=1)] = None,  # noqa: N803
     disable: Annotated[int | None, Query(ge=0, le=1)] = None,
-    pageNum: int | None = None,  # noqa: N803
-    pageSize: int | None = None,  # noqa: N803
+    pageNum: PageNumQuery = None,  # noqa: N803
+    pageSize: PageSizeQuery = None,  # noqa: N803
 ) -> dict[str, Any]:
     page = make_page(pageNum, pageSize, max_size=settings.query_page_size_max)
     items, total = model_admin.list_models(
@@ -129,7 +87,7 @@ def list_models(
     return success(shape_listing(items, total))
 
 
-@router.put("/model/manage/detail")
+@router.put("/model/manage/detail", openapi_extra=json_body(persona_schema()))
 @router.put("/model/manage/detail/", include_in_schema=False)
 def update_persona(session: SessionDep, viewer: ViewerDep, body: Annotated[Any, Body()] = None) -> dict[str, Any]:
     if not isinstance(body, dict):
@@ -156,7 +114,7 @@ def model_detail(
     return success(detail)
 
 
-@router.post("/model/manage")
+@router.post("/model/manage", openapi_extra=json_body(ModelIn))
 @router.post("/model/manage/", include_in_schema=False)
 def create_model(session: SessionDep, viewer: ViewerDep, body: Annotated[Any, Body()] = None) -> dict[str, Any]:
     data = parse_body(ModelIn, body)
@@ -179,7 +137,7 @@ def create_model(session: SessionDep, viewer: ViewerDep, body: Annotated[Any, Bo
     return success(model_admin.model_public(model))
 
 
-@router.put("/model/manage")
+@router.put("/model/manage", openapi_extra=json_body(ModelUpdate))
 @router.put("/model/manage/", include_in_schema=False)
 def update_model(session: SessionDep, viewer: ViewerDep, body: Annotated[Any, Body()] = None) -> dict[str, Any]:
     data = parse_body(ModelUpdate, body)
@@ -233,8 +191,8 @@ def list_connections(
     aiType: OptIntQuery = None,  # noqa: N803
     createdTimeStart: Annotated[str | None, Query(max_length=40)] = None,  # noqa: N803
     createdTimeEnd: Annotated[str | None, Query(max_length=40)] = None,  # noqa: N803
-    pageNum: int | None = None,  # noqa: N803
-    pageSize: int | None = None,  # noqa: N803
+    pageNum: PageNumQuery = None,  # noqa: N803
+    pageSize: PageSizeQuery = None,  # noqa: N803
 ) -> dict[str, Any]:
     return _list_connections(
         session,
@@ -251,22 +209,10 @@ def list_connections(
     )
 
 
-class ConnectionFilter(BaseModel):
-    """The document's PUT list body."""
-
-    model_config = ConfigDict(extra="ignore")
-
-    aiId: Annotated[int, Field(ge=0, le=INT32_MAX)] | None = None
-    aiName: Annotated[str, Field(max_length=50)] | None = None
-    aiVersion: Annotated[str, Field(max_length=50)] | None = None
-    aiType: Annotated[int, Field(ge=-INT32_MAX - 1, le=INT32_MAX)] | None = None
-    createdTimeStart: Annotated[str, Field(max_length=40)] | None = None
-    createdTimeEnd: Annotated[str, Field(max_length=40)] | None = None
-    pageNum: int | None = None
-    pageSize: int | None = None
-
-
-@router.put("/model/ol/manage")
+@router.put(
+    "/model/ol/manage",
+    openapi_extra=json_body(ConnectionUpdate, ConnectionFilter, description="an update, or a list (createdTime*)"),
+)
 @router.put("/model/ol/manage/", include_in_schema=False)
 def update_connection(
     session: SessionDep, settings: SettingsDep, viewer: ViewerDep, body: Annotated[Any, Body()] = None
@@ -297,7 +243,7 @@ def update_connection(
     return success(connections.connection_public(settings, conn))
 
 
-@router.post("/model/ol/manage")
+@router.post("/model/ol/manage", openapi_extra=json_body(ConnectionIn))
 @router.post("/model/ol/manage/", include_in_schema=False)
 def create_connection(
     session: SessionDep, settings: SettingsDep, viewer: ViewerDep, body: Annotated[Any, Body()] = None
@@ -319,16 +265,7 @@ def create_connection(
     return success(connections.connection_public(settings, conn))
 
 
-class ProbeIn(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-
-    ai_api: str = Field(alias="aiApi", max_length=500)
-    ai_token: str | None = Field(default=None, alias="aiToken", max_length=500)
-    protocol: str | None = None
-    timeout: int | None = Field(default=None, ge=1, le=connections.MAX_TIMEOUT)
-
-
-@router.post("/model/ol/manage/test")
+@router.post("/model/ol/manage/test", openapi_extra=json_body(ProbeIn))
 def test_unsaved_connection(
     session: SessionDep, settings: SettingsDep, viewer: ViewerDep, body: Annotated[Any, Body()] = None
 ) -> dict[str, Any]:

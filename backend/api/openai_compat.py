@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
 from backend.api.deps import SessionDep, SettingsDep, bearer_token
+from backend.api.schemas import openai
 from backend.api.text import (
     MAX_TOKENS,
     MAX_TURN_CHARS,
@@ -36,7 +37,7 @@ from backend.services import apikeys, gateway, model_registry
 from backend.services.gateway import Caller, ChatCall, ChatResult
 from db.models import ApiKey, User
 
-router = APIRouter(tags=["openai"])
+router = APIRouter(tags=["openai"], responses=openai.errors(401, 403, 405, 413))
 
 
 class TextPart(BaseModel):
@@ -154,7 +155,7 @@ async def sse_chunks(call: ChatCall, include_usage: bool) -> AsyncIterator[str]:
             yield _sse({"error": {"message": event.message, "type": "api_error", "code": event.code, "param": None}})
 
 
-@router.get("/v1/models")
+@router.get("/v1/models", **openai.answers(openai.ModelList))
 def list_models(request: Request, session: SessionDep) -> dict:
     """The models this key may call."""
     user, key = api_key_caller(request, session)
@@ -173,7 +174,7 @@ def list_models(request: Request, session: SessionDep) -> dict:
     return {"object": "list", "data": data}
 
 
-@router.post("/v1/chat/completions", response_model=None)
+@router.post("/v1/chat/completions", response_model=None, responses=openai.errors(400, 402, 404, 422, 429))
 async def chat_completions(
     body: ChatCompletionIn, request: Request, response: Response, settings: SettingsDep
 ) -> dict | StreamingResponse:

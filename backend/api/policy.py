@@ -32,11 +32,12 @@ from sqlalchemy import select
 from backend.api import envelope
 from backend.api.admin import actor_name
 from backend.api.deps import CurrentAdmin, SessionDep
+from backend.api.schemas import seed000
 from backend.errors import ServiceError
 from backend.services import accounts, allowances, pricing, rate_limits, routing
 from db.models import ModelInfo
 
-router = APIRouter(tags=["quota policy"])
+router = APIRouter(tags=["quota policy"], responses=seed000.errors(401, 403, 404, 405, 409, 413, 422))
 
 Amount = Annotated[int, Field(ge=0, le=allowances.MAX_AMOUNT)]
 Terms = Annotated[list[tuple[date, date]], Field(max_length=100)]

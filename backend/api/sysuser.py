@@ -25,26 +25,19 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
 
 from backend.api.auth import limited_login, user_tokens
 from backend.api.conversations import parse_body
-from backend.api.deps import CurrentUser, SessionDep, SettingsDep
+from backend.api.deps import CurrentUser, SessionDep, SettingsDep, hashed_first
 from backend.api.envelope import success
+from backend.api.schemas import json_body
+from backend.api.schemas.seed003 import NowLoginUserAnswer, SignInAnswer, SignInIn, SignUpIn, answers, errors
 from backend.errors import ServiceError
 from backend.services import accounts
 from backend.services.seed003 import bad_request, fmt
 from db.models import User
 
-router = APIRouter(tags=["StrangeLoop sign-in"])
-
-
-class AccountIn(BaseModel):
-    model_config = ConfigDict(extra="ignore", populate_by_name=True)
-
-    account: Annotated[str, Field(min_length=1, max_length=64)]
-    password: Annotated[str, Field(min_length=1, max_length=128)]
-    password_again: Annotated[str, Field(max_length=128)] | None = Field(default=None, alias="passwordAgain")
+router = APIRouter(tags=["StrangeLoop sign-in"], responses=errors(405, 413))
 
 
 def user_public(user: User) -> dict[str, Any]:
@@ -67,7 +60,11 @@ def in_body(error: ServiceError) -> JSONResponse:
     return JSONResponse({"code": error.status, "message": error.message, "data": None}, status_code=200)
 
 
-@router.post("/sys/user/login", response_model=None)
+# errors come with HTTP 200, the status in `code` (see above)
+IN_BODY = answers(SignInAnswer, description="success, or an error whose `code` is its status (400, 401, 403, 409, 429)")
+
+
+@router.post("/sys/user/login", openapi_extra=json_body(SignInIn), **IN_BODY)
 def login(
     request: Request, session: SessionDep, settings: SettingsDep, body: Annotated[Any, Body()] = None
 ) -> dict | JSONResponse:
@@ -78,7 +75,7 @@ def login(
 
 
 def _login(request: Request, session, settings, body: Any) -> dict:
-    data = parse_body(AccountIn, body)
+    data = parse_body(SignInIn, body)
     user = limited_login(
         request,
         session,
@@ -94,7 +91,7 @@ def _login(request: Request, session, settings, body: Any) -> dict:
     return success(user_tokens(settings, user)["access_token"])
 
 
-@router.post("/sys/user/create", response_model=None)
+@router.post("/sys/user/create", openapi_extra=json_body(SignUpIn), **IN_BODY)
 def create(session: SessionDep, settings: SettingsDep, body: Annotated[Any, Body()] = None) -> dict | JSONResponse:
     try:
         return _create(session, settings, body)
@@ -104,11 +101,12 @@ def create(session: SessionDep, settings: SettingsDep, body: Annotated[Any, Body
 
 
 def _create(session, settings, body: Any) -> dict:
-    data = parse_body(AccountIn, body)
+    data = parse_body(SignUpIn, body)
     if data.password_again is not None and data.password_again != data.password:
         raise bad_request("the two passwords differ")
     try:
-        accounts.register_user(session, settings, username=data.account, password=data.password)
+        password = hashed_first(session, settings, data.password, "REGISTER_ERROR")
+        accounts.register_user(session, settings, username=data.account, password=password)
     except ServiceError as exc:
         if exc.status == 422:  # a name or password the account rules refuse: a 400 in this envelope
             raise bad_request(exc.message) from None
@@ -117,6 +115,6 @@ def _create(session, settings, body: Any) -> dict:
     return success(None)
 
 
-@router.post("/sys/user/nowLoginUser")
+@router.post("/sys/user/nowLoginUser", **answers(NowLoginUserAnswer, 401, 403))
 def now_login_user(user: CurrentUser) -> dict:
     return success(user_public(user))

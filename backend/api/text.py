@@ -21,12 +21,13 @@ from starlette.types import Receive, Scope, Send
 
 from backend.api import envelope
 from backend.api.deps import SettingsDep, admin_from_token, require_bearer, resolve_caller
+from backend.api.schemas import seed000
 from backend.config import Settings
 from backend.errors import ServiceError
 from backend.services import gateway
 from backend.services.gateway import Caller, ChatCall, ChatFailed, ChatResult
 
-router = APIRouter(tags=["text"])
+router = APIRouter(tags=["text"], responses=seed000.errors(401, 402, 403, 404, 405, 413, 422, 429))
 
 MAX_TURNS = 200
 MAX_TURN_CHARS = 32_000

@@ -2,30 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
 from fastapi import APIRouter, Request
-from pydantic import BaseModel, Field
 
 from backend.api import envelope
 from backend.api.deps import SessionDep, SettingsDep, resolve_caller
+from backend.api.schemas import seed000
+from backend.api.schemas.seed000 import RedeemIn
 from backend.errors import forbidden
 from backend.services import vouchers
 
-router = APIRouter(tags=["user"], responses=envelope.documented(401, 403, 404, 405, 409, 413, 422))
-
-
-class RedeemIn(BaseModel):
-    token_id: Annotated[str, Field(min_length=1, max_length=64)]
-    user_id: Annotated[str, Field(max_length=32)] | None = None
-    user_academy: Annotated[str, Field(max_length=64)] | None = None
-    username: Annotated[str, Field(max_length=64)] | None = None
+router = APIRouter(tags=["user"], responses=seed000.errors(401, 403, 404, 405, 409, 413, 422))
 
 
 envelope.on_invalid("USER_GET_TOKEN_ERROR", "/user/get_token")
 
 
-@router.post("/user/get_token")
+@router.post("/user/get_token", **seed000.answers(seed000.RedeemOut))
 def redeem_voucher(body: RedeemIn, request: Request, session: SessionDep, settings: SettingsDep) -> dict:
     """Redeem a voucher for the caller. `user_id`, when given, must be the caller; in legacy
     mode it alone names the caller, as the original desktop client sends it."""

@@ -9,7 +9,7 @@ is what a user changing a leaked password expects.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sqlalchemy import func, select, update
@@ -44,6 +44,28 @@ def _hash(settings: Settings, password: str) -> str:
     return security.hash_password(password, settings.bcrypt_rounds)
 
 
+@dataclass(frozen=True)
+class NewPassword:
+    """A new password that passed the rules, already hashed. Routes make it before their
+    write transaction opens: bcrypt takes a noticeable time, and on SQLite an open
+    transaction holds the database's write lock (audit finding 7)."""
+
+    hash: str = field(repr=False)
+
+
+def new_password(settings: Settings, password: str, code: str) -> NewPassword:
+    """Check `password` against the rules and hash it; needs no session."""
+    check_password(password, code)
+    return NewPassword(_hash(settings, password))
+
+
+def _stored_hash(settings: Settings, password: str | NewPassword, code: str) -> str:
+    """The hash to store: a NewPassword's, or (the CLI, the dashboard) one made here. The
+    services make it before their first query, so a caller's transaction that has not yet
+    touched the database (the dashboard's `run_action`) holds no connection meanwhile."""
+    return password.hash if isinstance(password, NewPassword) else new_password(settings, password, code).hash
+
+
 # --- users -------------------------------------------------------------------------------
 
 
@@ -71,7 +93,7 @@ def register_user(
     settings: Settings,
     *,
     username: str,
-    password: str,
+    password: str | NewPassword,
     email: str | None = None,
     academy: str | None = None,
 ) -> User:
@@ -86,7 +108,7 @@ def create_user(
     settings: Settings,
     *,
     username: str,
-    password: str,
+    password: str | NewPassword,
     email: str | None = None,
     academy: str | None = None,
     tokens: int = 0,
@@ -96,14 +118,14 @@ def create_user(
 ) -> User:
     """Create a user; initial tokens / picTimes are granted through the ledger."""
     username = check_name(username, error, "username")
-    check_password(password, error)
+    password_hash = _stored_hash(settings, password, error)
     if tokens < 0 or pic_times < 0:
         raise ServiceError(error, "tokens and picTimes cannot be negative", 422)
     if get_user_by_name(session, username) is not None:
         raise conflict("USER_NAME_REPEAT", f"username {username!r} is taken")
     user = User(
         username=username,
-        password_hash=_hash(settings, password),
+        password_hash=password_hash,
         email=email or None,
         academy=(academy or "").strip() or None,
         tokens=0,
@@ -126,19 +148,6 @@ def create_user(
     return user
 
 
-def authenticate_user(session: Session, settings: Settings, *, username: str, password: str) -> User | None:
-    """The user if the password matches (rehashing an imported MD5 hash), else None."""
-    user = get_user_by_name(session, username)
-    if user is None:
-        security.burn_password_check(password, settings.bcrypt_rounds)
-        return None
-    if not security.verify_password(password, user.password_hash):
-        return None
-    if security.needs_rehash(user.password_hash):
-        user.password_hash = _hash(settings, password)
-    return user
-
-
 def modify_user(
     session: Session,
     settings: Settings,
@@ -146,7 +155,7 @@ def modify_user(
     target_username: str,
     actor: str,
     new_username: str | None = None,
-    new_password: str | None = None,
+    new_password: str | NewPassword | None = None,
     new_email: str | None = None,
     new_academy: str | None = None,
     new_tokens: int | None = None,
@@ -154,6 +163,7 @@ def modify_user(
     new_status: str | None = None,
 ) -> User:
     """Admin edit of a user. Balances go through the quota service; the id never changes."""
+    password_hash = _stored_hash(settings, new_password, "MODIFY_USER_ERROR") if new_password else None
     user = require_user_by_name(session, target_username)
     changes: dict[str, object] = {}
     if new_username is not None and new_username.strip() != user.username:
@@ -162,9 +172,8 @@ def modify_user(
             raise conflict("USER_NAME_REPEAT", f"username {new_username!r} is taken")
         changes["username"] = (user.username, new_username)
         user.username = new_username
-    if new_password:
-        check_password(new_password, "MODIFY_USER_ERROR")
-        user.password_hash = _hash(settings, new_password)
+    if password_hash is not None:
+        user.password_hash = password_hash
         user.token_version += 1
         revoked = revoke_api_keys(session, user_id=user.id)
         changes["password"] = "changed"
@@ -210,14 +219,23 @@ def delete_user(session: Session, *, username: str, actor: str) -> None:
     session.delete(user)
 
 
-def change_user_password(
-    session: Session, settings: Settings, *, user: User, old_password: str, new_password: str
-) -> None:
-    """A user's own password change; revokes every token issued before."""
-    if not security.verify_password(old_password, user.password_hash):
+def verify_password_change(settings: Settings, current_hash: str, old_password: str, new: str) -> NewPassword:
+    """A user's own password change, step 1 (no transaction open): the current password
+    checked against `current_hash`, the new one checked and hashed."""
+    if not security.verify_password(old_password, current_hash):
         raise ServiceError("LOGIN_ERROR", "the current password is wrong", 401)
-    check_password(new_password, "MODIFY_USER_ERROR")
-    user.password_hash = _hash(settings, new_password)
+    return new_password(settings, new, "MODIFY_USER_ERROR")
+
+
+def change_user_password(session: Session, *, user_id: str, checked_hash: str, new: NewPassword) -> User:
+    """Step 2 (a short write): store the new hash, revoking every token and API key issued
+    before. `checked_hash` is the hash step 1 checked the old password against; when the
+    password changed meanwhile, the change is refused (401) rather than applied on a check
+    of a password that is no longer current."""
+    user = session.get(User, user_id)
+    if user is None or user.password_hash != checked_hash:
+        raise ServiceError("LOGIN_ERROR", "the password was changed meanwhile; sign in again", 401)
+    user.password_hash = new.hash
     user.token_version += 1
     revoked = revoke_api_keys(session, user_id=user.id)
     audit.record(
@@ -228,6 +246,7 @@ def change_user_password(
         target_id=user.id,
         detail={"api_keys_revoked": revoked},
     )
+    return user
 
 
 def revoke_api_keys(session: Session, *, user_id: str) -> int:
@@ -302,26 +321,20 @@ def require_admin_by_name(session: Session, name: str, code: str) -> Admin:
     return admin
 
 
-def authenticate_admin(session: Session, settings: Settings, *, name: str, password: str) -> Admin | None:
-    admin = get_admin_by_name(session, name)
-    if admin is None:
-        security.burn_password_check(password, settings.bcrypt_rounds)
-        return None
-    if not security.verify_password(password, admin.password_hash):
-        return None
-    if security.needs_rehash(admin.password_hash):
-        admin.password_hash = _hash(settings, password)
-    return admin
-
-
 def create_admin(
-    session: Session, settings: Settings, *, name: str, password: str, is_super: bool = False, actor: str | None
+    session: Session,
+    settings: Settings,
+    *,
+    name: str,
+    password: str | NewPassword,
+    is_super: bool = False,
+    actor: str | None,
 ) -> Admin:
     name = check_name(name, "ADD_ADMIN_ERROR", "admin name")
-    check_password(password, "ADD_ADMIN_ERROR")
+    password_hash = _stored_hash(settings, password, "ADD_ADMIN_ERROR")
     if get_admin_by_name(session, name) is not None:
         raise conflict("USER_NAME_REPEAT", f"admin name {name!r} is taken")
-    admin = Admin(name=name, password_hash=_hash(settings, password), is_super=is_super)
+    admin = Admin(name=name, password_hash=password_hash, is_super=is_super)
     session.add(admin)
     session.flush()
     if actor:
@@ -343,8 +356,9 @@ def modify_admin(
     target: str,
     actor: str,
     new_name: str | None = None,
-    new_password: str | None = None,
+    new_password: str | NewPassword | None = None,
 ) -> Admin:
+    password_hash = _stored_hash(settings, new_password, "MODIFY_ADMIN_ERROR") if new_password else None
     admin = require_admin_by_name(session, target, "MODIFY_ADMIN_ERROR")
     changes: dict[str, object] = {}
     if new_name and new_name.strip() != admin.name:
@@ -353,9 +367,8 @@ def modify_admin(
             raise conflict("USER_NAME_REPEAT", f"admin name {new_name!r} is taken")
         changes["name"] = (admin.name, new_name)
         admin.name = new_name
-    if new_password:
-        check_password(new_password, "MODIFY_ADMIN_ERROR")
-        admin.password_hash = _hash(settings, new_password)
+    if password_hash is not None:
+        admin.password_hash = password_hash
         admin.token_version += 1
         changes["password"] = "changed"
     if changes:

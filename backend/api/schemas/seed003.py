@@ -1,0 +1,271 @@
+"""Seed-003 request models and answers (`/model/...`, `/sys/...`): `{"code": 200, "message":
+"Success", "data": ...}`, errors `{"code": <HTTP status>, "message": ..., "data": null}`.
+
+Routes validate these with `parse_body` (backend/api/conversations.py): a route that decides
+between two shapes by the body (`POST /model/message`, `PUT /model/ol/manage`) or answers
+errors inside a 200 (`/sys/user/...`) cannot leave it to FastAPI; `json_body` documents the
+same model. The limits are the services' (backend/services/seed003.py `optional_text`,
+model_admin, connections, conversations): text is measured after stripping, blank means
+absent; a wrong type, a longer text or a number out of range is a 400.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from fastapi import Query
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+
+from backend import security
+from backend.api.bounds import INT32_MAX
+from backend.api.schemas import NewPassword, SignInPassword, documented, model_schema
+from backend.services import connections, conversations, model_admin
+from backend.services.personas import PersonaParams
+
+
+class Seed003Error(BaseModel):
+    """`code` is the HTTP status (the StrangeLoop sign-in answers it with HTTP 200)."""
+
+    code: int
+    message: str
+    data: None = None
+
+
+def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """`responses=` for seed-003 routes."""
+    return documented(Seed003Error, *statuses)
+
+
+def answers(model: type[BaseModel], *statuses: int, description: str = "success") -> dict[str, Any]:
+    """Route keywords documenting a fixed answer (and these 4xx); the route's dict is sent
+    as it is (`response_model=None`), unfiltered and in its order."""
+    return {
+        "response_model": None,
+        "responses": {200: {"model": model, "description": description}, **errors(*statuses)},
+    }
+
+
+Id = Annotated[int, Field(ge=0, le=INT32_MAX)]
+PAGE_NUM_MAX = 10**7  # backend/services/seed003.py make_page
+PAGE_SIZE = "rows per page; more than METEOR_QUERY_PAGE_SIZE_MAX is cut to it"
+PageNum = Annotated[int, Field(ge=1, le=PAGE_NUM_MAX)]
+PageSize = Annotated[int, Field(ge=1, description=PAGE_SIZE)]
+PageNumQuery = Annotated[int | None, Query(ge=1, le=PAGE_NUM_MAX)]
+PageSizeQuery = Annotated[int | None, Query(ge=1, description=PAGE_SIZE)]
+
+
+def text(limit: int) -> Any:
+    """Optional text of at most `limit` characters after stripping."""
+    return Annotated[str, StringConstraints(strip_whitespace=True, max_length=limit)] | None
+
+
+def _blank_is_none(value: Any) -> Any:
+    """The StrangeLoop frontend sends `aiolId: ""` for a local model."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+OptionalId = Annotated[int | None, BeforeValidator(_blank_is_none)]  # an unknown id is a 404
+Flag = Annotated[int, Field(ge=0, le=1)] | None
+
+
+# --- models and personas (backend/api/models.py) -----------------------------------------
+
+
+class ModelIn(BaseModel):
+    """A model. On create `modelName` is required, and `aiName` unless `aiolId` or
+    `localmodelName` names the base (the service says which is missing)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    model_name: text(50) = Field(default=None, alias="modelName")
+    ai_name: text(50) = Field(default=None, alias="aiName")
+    link_type: Flag = Field(default=None, alias="linkType")
+    description: text(500) = None
+    model_version: text(50) = Field(default=None, alias="modelVersion")
+    disable: Flag = None
+    aiol_id: OptionalId = Field(default=None, alias="aiolId")
+    ai_id: OptionalId = Field(default=None, alias="aiId")  # another spelling of aiolId
+    user_id: str | int | None = Field(default=None, alias="userId")  # admins only; an unknown one is a 404
+    # the StrangeLoop frontend's fields
+    localmodel_name: text(100) = Field(default=None, alias="localmodelName")
+    ollama_model_name: text(100) = Field(default=None, alias="ollamaModelName")
+    base_model_name: text(100) = Field(default=None, alias="baseModelName")
+
+
+class ModelUpdate(ModelIn):
+    model_id: Id = Field(alias="modelId")
+
+
+class Example(BaseModel):
+    user_message: Annotated[str, Field(min_length=1, max_length=model_admin.TEXT_MAX)] = Field(alias="userMessage")
+    model_message: Annotated[str, Field(min_length=1, max_length=model_admin.TEXT_MAX)] = Field(alias="modelMessage")
+
+
+class PersonaIn(BaseModel):
+    """`PUT /model/manage/detail` (model_admin.update_persona validates it): the persona of
+    `modelFileId` (or `modelId`); the sampling parameters (also nested in `modelFile`),
+    `system`, and an example list that replaces the stored one (`modelFileEmessageList`, or
+    the document's `modelFileEgMessageList`)."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+    model_file_id: Id | None = Field(default=None, alias="modelFileId")
+    model_id: Id | None = Field(default=None, alias="modelId")
+    system: Annotated[str, Field(max_length=model_admin.TEXT_MAX)] | None = None
+    examples: Annotated[list[Example], Field(max_length=model_admin.MAX_EXAMPLES)] | None = Field(
+        default=None, alias="modelFileEmessageList"
+    )
+    model_file: dict[str, Any] | None = Field(default=None, alias="modelFile")
+
+
+def persona_schema() -> dict[str, Any]:
+    """PersonaIn with the sampling parameters under their camelCase names."""
+    schema = model_schema(PersonaIn)
+    params = model_schema(PersonaParams)["properties"]
+    schema["properties"].update({model_admin.CAMEL_OF[name]: spec for name, spec in params.items()})
+    return schema
+
+
+# --- online connections ------------------------------------------------------------------
+
+Protocol = Annotated[
+    str, Field(max_length=16, description="one of " + ", ".join(connections.PROTOCOLS) + " (any case)")
+]
+Timeout = Annotated[int, Field(ge=1, le=connections.MAX_TIMEOUT, description="seconds")]
+AiType = Annotated[int, Field(ge=1, le=3, description="1 llm, 2 chat, 3 image")]
+
+
+class ConnectionIn(BaseModel):
+    """A connection. On create `aiName` and `aiApi` are required. `aiToken` is printable
+    ASCII; a masked token (as answers show it) keeps the stored one."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    ai_id: int | None = Field(default=None, alias="aiId")  # ignored on create
+    ai_name: text(50) = Field(default=None, alias="aiName")
+    ai_version: text(50) = Field(default=None, alias="aiVersion")
+    ai_token: text(500) = Field(default=None, alias="aiToken")
+    ai_api: text(500) = Field(default=None, alias="aiApi")
+    ai_type: AiType | None = Field(default=None, alias="aiType")
+    timeout: Timeout | None = None
+    time_out: Timeout | None = Field(default=None, alias="timeOut")
+    protocol: Protocol | None = None
+
+
+class ConnectionUpdate(ConnectionIn):
+    ai_id: Id = Field(alias="aiId")
+
+
+class ConnectionFilter(BaseModel):
+    """The document's PUT list body (told from an update by createdTimeStart / createdTimeEnd)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    aiId: Id | None = None
+    aiName: Annotated[str, Field(max_length=50)] | None = None
+    aiVersion: Annotated[str, Field(max_length=50)] | None = None
+    aiType: Annotated[int, Field(ge=-INT32_MAX - 1, le=INT32_MAX)] | None = None
+    createdTimeStart: Annotated[str, Field(max_length=40)] | None = None
+    createdTimeEnd: Annotated[str, Field(max_length=40)] | None = None
+    pageNum: PageNum | None = None
+    pageSize: PageSize | None = None
+
+
+class ProbeIn(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    ai_api: str = Field(alias="aiApi", max_length=500)
+    ai_token: str | None = Field(default=None, alias="aiToken", max_length=500)
+    protocol: Protocol | None = None
+    timeout: Timeout | None = None
+
+
+# --- conversations and messages (backend/api/conversations.py) ---------------------------
+
+UserRef = str | int | None  # an unknown user is a 404
+
+
+class ConversationIn(BaseModel):
+    """`id` and `userId` from a user are ignored on create (ids are made by the server);
+    an admin names the owner with `userId`."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    id: Id | None = None
+    user_id: UserRef = Field(default=None, alias="userId")
+    title: Annotated[str, Field(max_length=conversations.TITLE_MAX)] | None = None
+    ai_name: Annotated[str, Field(max_length=conversations.AI_NAME_MAX)] | None = Field(default=None, alias="aiName")
+    model_id: Id | None = Field(default=None, alias="modelId")
+    model_info_id: Id | None = Field(default=None, alias="modelInfoId")  # the original code's name
+
+    @property
+    def model(self) -> int | None:
+        return self.model_id if self.model_id is not None else self.model_info_id
+
+
+class ConversationUpdate(ConversationIn):
+    id: Id
+
+
+class MessageIn(BaseModel):
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    id: Id | None = None  # ignored: the server makes ids
+    conversation_id: Id = Field(alias="conversationId")
+    role: Annotated[str, Field(max_length=conversations.ROLE_MAX)] | None = None  # absent or "": user
+    content: str | None = None
+    prompt_tokens: Id | None = Field(default=None, alias="promptTokens")
+    completion_tokens: Id | None = Field(default=None, alias="completionTokens")
+
+
+# --- StrangeLoop's sign-in (backend/api/sysuser.py) --------------------------------------
+
+Account = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class SignInIn(BaseModel):
+    """`/sys/user/login`: what a sign-in may try (imported accounts may have shorter passwords)."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    account: Account
+    password: SignInPassword
+
+
+class SignUpIn(BaseModel):
+    """`/sys/user/create`: the account rules of backend/services/accounts.py."""
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    account: Account
+    password: NewPassword
+    password_again: Annotated[str, Field(max_length=security.BCRYPT_MAX_BYTES)] | None = Field(
+        default=None, alias="passwordAgain"
+    )
+
+
+class SignInAnswer(BaseModel):
+    """`/sys/user/login` and `/create`: success (`code` 200, `data` the access token, or null
+    for create) or an error, also with HTTP 200: `code` its status, `data` null."""
+
+    code: int
+    message: str
+    data: str | None
+
+
+class SignedInUser(BaseModel):
+    id: str
+    account: str
+    name: str
+    email: str | None
+    academy: str | None
+    disable: Literal[0, 1]
+    tokens: int
+    picTimes: int  # noqa: N815 - the wire names
+    createTime: str | None  # noqa: N815
+
+
+class NowLoginUserAnswer(BaseModel):
+    code: Literal[200] = 200
+    message: str
+    data: SignedInUser
