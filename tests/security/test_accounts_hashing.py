@@ -27,6 +27,8 @@ from db.session import get_engine
 from tests.conftest import make_settings
 from tests.factories import PASSWORD, admin_headers, make_admin, make_user, user_headers
 
+pytestmark = pytest.mark.committed  # it watches the pool and the SQLite write lock while bcrypt runs
+
 NEW = "brand-new-pass-7"
 
 
