@@ -20,6 +20,8 @@ from backend.services import allowances, quota
 from db.models import AllowanceGrant, AllowanceRun, AuditLog, QuotaLedger, User
 from tests.factories import make_user, super_admin_headers
 
+pytestmark = pytest.mark.committed  # its runs set the isolation level, and several runners race
+
 DEC = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
 JAN = datetime(2027, 1, 4, 9, 0, tzinfo=UTC)
 
@@ -172,7 +174,6 @@ def test_disabled_users_and_disabled_allowances_get_nothing(maker, settings):
 # --- exactly once -----------------------------------------------------------------------------
 
 
-@pytest.mark.committed
 def test_concurrent_runners_grant_each_user_exactly_once(maker, settings):
     users = [make_user(maker, settings, tokens=i) for i in range(60)]
     aid = new_allowance(maker, tokens=100, pic_times=1, mode="add")
@@ -222,7 +223,6 @@ CRASHING_RUN = textwrap.dedent(
 )
 
 
-@pytest.mark.committed
 def test_a_run_killed_between_chunks_resumes_without_double_grants(maker, settings):
     users = [make_user(maker, settings, tokens=5) for _ in range(45)]
     aid = new_allowance(maker, tokens=100, mode="add")

@@ -19,6 +19,8 @@ from db.models import UsageDaily, UsageRecord, UsageRollupDay, UsageTopUsers, Us
 from tests.conftest import make_settings
 from tests.factories import make_user
 
+pytestmark = pytest.mark.committed  # two processes and the sweeper roll up at once
+
 SPAN = 12  # days of usage, today included
 WAIT = 30  # seconds any wait on another thread may take before the test fails
 

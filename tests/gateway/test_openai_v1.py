@@ -28,6 +28,7 @@ def _new_key(client, headers, **body) -> str:
     return r.json()["key"]
 
 
+@pytest.mark.committed
 def test_the_openai_client_works_unchanged(app, client, maker, settings, upstream):
     add_online_model(maker, settings, url=upstream.url)
     user = make_user(maker, settings, tokens=10_000)

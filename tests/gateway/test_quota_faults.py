@@ -37,6 +37,7 @@ def _reservation_status(maker, user_id: str) -> str | None:
         return s.scalar(select(QuotaReservation.status).where(QuotaReservation.user_id == user_id))
 
 
+@pytest.mark.committed
 def test_client_disconnect_mid_stream_settles_only_what_was_delivered(app, client, maker, settings):
     with OpenAIServer(reply="word", chunks=400, chunk_delay=0.05, prompt_tokens=50) as upstream:
         add_online_model(maker, settings, url=upstream.url)

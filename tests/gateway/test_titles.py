@@ -14,6 +14,8 @@ from tests.factories import make_user, user_headers
 from tests.fakes.openai_server import OpenAIServer
 from tests.gateway.helpers import add_online_model
 
+pytestmark = pytest.mark.committed  # the title is written by a background task
+
 USER_TEXT = "tell me everything about quantum cats and their boxes please"
 
 
