@@ -201,7 +201,7 @@ def encode_cookie(
         "idn": identity,
         "ver": version,
     }
-    return jwt.encode(claims, settings.cookie_key.get_secret_value(), algorithm="HS256")
+    return jwt.encode(claims, settings.secret("cookie_key"), algorithm="HS256")
 
 
 def verify_cookie(session: Session, settings: Settings, claims: dict[str, Any] | None) -> DashboardAccount | None:
@@ -280,7 +280,7 @@ def build_authenticator(settings: Settings, maker: sessionmaker, state: Any) -> 
     authenticator = stauth.Authenticate(
         credentials,
         COOKIE_NAME,
-        settings.cookie_key.get_secret_value(),
+        settings.secret("cookie_key"),
         COOKIE_DAYS,
         auto_hash=False,
         login_sleep_time=0,  # the cookie is read from the request, no component round-trip to wait for

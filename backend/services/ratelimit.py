@@ -121,7 +121,7 @@ def is_known(session: Session, settings: Settings, keys: LoginKeys) -> bool:
 
 def _fingerprint(settings: Settings, keys: LoginKeys, password: str) -> str:
     message = "\0".join((keys.kind, keys.name, keys.address or "", password)).encode()
-    return "retry:" + hmac.new(settings.jwt_secret.get_secret_value().encode(), message, hashlib.sha256).hexdigest()
+    return "retry:" + hmac.new(settings.secret("jwt_secret").encode(), message, hashlib.sha256).hexdigest()
 
 
 def is_retry(session: Session, settings: Settings, keys: LoginKeys, password: str) -> bool:
