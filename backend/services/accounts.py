@@ -20,6 +20,7 @@ from backend.config import Settings
 from backend.errors import ServiceError, conflict, forbidden
 from backend.services import allowances, audit, quota
 from db.models import Admin, ApiKey, User
+from db.session import rowcount
 
 NAME_PATTERN = re.compile(r"^[^\x00-\x1f\x7f]{1,64}$")
 PASSWORD_MIN = 6
@@ -238,7 +239,7 @@ def revoke_api_keys(session: Session, *, user_id: str) -> int:
         .values(revoked_at=datetime.now(UTC))
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount or 0
+    return rowcount(result) or 0
 
 
 def revoke_user_tokens(session: Session, *, user_id: str) -> None:

@@ -42,6 +42,7 @@ from sqlalchemy.orm import Session
 from backend.config import Settings
 from backend.errors import ServiceError
 from db.models import LoginAttempt, LoginLimit
+from db.session import rowcount
 
 MAX_NAME = 128
 MAX_ADDRESS = 60
@@ -105,7 +106,7 @@ def _admit(session: Session, subject: str, limit: int, now: datetime, since: dat
         )
         .execution_options(synchronize_session=False)
     )
-    return session.execute(stmt).rowcount == 1
+    return rowcount(session.execute(stmt)) == 1
 
 
 def is_known(session: Session, settings: Settings, keys: LoginKeys) -> bool:
@@ -260,7 +261,7 @@ def sweep(session: Session, settings: Settings) -> int:
         )
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount or 0
+    return rowcount(result) or 0
 
 
 # --- the dashboard's own per-account count (login_attempts) ---------------------------------
