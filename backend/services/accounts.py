@@ -281,7 +281,7 @@ def check_credentials(settings: Settings, found: Credentials | None, password: s
 def signed_in_account(session: Session, found: Credentials, new_hash: str | None) -> User | Admin | None:
     """Step 3 (a short write): the account whose password was checked, with an imported
     hash replaced; None when the account changed its password (or went) meanwhile."""
-    account = session.get(User if found.kind == "user" else Admin, found.id)
+    account: User | Admin | None = session.get(User, found.id) if found.kind == "user" else session.get(Admin, found.id)
     if account is None or account.password_hash != found.password_hash:
         return None
     if new_hash is not None:
