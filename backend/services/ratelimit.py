@@ -35,7 +35,7 @@ import hmac
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import case, delete, or_, select, update
+from sqlalchemy import Insert, case, delete, or_, select, update
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -82,6 +82,7 @@ def _ensure(session: Session, subjects: list[str], now: datetime) -> None:
     """Create the counter rows that do not exist yet (count 0), never touching existing ones."""
     dialect = session.get_bind().dialect.name
     rows = [{"subject": s, "window_start": now, "count": 0} for s in subjects]
+    stmt: Insert
     if dialect == "postgresql":
         stmt = postgresql.insert(LoginLimit).on_conflict_do_nothing(index_elements=["subject"])
     elif dialect == "sqlite":
@@ -173,8 +174,10 @@ def admit(session: Session, settings: Settings, keys: LoginKeys, *, known: bool)
         row = session.execute(
             select(LoginLimit.count, LoginLimit.window_start).where(LoginLimit.subject == keys.by_address)
         ).first()
-        if row is not None and row.window_start >= since and row.count >= settings.login_max_failures_per_address:
-            raise _too_many("this address", settings)
+        if row is not None:
+            count, window_start = row  # (`row.count` is typed as the tuple method)
+            if window_start >= since and count >= settings.login_max_failures_per_address:
+                raise _too_many("this address", settings)
     for subject, limit, what in _limits(settings, keys, known):  # always in this order: no lock cycles
         if not _admit(session, subject, limit, now, since):
             raise _too_many(what, settings)
