@@ -20,7 +20,7 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import jwt
 from sqlalchemy import func, select
@@ -80,29 +80,20 @@ def _from_user(user: Any) -> DashboardAccount:
     )
 
 
-_Account = TypeVar("_Account", Admin, User)
-
-
-def _named(session: Session, model: type[_Account], name_col: Any, login_name: str) -> _Account | None:
-    row = session.scalar(select(model).where(name_col == login_name))
-    if row is None:
-        rows = session.scalars(select(model).where(func.lower(name_col) == login_name.lower()).limit(2)).all()
-        row = rows[0] if len(rows) == 1 else None
-    return row
-
-
 def find_account(session: Session, kind: str, login_name: str) -> tuple[DashboardAccount, str] | None:
     """The account signing in as `login_name` and its password hash. The authenticator
     lower-cases what was typed, so an exact match is tried first, then a unique
     case-insensitive one."""
     if kind not in KINDS or not login_name:
         return None
-    if kind == "admin":
-        row: Admin | User | None = _named(session, Admin, Admin.name, login_name)
-    else:
-        row = _named(session, User, User.username, login_name)
+    model, name_col = (Admin, Admin.name) if kind == "admin" else (User, User.username)
+    row = session.scalar(select(model).where(name_col == login_name))
+    if row is None:
+        rows = session.scalars(select(model).where(func.lower(name_col) == login_name.lower()).limit(2)).all()
+        row = rows[0] if len(rows) == 1 else None
     if row is None:
         return None
+    assert isinstance(row, (Admin, User))  # select(model) over either model is typed as their Base
     account = _from_admin(row) if kind == "admin" else _from_user(row)
     return account, row.password_hash
 
