@@ -20,6 +20,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+SecretName = Literal["jwt_secret", "secret_key", "cookie_key"]
+
 PLACEHOLDERS = {
     "changeme",
     "change-me",
@@ -118,7 +120,7 @@ class Settings(BaseSettings):
                 setattr(self, name, SecretStr(stored[name]))
         for name in ("jwt_secret", "cookie_key"):
             _refuse_weak(name, getattr(self, name).get_secret_value())
-        key = self.secret_key.get_secret_value()
+        key = self.secret("secret_key")
         _refuse_weak("secret_key", key)
         try:
             if len(base64.urlsafe_b64decode(key.encode())) != 32:
@@ -126,6 +128,12 @@ class Settings(BaseSettings):
         except ValueError as exc:
             raise ValueError("METEOR_SECRET_KEY must be a urlsafe-base64 Fernet key (32 bytes)") from exc
         return self
+
+    def secret(self, name: SecretName) -> str:
+        """The value of one of the three secrets, which `_fill_and_check_secrets` has filled when not given."""
+        value: SecretStr | None = getattr(self, name)
+        assert value is not None, f"{name} is filled at validation"
+        return value.get_secret_value()
 
     @property
     def resolved_database_url(self) -> str:

@@ -99,7 +99,7 @@ def issue_token(
     }
     if extra:
         claims.update(extra)
-    return jwt.encode(claims, settings.jwt_secret.get_secret_value(), algorithm="HS256")
+    return jwt.encode(claims, settings.secret("jwt_secret"), algorithm="HS256")
 
 
 def decode_token(settings: Settings, token: str, *, role: str, kind: str) -> dict[str, Any]:
@@ -107,7 +107,7 @@ def decode_token(settings: Settings, token: str, *, role: str, kind: str) -> dic
     try:
         claims = jwt.decode(
             token,
-            settings.jwt_secret.get_secret_value(),
+            settings.secret("jwt_secret"),
             algorithms=["HS256"],
             options={"require": ["exp", "sub", "role", "typ", "ver"]},
         )
@@ -156,14 +156,14 @@ def hash_api_key(key: str) -> str:
 def encrypt_secret(settings: Settings, plain: str | None) -> str | None:
     if not plain:
         return None
-    return Fernet(settings.secret_key.get_secret_value().encode()).encrypt(plain.encode()).decode()
+    return Fernet(settings.secret("secret_key").encode()).encrypt(plain.encode()).decode()
 
 
 def decrypt_secret(settings: Settings, stored: str | None) -> str | None:
     if not stored:
         return None
     try:
-        return Fernet(settings.secret_key.get_secret_value().encode()).decrypt(stored.encode()).decode()
+        return Fernet(settings.secret("secret_key").encode()).decrypt(stored.encode()).decode()
     except InvalidToken as exc:
         raise ValueError("stored secret cannot be decrypted with METEOR_SECRET_KEY") from exc
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING, ClassVar
 
 from sqlalchemy import (
     BigInteger,
@@ -21,6 +22,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     Text,
     UniqueConstraint,
 )
@@ -68,6 +70,8 @@ def new_hex_id() -> str:
 
 class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime()}
+    if TYPE_CHECKING:  # every model maps one Table (DeclarativeBase types it as any FromClause)
+        __table__: ClassVar[Table]
 
 
 # --- seed 000: accounts, quota, vouchers -------------------------------------------------

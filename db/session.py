@@ -10,8 +10,9 @@ out with `read_only(session)` (a plain deferred BEGIN: WAL readers never block w
 from __future__ import annotations
 
 import threading
+from typing import Any, cast
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -59,6 +60,12 @@ def read_only(session: Session) -> None:
     write lock (elsewhere reads take none anyway). Call before the transaction's first
     statement, and end it (commit / rollback) before writing."""
     session.connection(execution_options={READ_ONLY: True})
+
+
+def rowcount(result: Result[Any]) -> int:
+    """The rows an UPDATE or DELETE (without RETURNING) matched. `Session.execute` returns a
+    `CursorResult` for those but is typed as returning a plain `Result` (SQLAlchemy #12913)."""
+    return cast(CursorResult[Any], result).rowcount
 
 
 def get_engine(url: str) -> Engine:

@@ -86,7 +86,7 @@ def original_client(request: Request) -> bool:
         return True
     if mode != "auto":
         return False
-    if settings.legacy_uuid_auth and "authorization" not in request.headers:
+    if settings is not None and settings.legacy_uuid_auth and "authorization" not in request.headers:
         return True
     return request.url.path.startswith("/admin/") and "origin" in request.headers
 
@@ -102,10 +102,10 @@ def error_response(
 ) -> JSONResponse:
     fam = family(path)
     if fam == "seed000" and request is not None and status != 200 and original_client(request):
-        body = {"code": code, "msg": message, **(extra or {})}
+        body: dict[str, Any] = {"code": code, "msg": message, **(extra or {})}
         return JSONResponse(body, status_code=200, headers={**(headers or {}), "X-Meteor-Status": str(status)})
     if fam == "seed003":
-        body: dict[str, Any] = {"code": status, "message": message, "data": None}
+        body = {"code": status, "message": message, "data": None}
     elif fam == "openai":
         body = {
             "error": {"message": message, "type": OPENAI_TYPES.get(status, "api_error"), "code": code, "param": None}

@@ -24,6 +24,7 @@ router = APIRouter(tags=["api keys"], responses=seed000.errors(401, 403, 404, 40
 def _owner(session: SessionDep, user_id: str | None, username: str | None) -> User:
     if username is not None:
         return accounts.require_user_by_name(session, username)
+    assert user_id is not None  # AdminApiKeyCreate names the owner one way or the other
     return accounts.require_user(session, user_id)
 
 

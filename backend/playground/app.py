@@ -250,7 +250,7 @@ def build_blocks(settings: Settings, maker: sessionmaker) -> gr.Blocks:
                 conversation_id=conversation_id,
                 session_key=request.session_hash,
             ):
-                who_update = gr.update()
+                who_update: dict[str, Any] | str = gr.update()
                 if progress.done and progress.balance is not None:
                     who_update = _who_line(account, progress.balance, language)
                 yield progress.history, None, progress.conversation_id, chat_status(progress, language), who_update
@@ -380,7 +380,7 @@ def _blocked_paths(settings: Settings) -> list[str]:
     of them holds Gradio's own upload folder."""
     from backend.playground.files import upload_folder
 
-    candidates = [settings.data_dir, "/proc", "/sys", "/etc"]
+    candidates: list[str | Path] = [settings.data_dir, "/proc", "/sys", "/etc"]
     url = settings.resolved_database_url
     if url.startswith("sqlite:///"):
         candidates.append(url.removeprefix("sqlite:///"))

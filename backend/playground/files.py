@@ -39,7 +39,7 @@ def upload_folder() -> Path:
 
 
 def owner_key(settings: Settings, subject: str) -> str:
-    secret = settings.jwt_secret.get_secret_value().encode()
+    secret = settings.secret("jwt_secret").encode()
     return hmac.new(secret, b"playground-files\0" + subject.encode(), hashlib.sha256).hexdigest()[:40]
 
 

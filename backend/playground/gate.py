@@ -193,6 +193,8 @@ class PlaygroundGate:
         if outcome == "denied":
             return denied_page(language, "denied.link")
         if outcome == "ask":
+            # "ask" comes with the cookie's account and the link's
+            assert cookie is not None and account is not None and other is not None
             return links.switch_page(
                 language=language,
                 action=self.prefix + "/",

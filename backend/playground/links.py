@@ -29,7 +29,7 @@ STYLE = (
 
 
 def confirm_code(settings: Settings, session_cookie: str, link: str) -> str:
-    key = settings.cookie_key.get_secret_value().encode()
+    key = settings.secret("cookie_key").encode()
     return hmac.new(
         key, b"playground-switch\0" + session_cookie.encode() + b"\0" + link.encode(), hashlib.sha256
     ).hexdigest()

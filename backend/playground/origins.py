@@ -47,7 +47,7 @@ def allowed_origins(settings: Settings, scope: Scope, headers: Headers) -> set[s
     forwarded = headers.get("x-forwarded-proto", "").split(",")[0].strip().lower()
     scheme = "https" if scope.get("scheme") == "https" or forwarded == "https" else "http"
     host = headers.get("host", "")
-    allowed = {origin_of(f"{scheme}://{host}")}
+    allowed: set[str | None] = {origin_of(f"{scheme}://{host}")}
     allowed.add(origin_of(settings.public_api_url))
     if settings.public_ui_url:
         allowed.add(origin_of(settings.public_ui_url))
@@ -56,8 +56,7 @@ def allowed_origins(settings: Settings, scope: Scope, headers: Headers) -> set[s
         if hostname:
             name = f"[{hostname}]" if ":" in hostname else hostname
             allowed.update(origin_of(f"{s}://{name}:{settings.ui_port}") for s in ("http", "https"))
-    allowed.discard(None)
-    return allowed
+    return {origin for origin in allowed if origin is not None}
 
 
 def is_allowed(settings: Settings, scope: Scope) -> bool:

@@ -34,7 +34,7 @@ import logging
 import queue
 import random
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -286,7 +286,7 @@ class EmbeddedEngine:
         """The whole answer at once."""
         return await collect(self.stream(request))
 
-    def _generate(self, request: ChatRequest) -> Iterator[str | Usage]:
+    def _generate(self, request: ChatRequest) -> Generator[str | Usage]:
         llm = self.load()
         assert self._formatter is not None
         params = request.params

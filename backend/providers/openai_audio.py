@@ -71,7 +71,8 @@ class OpenAITranscriber:
             api_key=api_key or "none",
             timeout=timeout,
             max_retries=0,
-            http_client=http_client(guard, timeout),
+            # openai types http_client as httpx2.Client but also takes an httpx one (is_legacy_httpx_sync_client)
+            http_client=http_client(guard, timeout),  # type: ignore[arg-type]
         )
 
     def transcribe(self, pcm: bytes) -> str:

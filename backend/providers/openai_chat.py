@@ -61,7 +61,8 @@ class OpenAIChatProvider:
             api_key=self._api_key or NO_KEY,
             timeout=timeout,
             max_retries=0,
-            http_client=async_http_client(timeout=timeout, guard=self._guard),
+            # openai types http_client as httpx2.AsyncClient but also takes an httpx one (is_legacy_httpx_async_client)
+            http_client=async_http_client(timeout=timeout, guard=self._guard),  # type: ignore[arg-type]
         )
 
     def __repr__(self) -> str:  # never show the key

@@ -47,7 +47,9 @@ class OpenAIVisionReader:
             api_key=api_key or "none",
             timeout=timeout,
             max_retries=0,
-            http_client=http_client(guard, timeout),  # no redirects; pinned to checked addresses
+            # no redirects; pinned to checked addresses. openai types http_client as httpx2.Client but
+            # also takes an httpx one (is_legacy_httpx_sync_client)
+            http_client=http_client(guard, timeout),  # type: ignore[arg-type]
         )
 
     def messages(self, picture: Picture) -> list[dict]:

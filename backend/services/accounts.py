@@ -20,6 +20,7 @@ from backend.config import Settings
 from backend.errors import ServiceError, conflict, forbidden
 from backend.services import allowances, audit, quota
 from db.models import Admin, ApiKey, User
+from db.session import rowcount
 
 NAME_PATTERN = re.compile(r"^[^\x00-\x1f\x7f]{1,64}$")
 PASSWORD_MIN = 6
@@ -257,7 +258,7 @@ def revoke_api_keys(session: Session, *, user_id: str) -> int:
         .values(revoked_at=datetime.now(UTC))
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount or 0
+    return rowcount(result) or 0
 
 
 def revoke_user_tokens(session: Session, *, user_id: str) -> None:
@@ -299,7 +300,7 @@ def check_credentials(settings: Settings, found: Credentials | None, password: s
 def signed_in_account(session: Session, found: Credentials, new_hash: str | None) -> User | Admin | None:
     """Step 3 (a short write): the account whose password was checked, with an imported
     hash replaced; None when the account changed its password (or went) meanwhile."""
-    account = session.get(User if found.kind == "user" else Admin, found.id)
+    account: User | Admin | None = session.get(User, found.id) if found.kind == "user" else session.get(Admin, found.id)
     if account is None or account.password_hash != found.password_hash:
         return None
     if new_hash is not None:

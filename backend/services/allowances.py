@@ -35,9 +35,10 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, String, case, func, insert, literal, select, update
+from sqlalchemy import BigInteger, ColumnElement, String, case, func, insert, literal, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.sql.elements import SQLCoreOperations
 
 from backend.errors import ServiceError
 from backend.services import audit
@@ -162,9 +163,9 @@ def next_period(spec: Spec, now: datetime) -> Period | None:
         day = now.astimezone(UTC).date()
         for first, last in spec.terms:
             if first > day:
-                period = Period(f"T{first.isoformat()}", _midnight(first), _midnight(last + timedelta(days=1)))
-                if _started(spec, period):
-                    return period
+                term = Period(f"T{first.isoformat()}", _midnight(first), _midnight(last + timedelta(days=1)))
+                if _started(spec, term):
+                    return term
         return None
     period = _period_containing(spec, now)
     while period is not None:
@@ -198,6 +199,8 @@ def _eligible(spec: Spec, session: Session):
     primary-key range, and SQLite's planner (no statistics) would otherwise scan the whole
     academy or status index for every chunk. PostgreSQL and MariaDB plan from statistics,
     which an expression would blind (PostgreSQL then nests loops over 100,000 rows)."""
+    status: SQLCoreOperations[str | None]
+    academy: SQLCoreOperations[str | None]
     if session.get_bind().dialect.name == "sqlite":
         status, academy = func.coalesce(User.status, ""), func.coalesce(User.academy, "")
     else:
@@ -254,7 +257,7 @@ def apply_users(
     if user_ids is not None:
         if not user_ids:
             return 0, 0, 0
-        scope = [User.id.in_(user_ids)]
+        scope: list[ColumnElement[bool]] = [User.id.in_(user_ids)]
     else:
         scope = [User.id > (after or ""), User.id <= upto]
     session.execute(select(User.id).where(*scope).order_by(User.id).with_for_update()).all()

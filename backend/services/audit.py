@@ -16,7 +16,7 @@ def record(
     actor: str,
     action: str,
     target_type: str | None = None,
-    target_id: str | None = None,
+    target_id: str | int | None = None,
     detail: dict[str, Any] | None = None,
 ) -> None:
     """Add one audit row in the caller's transaction. `detail` must never hold a secret."""

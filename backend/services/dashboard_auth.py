@@ -94,6 +94,7 @@ def find_account(session: Session, kind: str, login_name: str) -> tuple[Dashboar
         row = rows[0] if len(rows) == 1 else None
     if row is None:
         return None
+    assert isinstance(row, (Admin, User))  # select(model) over either model is typed as their Base
     account = _from_admin(row) if kind == "admin" else _from_user(row)
     return account, row.password_hash
 
@@ -202,7 +203,7 @@ def encode_cookie(
         "idn": identity,
         "ver": version,
     }
-    return jwt.encode(claims, settings.cookie_key.get_secret_value(), algorithm="HS256")
+    return jwt.encode(claims, settings.secret("cookie_key"), algorithm="HS256")
 
 
 def verify_cookie(session: Session, settings: Settings, claims: dict[str, Any] | None) -> DashboardAccount | None:
@@ -281,7 +282,7 @@ def build_authenticator(settings: Settings, maker: sessionmaker, state: Any) -> 
     authenticator = stauth.Authenticate(
         credentials,
         COOKIE_NAME,
-        settings.cookie_key.get_secret_value(),
+        settings.secret("cookie_key"),
         COOKIE_DAYS,
         auto_hash=False,
         login_sleep_time=0,  # the cookie is read from the request, no component round-trip to wait for

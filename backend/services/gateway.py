@@ -438,6 +438,7 @@ def plan_chat(
 def _reserve(maker: sessionmaker, settings: Settings, plan: ChatPlan) -> str:
     ttl = timedelta(seconds=settings.reservation_ttl_seconds + plan.model.timeout)
     caller = plan.caller
+    assert caller.user_id is not None  # only a user's chat reserves (open_chat)
     with maker.begin() as s:
         # quota policy: the rate limit (429 + Retry-After) before anything is reserved; the
         # price read here is stored on the reservation, so settlement charges this same price
@@ -841,6 +842,7 @@ class ChatCall:
     def _record_history(self, s: Session, reply: str, prompt: int, completion: int) -> int | None:
         from backend.services import conversations  # conversations call back into titles, not here
 
+        assert self.plan.caller.user_id is not None  # only a user's chat has a history (_settle_ok)
         try:
             with s.begin_nested():
                 return conversations.record_exchange(

@@ -672,7 +672,8 @@ async def _recognize(
     try:
         content = await media_pool.run(lambda: work(engine.load()))
         if isinstance(content, whisper_stt.Transcript):
-            content, language = content.text, content.language
+            language = content.language
+            content = content.text
     except BaseException as exc:
         latency = int((time.monotonic() - started) * 1000)
         if isinstance(exc, ServiceError):  # a damaged picture, an address the guard refused

@@ -279,7 +279,7 @@ def create_model(
         if link == 1 and connection is not None:
             base = connection.ai_name
         elif local is not None:
-            base = optional_text(local, "localmodelName", 50)
+            base = required_text(local, "localmodelName", 50)
         elif connection is not None:
             base = connection.ai_name
         else:

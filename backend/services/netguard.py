@@ -38,7 +38,7 @@ from __future__ import annotations
 import ipaddress
 import socket
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, overload
 from urllib.parse import urlsplit
 
 import anyio
@@ -323,6 +323,18 @@ class _AsyncGuardedBackend(httpcore.AsyncNetworkBackend):
         await self.inner.sleep(seconds)
 
 
+@overload
+def guarded_transport(
+    settings: Settings, *, allow_private: bool, asynchronous: Literal[False], **httpx_transport_kwargs: Any
+) -> httpx.HTTPTransport: ...
+@overload
+def guarded_transport(
+    settings: Settings, *, allow_private: bool, asynchronous: Literal[True], **httpx_transport_kwargs: Any
+) -> httpx.AsyncHTTPTransport: ...
+@overload
+def guarded_transport(
+    settings: Settings, *, allow_private: bool, asynchronous: bool, **httpx_transport_kwargs: Any
+) -> httpx.HTTPTransport | httpx.AsyncHTTPTransport: ...
 def guarded_transport(
     settings: Settings, *, allow_private: bool, asynchronous: bool, **httpx_transport_kwargs: Any
 ) -> httpx.HTTPTransport | httpx.AsyncHTTPTransport:
@@ -338,15 +350,14 @@ def guarded_transport(
     for key in ("proxy", "uds"):
         if httpx_transport_kwargs.get(key) is not None:
             raise TypeError(f"guarded_transport does not support {key}=")
-    transport: httpx.HTTPTransport | httpx.AsyncHTTPTransport
     if asynchronous:
-        transport = httpx.AsyncHTTPTransport(**httpx_transport_kwargs)
-        pool = transport._pool
-        pool._network_backend = _AsyncGuardedBackend(pool._network_backend, settings, allow_private)
-    else:
-        transport = httpx.HTTPTransport(**httpx_transport_kwargs)
-        pool = transport._pool
-        pool._network_backend = _GuardedBackend(pool._network_backend, settings, allow_private)
+        async_transport = httpx.AsyncHTTPTransport(**httpx_transport_kwargs)
+        async_pool = async_transport._pool
+        async_pool._network_backend = _AsyncGuardedBackend(async_pool._network_backend, settings, allow_private)
+        return async_transport
+    transport = httpx.HTTPTransport(**httpx_transport_kwargs)
+    pool = transport._pool
+    pool._network_backend = _GuardedBackend(pool._network_backend, settings, allow_private)
     return transport
 
 

@@ -16,8 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from db.models import ModelFile
 
 
-def _f(ge=None, le=None, gt=None, en: str = "", zh: str = ""):
-    return Field(default=None, ge=ge, le=le, gt=gt, description=en, json_schema_extra={"zh": zh})
+def _f(ge: float | None = None, le: float | None = None, gt: float | None = None, en: str = "", zh: str = "") -> Any:
+    return Field(ge=ge, le=le, gt=gt, description=en, json_schema_extra={"zh": zh})
 
 
 class PersonaParams(BaseModel):
@@ -33,10 +33,10 @@ class PersonaParams(BaseModel):
             en="Mirostat sampling: 0 off, 1 Mirostat, 2 Mirostat 2.0",
             zh="Mirostat 采样：0 关闭，1 Mirostat，2 Mirostat 2.0",
         ),
-    ]
+    ] = None
     mirostat_eta: Annotated[
         float | None, _f(0, 1, en="Mirostat learning rate (default 0.1)", zh="Mirostat 学习率（默认 0.1）")
-    ]
+    ] = None
     mirostat_tau: Annotated[
         float | None,
         _f(
@@ -45,8 +45,10 @@ class PersonaParams(BaseModel):
             en="Mirostat target: lower is more focused (default 5.0)",
             zh="Mirostat 目标值：越低越集中（默认 5.0）",
         ),
-    ]
-    num_ctx: Annotated[int | None, _f(gt=0, le=131072, en="Context window in tokens", zh="上下文窗口（token 数）")]
+    ] = None
+    num_ctx: Annotated[int | None, _f(gt=0, le=131072, en="Context window in tokens", zh="上下文窗口（token 数）")] = (
+        None
+    )
     repeat_last_n: Annotated[
         int | None,
         _f(
@@ -55,22 +57,22 @@ class PersonaParams(BaseModel):
             en="How far back to look for repeats (0 off, -1 = num_ctx)",
             zh="检查重复的回看长度（0 关闭，-1 为 num_ctx）",
         ),
-    ]
+    ] = None
     repeat_penalty: Annotated[
         float | None, _f(0, 5, en="Penalty for repeated tokens (default 1.1)", zh="重复 token 惩罚（默认 1.1）")
-    ]
+    ] = None
     temperature: Annotated[
         float | None,
         _f(0, 2, en="Randomness: higher is more creative (default 0.8)", zh="随机性：越高越有创造力（默认 0.8）"),
-    ]
+    ] = None
     seed: Annotated[
         int | None, _f(-(2**63), 2**63 - 1, en="Random seed for reproducible answers", zh="随机种子，用于复现回答")
-    ]
+    ] = None
     stop: Annotated[
         list[str] | None,
-        Field(default=None, max_length=8, description="Stop sequences", json_schema_extra={"zh": "停止序列"}),
-    ]
-    tfs_z: Annotated[float | None, _f(0, 10, en="Tail-free sampling (1 = off)", zh="尾部自由采样（1 为关闭）")]
+        Field(max_length=8, description="Stop sequences", json_schema_extra={"zh": "停止序列"}),
+    ] = None
+    tfs_z: Annotated[float | None, _f(0, 10, en="Tail-free sampling (1 = off)", zh="尾部自由采样（1 为关闭）")] = None
     num_predict: Annotated[
         int | None,
         _f(
@@ -79,11 +81,13 @@ class PersonaParams(BaseModel):
             en="Max tokens to generate (-1 endless, -2 fill context)",
             zh="最多生成 token 数（-1 不限，-2 填满上下文）",
         ),
-    ]
-    top_p: Annotated[float | None, _f(0, 1, en="Nucleus sampling threshold (default 0.9)", zh="核采样阈值（默认 0.9）")]
+    ] = None
+    top_p: Annotated[
+        float | None, _f(0, 1, en="Nucleus sampling threshold (default 0.9)", zh="核采样阈值（默认 0.9）")
+    ] = None
     min_p: Annotated[
         float | None, _f(0, 1, en="Minimum probability relative to the top token", zh="相对最高概率 token 的最小概率")
-    ]
+    ] = None
     top_k: Annotated[
         int | None,
         _f(
@@ -92,7 +96,7 @@ class PersonaParams(BaseModel):
             en="Sample from the k most likely tokens (default 40)",
             zh="从概率最高的 k 个 token 中采样（默认 40）",
         ),
-    ]
+    ] = None
 
     @field_validator("stop", mode="before")
     @classmethod
@@ -140,8 +144,9 @@ class PersonaParams(BaseModel):
 
 def field_help(name: str, language: str = "en") -> str:
     info = PersonaParams.model_fields[name]
-    if language.startswith("zh"):
-        return (info.json_schema_extra or {}).get("zh", info.description or "")
+    zh = info.json_schema_extra.get("zh") if isinstance(info.json_schema_extra, dict) else None
+    if language.startswith("zh") and isinstance(zh, str):
+        return zh
     return info.description or ""
 
 

@@ -349,6 +349,7 @@ class LiveChat:
                 if self.outcome.conversation_id is None:
                     self.outcome = replace(self.outcome, conversation_id=self.conversation_id)
                 return self.outcome
+        return None  # not reached: nothing cancels this shielded scope, so its exit swallows nothing
 
 
 def _after_stop(
@@ -519,9 +520,9 @@ async def transcribe(
     free unless voice costs quota, one usage row. Users only (403 for an admin)."""
     _users_only(account, "speech recognition")
     data, name = _read_upload(audio_path, "voice clip", settings.upload_max_bytes)
-    if Path(name).suffix.lower() not in VOICE_SUFFIXES:
-        name = None  # Gradio names its recordings itself; let the bytes say what they are
-    clip = media.voice_clip(data, name, limit=settings.upload_max_bytes)
+    # Gradio names its recordings itself; let the bytes say what they are
+    filename = name if Path(name).suffix.lower() in VOICE_SUFFIXES else None
+    clip = media.voice_clip(data, filename, limit=settings.upload_max_bytes)
     return await media.transcribe_voice(maker=maker, settings=settings, user_id=account.id, clip=clip)
 
 

@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 from backend.errors import ServiceError
 from backend.services import pricing
 from db.models import QuotaLedger, QuotaReservation, User
+from db.session import rowcount
 
 
 @dataclass(frozen=True)
@@ -45,7 +46,7 @@ def _credit(session: Session, user_id: str, tokens: int, pic_times: int) -> None
         .values(tokens=User.tokens + tokens, pic_times=User.pic_times + pic_times)
         .execution_options(synchronize_session=False)
     )
-    if result.rowcount != 1:
+    if rowcount(result) != 1:
         raise ServiceError("USER_NOT_FOUND", f"user {user_id} not found", 404)
 
 
@@ -57,7 +58,7 @@ def _debit(session: Session, user_id: str, tokens: int, pic_times: int) -> bool:
         .values(tokens=User.tokens - tokens, pic_times=User.pic_times - pic_times)
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount == 1
+    return rowcount(result) == 1
 
 
 def balance(session: Session, user_id: str, *, for_update: bool = False) -> Balance:
@@ -108,12 +109,14 @@ def adjust(
 ) -> None:
     """Add (positive) or remove (negative) amounts; a removal beyond the balance is refused."""
     _require_user(session, user_id)
-    ok = session.execute(
-        update(User)
-        .where(User.id == user_id, User.tokens + tokens >= 0, User.pic_times + pic_times >= 0)
-        .values(tokens=User.tokens + tokens, pic_times=User.pic_times + pic_times)
-        .execution_options(synchronize_session=False)
-    ).rowcount
+    ok = rowcount(
+        session.execute(
+            update(User)
+            .where(User.id == user_id, User.tokens + tokens >= 0, User.pic_times + pic_times >= 0)
+            .values(tokens=User.tokens + tokens, pic_times=User.pic_times + pic_times)
+            .execution_options(synchronize_session=False)
+        )
+    )
     if ok != 1:
         raise ServiceError("MODIFY_USER_ERROR", "the adjustment would make the balance negative", 409)
     _ledger(session, user_id, "admin_adjust", tokens, pic_times, actor=actor, note=note)
@@ -140,12 +143,14 @@ def set_balance(
             raise ServiceError("MODIFY_USER_ERROR", "tokens and picTimes cannot be negative", 422)
         if target == current:
             return current
-        swapped = session.execute(
-            update(User)
-            .where(User.id == user_id, User.tokens == current.tokens, User.pic_times == current.pic_times)
-            .values(tokens=target.tokens, pic_times=target.pic_times)
-            .execution_options(synchronize_session=False)
-        ).rowcount
+        swapped = rowcount(
+            session.execute(
+                update(User)
+                .where(User.id == user_id, User.tokens == current.tokens, User.pic_times == current.pic_times)
+                .values(tokens=target.tokens, pic_times=target.pic_times)
+                .execution_options(synchronize_session=False)
+            )
+        )
         if swapped == 1:
             _ledger(
                 session,
@@ -214,12 +219,14 @@ def reserve(
 
 def _close(session: Session, reservation_id: str, status: str) -> QuotaReservation | None:
     """Move an active reservation to `status`; None when it was already closed (idempotent)."""
-    closed = session.execute(
-        update(QuotaReservation)
-        .where(QuotaReservation.id == reservation_id, QuotaReservation.status == "active")
-        .values(status=status)
-        .execution_options(synchronize_session=False)
-    ).rowcount
+    closed = rowcount(
+        session.execute(
+            update(QuotaReservation)
+            .where(QuotaReservation.id == reservation_id, QuotaReservation.status == "active")
+            .values(status=status)
+            .execution_options(synchronize_session=False)
+        )
+    )
     if closed != 1:
         return None
     return session.get(QuotaReservation, reservation_id, populate_existing=True)

@@ -31,6 +31,7 @@ from backend.config import Settings
 from backend.errors import ServiceError
 from backend.services import audit
 from db.models import ApiKey, RateEvent, RateLimit, User
+from db.session import rowcount
 
 WINDOW_SECONDS = 60
 SCOPES = ("user", "key", "academy")
@@ -84,7 +85,7 @@ def _retry_after(events: list[tuple[float, int]], bucket: Bucket, tokens: int, n
     (timestamp, tokens) inside the window, oldest first; None when it has room now."""
     count = len(events)
     used = sum(t for _, t in events)
-    waits = []
+    waits: list[float] = []
     if bucket.rpm is not None and count + 1 > bucket.rpm:
         # the (count - rpm + 1)-th oldest must leave the window
         if bucket.rpm <= 0:
@@ -156,7 +157,7 @@ def _db_admit(session: Session, user_id: str, found: list[Bucket], tokens: int, 
 def sweep(session: Session, *, now: datetime | None = None) -> int:
     """Delete the database backend's events that left the window (the sweeper)."""
     since = _now(now) - timedelta(seconds=WINDOW_SECONDS)
-    return session.execute(delete(RateEvent).where(RateEvent.at <= since)).rowcount or 0
+    return rowcount(session.execute(delete(RateEvent).where(RateEvent.at <= since))) or 0
 
 
 # --- the Redis backend ------------------------------------------------------------------------
@@ -205,27 +206,26 @@ return {}
 """
 
 _redis_lock = threading.Lock()
-_redis_clients: dict[str, Any] = {}
+_redis_scripts: dict[str, Any] = {}  # url -> the admit script registered on that server's client
 
 
-def _redis(url: str):
+def _redis_script(url: str) -> Any:
     with _redis_lock:
-        client = _redis_clients.get(url)
-        if client is None:
+        script = _redis_scripts.get(url)
+        if script is None:
             import redis
 
             client = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
-            client._meteor_admit = client.register_script(_LUA)
-            _redis_clients[url] = client
-        return client
+            script = _redis_scripts[url] = client.register_script(_LUA)
+        return script
 
 
 def _redis_admit(url: str, found: list[Bucket], tokens: int, now: datetime) -> None:
-    client = _redis(url)
+    admit_script = _redis_script(url)
     args: list[Any] = [f"{now.timestamp():.6f}", WINDOW_SECONDS, tokens, uuid.uuid4().hex]
     for bucket in found:
         args += [-1 if bucket.rpm is None else bucket.rpm, -1 if bucket.tpm is None else bucket.tpm]
-    result = client._meteor_admit(keys=[f"meteor:rl:{b.name}" for b in found], args=args)
+    result = admit_script(keys=[f"meteor:rl:{b.name}" for b in found], args=args)
     if result:
         raise _refuse(found[int(result[0]) - 1], int(result[1]) / 1000)
 

@@ -35,13 +35,14 @@ import hmac
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import case, delete, or_, select, update
+from sqlalchemy import Insert, case, delete, or_, select, update
 from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from backend.config import Settings
 from backend.errors import ServiceError
 from db.models import LoginAttempt, LoginLimit
+from db.session import rowcount
 
 MAX_NAME = 128
 MAX_ADDRESS = 60
@@ -81,6 +82,7 @@ def _ensure(session: Session, subjects: list[str], now: datetime) -> None:
     """Create the counter rows that do not exist yet (count 0), never touching existing ones."""
     dialect = session.get_bind().dialect.name
     rows = [{"subject": s, "window_start": now, "count": 0} for s in subjects]
+    stmt: Insert
     if dialect == "postgresql":
         stmt = postgresql.insert(LoginLimit).on_conflict_do_nothing(index_elements=["subject"])
     elif dialect == "sqlite":
@@ -105,7 +107,7 @@ def _admit(session: Session, subject: str, limit: int, now: datetime, since: dat
         )
         .execution_options(synchronize_session=False)
     )
-    return session.execute(stmt).rowcount == 1
+    return rowcount(session.execute(stmt)) == 1
 
 
 def is_known(session: Session, settings: Settings, keys: LoginKeys) -> bool:
@@ -121,7 +123,7 @@ def is_known(session: Session, settings: Settings, keys: LoginKeys) -> bool:
 
 def _fingerprint(settings: Settings, keys: LoginKeys, password: str) -> str:
     message = "\0".join((keys.kind, keys.name, keys.address or "", password)).encode()
-    return "retry:" + hmac.new(settings.jwt_secret.get_secret_value().encode(), message, hashlib.sha256).hexdigest()
+    return "retry:" + hmac.new(settings.secret("jwt_secret").encode(), message, hashlib.sha256).hexdigest()
 
 
 def is_retry(session: Session, settings: Settings, keys: LoginKeys, password: str) -> bool:
@@ -172,8 +174,10 @@ def admit(session: Session, settings: Settings, keys: LoginKeys, *, known: bool)
         row = session.execute(
             select(LoginLimit.count, LoginLimit.window_start).where(LoginLimit.subject == keys.by_address)
         ).first()
-        if row is not None and row.window_start >= since and row.count >= settings.login_max_failures_per_address:
-            raise _too_many("this address", settings)
+        if row is not None:
+            count, window_start = row  # (`row.count` is typed as the tuple method)
+            if window_start >= since and count >= settings.login_max_failures_per_address:
+                raise _too_many("this address", settings)
     for subject, limit, what in _limits(settings, keys, known):  # always in this order: no lock cycles
         if not _admit(session, subject, limit, now, since):
             raise _too_many(what, settings)
@@ -260,7 +264,7 @@ def sweep(session: Session, settings: Settings) -> int:
         )
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount or 0
+    return rowcount(result) or 0
 
 
 # --- the dashboard's own per-account count (login_attempts) ---------------------------------

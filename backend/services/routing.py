@@ -43,6 +43,7 @@ from backend.errors import ServiceError
 from backend.providers.base import REQUEST_SENT, ProviderError, ProviderTimeout
 from backend.services import audit
 from db.models import ConnectionCall, ConnectionHealth, ModelAiOnline, ModelInfo, ModelRoute
+from db.session import rowcount
 
 AUTH_STATUSES = (401, 403)
 RETRY_STATUSES = (401, 403, 408, 409, 429)
@@ -97,7 +98,7 @@ def order(routes: list[Route], now: datetime, rng: random.Random | None = None) 
     rng = rng or random.Random()
     usable = [r for r in routes if r.disabled_reason is None]
     healthy = [r for r in usable if not r.cooling(now)]
-    cooling = sorted((r for r in usable if r.cooling(now)), key=lambda r: r.cooldown_until)
+    cooling = sorted((r for r in usable if r.cooling(now)), key=lambda r: r.cooldown_until or now)
     ordered: list[Route] = []
     for priority in sorted({r.priority for r in healthy}, reverse=True):
         ordered += _weighted_shuffle([r for r in healthy if r.priority == priority], rng)
@@ -255,9 +256,9 @@ def record_failure(
         .values(consecutive_failures=ConnectionHealth.consecutive_failures + 1, updated_at=now)
         .execution_options(synchronize_session=False)
     )
-    failures = session.scalar(
+    failures = session.execute(
         select(ConnectionHealth.consecutive_failures).where(ConnectionHealth.connection_id == connection_id)
-    )
+    ).scalar_one()
     if failures >= max(threshold, 1):
         session.execute(
             update(ConnectionHealth)
@@ -301,7 +302,8 @@ def health(session: Session, *, now: datetime | None = None) -> list[dict[str, A
             ConnectionCall.at >= since, ConnectionCall.ok.is_(True), ConnectionCall.latency_ms.is_not(None)
         )
     ):
-        latencies.setdefault(int(conn_id), []).append(int(latency))
+        if latency is not None:
+            latencies.setdefault(int(conn_id), []).append(int(latency))
     out = []
     for conn in session.scalars(select(ModelAiOnline).order_by(ModelAiOnline.ai_name)):
         h = states.get(conn.ai_id)
@@ -331,7 +333,7 @@ def health(session: Session, *, now: datetime | None = None) -> list[dict[str, A
 def sweep(session: Session, *, now: datetime | None = None) -> int:
     """Delete attempt rows older than the hour the Models page shows (the sweeper)."""
     since = (now or datetime.now(UTC)) - timedelta(hours=1, minutes=5)
-    return session.execute(delete(ConnectionCall).where(ConnectionCall.at < since)).rowcount or 0
+    return rowcount(session.execute(delete(ConnectionCall).where(ConnectionCall.at < since))) or 0
 
 
 # --- failover over a stream ---------------------------------------------------------------

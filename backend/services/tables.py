@@ -19,7 +19,7 @@ from db import models as m
 class TableSpec:
     model: type[m.Base]
     columns: dict[str, InstrumentedAttribute]  # public name -> column
-    name_column: InstrumentedAttribute | None  # what query_table_data looks up
+    name_column: InstrumentedAttribute  # what query_table_data looks up
     order: InstrumentedAttribute
 
 

@@ -108,9 +108,9 @@ def _roll_day(session: Session, day: date) -> int:
                     "requests": int(r[4]),
                     "prompt_tokens": int(r[5]),
                     "completion_tokens": int(r[6]),
-                    "latency_ms_sum": int(r[7]),
+                    "latency_ms_sum": int(r[7] or 0),
                     "latency_count": int(r[8]),
-                    "ttft_ms_sum": int(r[9]),
+                    "ttft_ms_sum": int(r[9] or 0),
                     "ttft_count": int(r[10]),
                 }
                 for r in rows
@@ -232,7 +232,8 @@ def count_usage(
     low, high, marked = session.execute(
         select(func.min(UsageRollupDay.day), func.max(UsageRollupDay.day), func.count())
     ).one()
-    run_from = run_to = None
+    run_from: date | None = None
+    run_to: date | None = None
     if marked and (_as_date(high) - _as_date(low)).days + 1 == marked:  # one unbroken run
         run_from, run_to = _as_date(low), _as_date(high) + timedelta(days=1)
         if date_from is not None:
@@ -246,8 +247,8 @@ def count_usage(
         where.append(UsageRecord.created_at >= day_start(date_from))
     if date_to is not None:
         where.append(UsageRecord.created_at < day_start(date_to + timedelta(days=1)))
-    rolled = 0
-    if run_from is not None and run_from < run_to:
+    rolled: int | None = 0
+    if run_from is not None and run_to is not None and run_from < run_to:
         if academy:
             rolled = session.scalar(
                 select(func.coalesce(func.sum(UsageDaily.requests), 0)).where(
@@ -301,7 +302,7 @@ def ranking(session: Session, rolled_from: date, rolled_to: date) -> list[tuple[
         .order_by(total.desc(), UsageRecord.user_id)
         .limit(TOP_KEEP)
     ).all()
-    result = [(r[0], int(r[1]), int(r[2])) for r in rows]
+    result = [(user, int(tokens), int(requests)) for user, tokens, requests in rows if user is not None]
     try:
         with session.begin_nested():
             session.add(UsageTopUsers(from_day=rolled_from, to_day=rolled_to, ranking=json.dumps(result)))

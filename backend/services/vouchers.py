@@ -18,6 +18,7 @@ from backend.errors import ServiceError, conflict
 from backend.services import audit, quota
 from backend.services.accounts import check_name
 from db.models import Redemption, User, Voucher
+from db.session import rowcount
 
 
 def new_code() -> str:
@@ -195,15 +196,17 @@ def redeem(session: Session, *, voucher_id: str, user_id: str, user_academy: str
             session.flush()
     except IntegrityError:
         raise ServiceError("TOKEN_ALREADY_GET", "this user has already redeemed this voucher", 409) from None
-    counted = session.execute(
-        update(Voucher)
-        .where(
-            Voucher.id == voucher_id,
-            (Voucher.max_redemptions.is_(None)) | (Voucher.redeemed_count < Voucher.max_redemptions),
+    counted = rowcount(
+        session.execute(
+            update(Voucher)
+            .where(
+                Voucher.id == voucher_id,
+                (Voucher.max_redemptions.is_(None)) | (Voucher.redeemed_count < Voucher.max_redemptions),
+            )
+            .values(redeemed_count=Voucher.redeemed_count + 1)
+            .execution_options(synchronize_session=False)
         )
-        .values(redeemed_count=Voucher.redeemed_count + 1)
-        .execution_options(synchronize_session=False)
-    ).rowcount
+    )
     if counted != 1:
         raise ServiceError("TOKEN_NOT_AVAILABLE", "this voucher has been used up", 409)
     quota.grant(
