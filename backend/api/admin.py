@@ -13,7 +13,7 @@ from fastapi import APIRouter, Query
 
 from backend.api import envelope
 from backend.api.bounds import INT32_MAX, OffsetQuery
-from backend.api.deps import CurrentAdmin, CurrentSuperAdmin, SessionDep, SettingsDep, hashed_first
+from backend.api.deps import CurrentAdmin, CurrentSuperAdmin, SessionDep, SettingsDep, hashed_first, new_password_first
 from backend.api.schemas import seed000
 from backend.api.schemas.seed000 import (
     AddAdminIn,
@@ -59,7 +59,7 @@ def add_normal_user(body: AddUserIn, admin: CurrentAdmin, session: SessionDep, s
         session,
         settings,
         username=body.username,
-        password=hashed_first(session, settings, body.password, "ADD_USER_ERROR"),
+        password=new_password_first(session, settings, body.password, "ADD_USER_ERROR"),
         email=body.email,
         academy=body.academy,
         tokens=body.tokens,
@@ -104,7 +104,7 @@ def delete_normal_user(body: DeleteUserIn, admin: CurrentAdmin, session: Session
 @router.post("/admin/add_admin")
 def add_admin(body: AddAdminIn, admin: CurrentSuperAdmin, session: SessionDep, settings: SettingsDep) -> dict:
     actor = actor_name(admin)
-    password = hashed_first(session, settings, body.password, "ADD_ADMIN_ERROR")
+    password = new_password_first(session, settings, body.password, "ADD_ADMIN_ERROR")
     accounts.create_admin(session, settings, name=body.admin, password=password, actor=actor)
     session.commit()
     return envelope.ok("添加管理员成功")

@@ -17,7 +17,7 @@ from backend.api.deps import (
     SettingsDep,
     admin_from_token,
     client_address,
-    hashed_first,
+    new_password_first,
     require_bearer,
     user_from_token,
 )
@@ -126,7 +126,7 @@ def limited_login(request: Request, session: Session, settings: Settings, kind: 
 
 @router.post("/auth/register", **seed000.answers(seed000.Seed000Ok, 409))
 def register(body: RegisterIn, session: SessionDep, settings: SettingsDep) -> dict:
-    password = hashed_first(session, settings, body.password, "REGISTER_ERROR")
+    password = new_password_first(session, settings, body.password, "REGISTER_ERROR")
     accounts.register_user(
         session, settings, username=body.username, password=password, email=body.email, academy=body.academy
     )

@@ -104,6 +104,11 @@ def hashed_first(session: Session, settings: Settings, password: str | None, cod
     needs of the caller's row before calling: the rollback expires it."""
     if not password:
         return None
+    return new_password_first(session, settings, password, code)
+
+
+def new_password_first(session: Session, settings: Settings, password: str, code: str) -> NewPassword:
+    """`hashed_first` for a route where a password is required (the rules refuse "")."""
     session.rollback()
     return accounts.new_password(settings, password, code)
 

@@ -28,7 +28,7 @@ from fastapi.responses import JSONResponse
 
 from backend.api.auth import limited_login, user_tokens
 from backend.api.conversations import parse_body
-from backend.api.deps import CurrentUser, SessionDep, SettingsDep, hashed_first
+from backend.api.deps import CurrentUser, SessionDep, SettingsDep, new_password_first
 from backend.api.envelope import success
 from backend.api.schemas import json_body
 from backend.api.schemas.seed003 import NowLoginUserAnswer, SignInAnswer, SignInIn, SignUpIn, answers, errors
@@ -105,7 +105,7 @@ def _create(session, settings, body: Any) -> dict:
     if data.password_again is not None and data.password_again != data.password:
         raise bad_request("the two passwords differ")
     try:
-        password = hashed_first(session, settings, data.password, "REGISTER_ERROR")
+        password = new_password_first(session, settings, data.password, "REGISTER_ERROR")
         accounts.register_user(session, settings, username=data.account, password=password)
     except ServiceError as exc:
         if exc.status == 422:  # a name or password the account rules refuse: a 400 in this envelope

@@ -222,7 +222,9 @@ def pick_connection(
     if not model.routes:
         return model, model_registry.open_provider(model, settings), []
     by_id = {m.connection_id: m for m in model.routes}
-    ordered = [by_id[r.connection_id] for r in routing.order([m.route for m in model.routes], datetime.now(UTC))]
+    ordered = [
+        by_id[r.connection_id] for r in routing.order([m.route for m in model.routes if m.route], datetime.now(UTC))
+    ]
     if not ordered:
         raise ServiceError("MODEL_ERROR", f"every connection of model {model.name!r} is disabled", 502)
     failure: Exception | None = None
@@ -692,7 +694,8 @@ class ChatCall:
                 raise ProviderError(f"cannot open the connection: {exc}") from None
         plan.model, plan.provider = model, provider
         plan.request = replace(plan.request, model=model.base_model, timeout=model.timeout)
-        async with aclosing(provider.stream(plan.request)) as events:
+        # every provider's stream is an async generator (typed as an AsyncIterator in the Protocol)
+        async with aclosing(provider.stream(plan.request)) as events:  # type: ignore[type-var]
             async for event in events:
                 yield event
 

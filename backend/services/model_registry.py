@@ -22,6 +22,7 @@ import logging
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session, selectinload
@@ -119,7 +120,7 @@ def resolve(
     system = persona.system if persona else None
     base_model = (info.ai_name or "").strip()
 
-    persona_fields = dict(model_id=info.model_id, name=info.model_name, params=params, system=system,
+    persona_fields: dict[str, Any] = dict(model_id=info.model_id, name=info.model_name, params=params, system=system,
                           examples=examples, disabled=bool(info.disable))  # fmt: skip
     routed = routing.connections_for(session, info.model_id)
     if routed:

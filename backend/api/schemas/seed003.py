@@ -54,9 +54,10 @@ PageNumQuery = Annotated[int | None, Query(ge=1, le=PAGE_NUM_MAX)]
 PageSizeQuery = Annotated[int | None, Query(ge=1, description=PAGE_SIZE)]
 
 
-def text(limit: int) -> Any:
-    """Optional text of at most `limit` characters after stripping."""
-    return Annotated[str, StringConstraints(strip_whitespace=True, max_length=limit)] | None
+# optional texts of at most N characters after stripping
+Text50 = Annotated[str, StringConstraints(strip_whitespace=True, max_length=50)] | None
+Text100 = Annotated[str, StringConstraints(strip_whitespace=True, max_length=100)] | None
+Text500 = Annotated[str, StringConstraints(strip_whitespace=True, max_length=500)] | None
 
 
 def _blank_is_none(value: Any) -> Any:
@@ -77,19 +78,19 @@ class ModelIn(BaseModel):
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
-    model_name: text(50) = Field(default=None, alias="modelName")
-    ai_name: text(50) = Field(default=None, alias="aiName")
+    model_name: Text50 = Field(default=None, alias="modelName")
+    ai_name: Text50 = Field(default=None, alias="aiName")
     link_type: Flag = Field(default=None, alias="linkType")
-    description: text(500) = None
-    model_version: text(50) = Field(default=None, alias="modelVersion")
+    description: Text500 = None
+    model_version: Text50 = Field(default=None, alias="modelVersion")
     disable: Flag = None
     aiol_id: OptionalId = Field(default=None, alias="aiolId")
     ai_id: OptionalId = Field(default=None, alias="aiId")  # another spelling of aiolId
     user_id: str | int | None = Field(default=None, alias="userId")  # admins only; an unknown one is a 404
     # the StrangeLoop frontend's fields
-    localmodel_name: text(100) = Field(default=None, alias="localmodelName")
-    ollama_model_name: text(100) = Field(default=None, alias="ollamaModelName")
-    base_model_name: text(100) = Field(default=None, alias="baseModelName")
+    localmodel_name: Text100 = Field(default=None, alias="localmodelName")
+    ollama_model_name: Text100 = Field(default=None, alias="ollamaModelName")
+    base_model_name: Text100 = Field(default=None, alias="baseModelName")
 
 
 class ModelUpdate(ModelIn):
@@ -142,10 +143,10 @@ class ConnectionIn(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
     ai_id: int | None = Field(default=None, alias="aiId")  # ignored on create
-    ai_name: text(50) = Field(default=None, alias="aiName")
-    ai_version: text(50) = Field(default=None, alias="aiVersion")
-    ai_token: text(500) = Field(default=None, alias="aiToken")
-    ai_api: text(500) = Field(default=None, alias="aiApi")
+    ai_name: Text50 = Field(default=None, alias="aiName")
+    ai_version: Text50 = Field(default=None, alias="aiVersion")
+    ai_token: Text500 = Field(default=None, alias="aiToken")
+    ai_api: Text500 = Field(default=None, alias="aiApi")
     ai_type: AiType | None = Field(default=None, alias="aiType")
     timeout: Timeout | None = None
     time_out: Timeout | None = Field(default=None, alias="timeOut")
