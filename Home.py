@@ -45,7 +45,8 @@ st.markdown(
     unsafe_allow_html=True,
 )
 
-authenticator, directory = auth.build_authenticator(settings(), maker(), state)
+# the engine is made when an account is first read: a fresh browser's form needs no database
+authenticator, directory = auth.build_authenticator(settings(), lambda: maker()(), state)
 
 
 def language_switch() -> None:

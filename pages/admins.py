@@ -7,7 +7,8 @@ from sqlalchemy import select
 
 from backend.services import accounts
 from db.models import Admin
-from pages._frame import read, render_browser, require, run_action, settings, t
+from pages._browser import render_browser
+from pages._frame import read, require, run_action, settings, t
 
 me = require("super")
 
