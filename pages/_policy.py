@@ -91,10 +91,7 @@ def render_spend(user_id: str | None, days: int) -> None:
 
 def render_rate_limits(actor: str) -> None:
     """Requests / tokens per minute for one user, a whole academy (its default), or one API key."""
-    from sqlalchemy import select
-
-    from backend.services import accounts, rate_limits
-    from db.models import ApiKey, User
+    from backend.services import apikeys, rate_limits
 
     st.subheader(t("limits.title"))
     st.caption(t("limits.hint"))
@@ -115,29 +112,12 @@ def render_rate_limits(actor: str) -> None:
             tpm_value = int(tpm) if tpm.strip().isdigit() else None
 
             def save(session):
-                target = subject.strip()
-                if scope == "user":
-                    target = accounts.require_user_by_name(session, target).id
-                elif scope == "key" and not target.isdigit():
-                    found = session.scalar(select(ApiKey.id).where(ApiKey.prefix == target))
-                    target = str(found) if found is not None else target
-                return rate_limits.set_limit(
-                    session, scope=scope, subject=target, rpm=rpm_value, tpm=tpm_value, actor=actor
+                return rate_limits.set_limit_for(
+                    session, scope=scope, subject=subject, rpm=rpm_value, tpm=tpm_value, actor=actor
                 )
 
             run_action(save, success=t("limits.saved", subject=subject.strip()))
-    keys = read(
-        lambda s: [
-            {"key_id": k.id, "prefix": k.prefix, "name": k.name, "username": u}
-            for k, u in s.execute(
-                select(ApiKey, User.username)
-                .join(User, User.id == ApiKey.user_id)
-                .where(ApiKey.revoked_at.is_(None))
-                .order_by(ApiKey.id.desc())
-                .limit(200)
-            )
-        ]
-    )
+    keys = read(apikeys.active_keys)
     if keys:
         with st.expander(t("limits.keys")):
             st.dataframe(pd.DataFrame(keys), hide_index=True, width="stretch", key="limits_keys")
