@@ -93,7 +93,7 @@ def status_label(value: object) -> str:
 
 def columns_config(frame: pd.DataFrame, labels: dict[str, str] | None = None) -> dict[str, Any]:
     """`column_config` that shows every column of `frame` under its translated header (`labels`
-    maps a column to another `col.` name, e.g. a camelCase seed field) and the values of a
+    maps a column to another `col.` name, e.g. `ai_name` shown as the base model) and the values of a
     `status` column translated; the frame itself keeps the stored names and values."""
     config: dict[str, Any] = {name: col((labels or {}).get(name, name)) for name in frame.columns}
     if "status" in frame.columns:

@@ -25,40 +25,27 @@ state = st.session_state
 st.title(t("page.models"))
 
 
-models, _ = read(lambda s: model_admin.list_models(s, viewer, bare_limit=1000))
-conns, _ = read(lambda s: connections.list_connections(s, config, viewer, bare_limit=1000))
-conn_names = {c["aiId"]: c["aiName"] for c in conns}
+models = read(lambda s: model_forms.model_rows(s, viewer))
+conns = read(lambda s: model_forms.connection_rows(s, config, viewer))
+conn_names = {c["ai_id"]: c["ai_name"] for c in conns}
 
 st.subheader(t("models.list"))
-model_frame = pd.DataFrame(
-    models, columns=["modelId", "modelName", "modelVersion", "aiName", "linkType", "aiolId", "disable", "isDefault"]
-)
-model_frame["aiolId"] = model_frame["aiolId"].map(lambda i: conn_names.get(i, "") if i is not None else "")
-model_frame["linkType"] = model_frame["linkType"].map(lambda v: t("models.link.online" if v else "models.link.local"))
+model_frame = pd.DataFrame(models, columns=list(model_forms.MODEL_FIELDS))
+model_frame["aiol_id"] = model_frame["aiol_id"].map(lambda i: conn_names.get(i, "") if i is not None else "")
+model_frame["link_type"] = model_frame["link_type"].map(lambda v: t("models.link.online" if v else "models.link.local"))
 model_frame["disable"] = model_frame["disable"].astype(bool)
 st.dataframe(
     model_frame,
     hide_index=True,
     width="stretch",
-    column_config=columns_config(
-        model_frame,
-        {
-            "modelId": "model_id",
-            "modelName": "model_name",
-            "modelVersion": "model_version",
-            "aiName": "base_model",
-            "linkType": "link_type",
-            "aiolId": "connection",
-            "isDefault": "is_default",
-        },
-    ),
+    column_config=columns_config(model_frame, {"ai_name": "base_model", "aiol_id": "connection"}),
 )
 
-by_id = {m["modelId"]: m for m in models}
+by_id = {m["model_id"]: m for m in models}
 picked = st.selectbox(
     t("models.pick"),
     [0, *by_id],
-    format_func=lambda i: t("models.new") if i == 0 else by_id[i]["modelName"],
+    format_func=lambda i: t("models.new") if i == 0 else by_id[i]["model_name"],
     key="models_pick",
 )
 form = read(lambda s: model_forms.model_form(s, config, viewer, picked)) if picked else model_forms.ModelForm()
@@ -181,9 +168,7 @@ if picked:
 # --- connections ---------------------------------------------------------------------------
 st.divider()
 st.subheader(t("models.connections"))
-conn_frame = pd.DataFrame(
-    conns, columns=["aiId", "aiName", "aiApi", "aiToken", "protocol", "aiType", "timeout", "shared"]
-)
+conn_frame = pd.DataFrame(conns, columns=list(model_forms.CONNECTION_FIELDS))
 if conn_frame.empty:
     st.info(t("common.none"))
 else:
@@ -191,10 +176,7 @@ else:
         conn_frame,
         hide_index=True,
         width="stretch",
-        column_config=columns_config(
-            conn_frame,
-            {"aiId": "ai_id", "aiName": "ai_name", "aiApi": "ai_api", "aiToken": "ai_token", "aiType": "ai_type"},
-        ),
+        column_config=columns_config(conn_frame),
     )
 with st.form("models_conn_add", clear_on_submit=True):
     k1, k2, k3 = st.columns(3)

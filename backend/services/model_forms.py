@@ -1,5 +1,6 @@
-"""A model and its persona in domain terms, for the dashboard's Models page: the form's values
-by parameter name, each parameter's range, save (create or update, persona included), clone.
+"""A model and its persona in domain terms, for the dashboard's Models page: the list of
+models and of connections by field name, the form's values by parameter name, each
+parameter's range, save (create or update, persona included), clone.
 
 The seed-003 camelCase shape (`model_admin.model_detail`, the body of
 `model_admin.update_persona`) stays behind these functions: the page reads and passes
@@ -14,13 +15,53 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from backend.config import Settings
-from backend.services import model_admin
+from backend.services import connections, model_admin
 from backend.services.personas import PersonaParams
 from backend.services.seed003 import Viewer
 from db.models import ModelInfo
 
 PARAM_NAMES: tuple[str, ...] = tuple(PersonaParams.model_fields)
 JS_SAFE = 2**53 - 1  # the browser's number inputs hold at most this
+
+
+# the rows' field names -> the seed-003 names the listing services answer with
+MODEL_FIELDS = {
+    "model_id": "modelId",
+    "model_name": "modelName",
+    "model_version": "modelVersion",
+    "ai_name": "aiName",
+    "link_type": "linkType",
+    "aiol_id": "aiolId",
+    "disable": "disable",
+    "is_default": "isDefault",
+}
+CONNECTION_FIELDS = {
+    "ai_id": "aiId",
+    "ai_name": "aiName",
+    "ai_api": "aiApi",
+    "ai_token": "aiToken",  # masked
+    "protocol": "protocol",
+    "ai_type": "aiType",
+    "timeout": "timeout",
+    "shared": "shared",
+}
+LIST_LIMIT = 1000
+
+
+def _rows(items: list[dict[str, Any]], fields: dict[str, str]) -> list[dict[str, Any]]:
+    return [{name: item.get(wire) for name, wire in fields.items()} for item in items]
+
+
+def model_rows(session: Session, viewer: Viewer) -> list[dict[str, Any]]:
+    """The models the viewer sees (at most LIST_LIMIT), one dict of MODEL_FIELDS each."""
+    models, _ = model_admin.list_models(session, viewer, bare_limit=LIST_LIMIT)
+    return _rows(models, MODEL_FIELDS)
+
+
+def connection_rows(session: Session, settings: Settings, viewer: Viewer) -> list[dict[str, Any]]:
+    """The connections the viewer sees, keys masked, one dict of CONNECTION_FIELDS each."""
+    found, _ = connections.list_connections(session, settings, viewer, bare_limit=LIST_LIMIT)
+    return _rows(found, CONNECTION_FIELDS)
 
 
 @dataclass(frozen=True)

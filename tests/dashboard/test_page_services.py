@@ -1,6 +1,6 @@
 """The services the dashboard's pages call instead of querying the database themselves:
-admin names (Admins), rate limits set by name and the active keys (Users), and a model's
-form, save and clone (Models) — on every database."""
+admin names (Admins), rate limits set by name and the active keys (Users), the model and
+connection lists and a model's form, save and clone (Models) — on every database."""
 
 from __future__ import annotations
 
@@ -8,9 +8,10 @@ import pytest
 from sqlalchemy import func, select
 
 from backend.errors import ServiceError
+from backend.security import encrypt_secret
 from backend.services import accounts, apikeys, model_admin, model_forms, rate_limits
 from backend.services.seed003 import Viewer
-from db.models import ModelInfo, RateLimit
+from db.models import ModelAiOnline, ModelInfo, RateLimit
 from tests.factories import make_admin, make_user
 
 
@@ -120,3 +121,40 @@ def test_a_bad_parameter_or_a_taken_name_writes_nothing(maker, settings):
         model_forms.clone_model(s, settings, viewer, model_id, name="taken")
     with maker() as s:
         assert s.scalar(select(func.count()).select_from(ModelInfo)) == before
+
+
+def test_the_models_page_lists_models_and_connections_by_field_name_keys_masked(maker, settings):
+    admin = make_admin(maker, settings)
+    viewer = Viewer.for_admin(admin.name)
+    with maker.begin() as s:
+        conn = ModelAiOnline(
+            ai_name="campus",
+            ai_api="https://llm.example.edu/v1",
+            ai_token_encrypted=encrypt_secret(settings, "sk-zz9999"),
+        )
+        s.add(conn)
+        s.flush()
+        model_forms.save_model(
+            s,
+            viewer,
+            None,
+            model_name="online-one",
+            ai_name="campus",
+            link_type=1,
+            description=None,
+            model_version="2",
+            aiol_id=conn.ai_id,
+            system=None,
+            params={},
+            examples=[],
+        )
+    with maker() as s:
+        models = model_forms.model_rows(s, viewer)
+        conns = model_forms.connection_rows(s, settings, viewer)
+    row = next(m for m in models if m["model_name"] == "online-one")
+    assert set(row) == set(model_forms.MODEL_FIELDS)
+    assert (row["ai_name"], row["link_type"], row["aiol_id"], row["model_version"]) == ("campus", 1, conn.ai_id, "2")
+    (listed,) = [c for c in conns if c["ai_id"] == conn.ai_id]
+    assert set(listed) == set(model_forms.CONNECTION_FIELDS)
+    assert listed["ai_name"] == "campus" and listed["ai_api"] == "https://llm.example.edu/v1"
+    assert "sk-zz9999" not in str(listed["ai_token"]) and str(listed["ai_token"]).endswith("9999")
