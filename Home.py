@@ -31,21 +31,13 @@ PAGES = Path(__file__).resolve().parent / "pages"  # absolute: this file also ru
 PAGE_PATHS = tuple(sorted(p.stem for p in PAGES.glob("*.py") if not p.stem.startswith("_")))
 listed: set[str] = set()  # the page files this run's navigation opens (filled by page())
 
-# The cookie component (extra-streamlit-components, inside streamlit-authenticator) is an
-# iframe with no visible content; taken out of the page flow it leaves no empty bar above
-# the title. It still loads and reads / writes the cookie. (st.markdown, not st.html: the
-# browser has the markdown code already for the title, st.html would be one more download
-# before the sign-in form can paint.)
-st.markdown(
-    """<style>
-    .stElementContainer:has(iframe[title*="CookieManager"]) {
-        position: absolute; width: 0; height: 0; overflow: hidden; margin: 0; padding: 0;
-    }
-    </style>""",
-    unsafe_allow_html=True,
-)
-
-authenticator, directory = auth.build_authenticator(settings(), maker(), state)
+# What the page shows goes into `body`, made before the authenticator: the cookie component
+# (extra-streamlit-components' CookieManager, which every Authenticate renders: an iframe
+# with no visible content) then sits below the page instead of leaving an empty bar above the
+# title. No CSS to hide it: st.markdown with HTML would be two more downloads before the form.
+body = st.container()
+# the engine is made when an account is first read: a fresh browser's form needs no database
+authenticator, directory = auth.build_authenticator(settings(), lambda: maker()(), state)
 
 
 def language_switch() -> None:
@@ -216,7 +208,7 @@ if account is None:
     sign_in = st.Page(login_page, title=t("login.title"), icon=":material/login:", url_path="login")
     signed_out = st.navigation([sign_in, *stand_ins(login_page, set())], position="hidden")
     language_switch()
-    with routed():
+    with body, routed():
         signed_out.run()
     st.stop()
 
@@ -232,5 +224,5 @@ with st.sidebar:
         st.rerun()
 if current.url_path != "":  # the refusal notice stays on the start page (across reruns) until the person moves on
     state.pop(NOTICE_KEY, None)
-with routed():
+with body, routed():
     current.run()

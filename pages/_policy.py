@@ -14,21 +14,21 @@ from pages._frame import columns_config, read, run_action, t
 
 def render_prices(models: list[dict], actor: str) -> None:
     """Prompt / completion price of every model (editable in place), and the recognition
-    engines' prices. `models` are the Models page's rows (modelId, modelName)."""
+    engines' prices. `models` are the Models page's rows (model_forms.model_rows)."""
     st.subheader(t("prices.title"))
     st.caption(t("prices.hint"))
     prices = read(lambda s: pricing.model_prices(s))
     frame = pd.DataFrame(
         [
             {
-                "modelId": m["modelId"],
-                "modelName": m["modelName"],
-                "prompt_price": prices.get(m["modelId"], pricing.UNIT).prompt,
-                "completion_price": prices.get(m["modelId"], pricing.UNIT).completion,
+                "model_id": m["model_id"],
+                "model_name": m["model_name"],
+                "prompt_price": prices.get(m["model_id"], pricing.UNIT).prompt,
+                "completion_price": prices.get(m["model_id"], pricing.UNIT).completion,
             }
             for m in models
         ],
-        columns=["modelId", "modelName", "prompt_price", "completion_price"],
+        columns=["model_id", "model_name", "prompt_price", "completion_price"],
     )
     edited = st.data_editor(
         frame,
@@ -36,7 +36,7 @@ def render_prices(models: list[dict], actor: str) -> None:
         hide_index=True,
         width="stretch",
         num_rows="fixed",
-        disabled=["modelId", "modelName"],
+        disabled=["model_id", "model_name"],
         column_config={
             **columns_config(frame),
             "prompt_price": st.column_config.NumberColumn(
@@ -48,7 +48,7 @@ def render_prices(models: list[dict], actor: str) -> None:
         },
     )
     changed = [
-        (int(new.modelId), float(new.prompt_price), float(new.completion_price))
+        (int(new.model_id), float(new.prompt_price), float(new.completion_price))
         for old, new in zip(frame.itertuples(), edited.itertuples(), strict=True)
         if (old.prompt_price, old.completion_price) != (new.prompt_price, new.completion_price)
     ]
@@ -91,10 +91,7 @@ def render_spend(user_id: str | None, days: int) -> None:
 
 def render_rate_limits(actor: str) -> None:
     """Requests / tokens per minute for one user, a whole academy (its default), or one API key."""
-    from sqlalchemy import select
-
-    from backend.services import accounts, rate_limits
-    from db.models import ApiKey, User
+    from backend.services import apikeys, rate_limits
 
     st.subheader(t("limits.title"))
     st.caption(t("limits.hint"))
@@ -115,29 +112,12 @@ def render_rate_limits(actor: str) -> None:
             tpm_value = int(tpm) if tpm.strip().isdigit() else None
 
             def save(session):
-                target = subject.strip()
-                if scope == "user":
-                    target = accounts.require_user_by_name(session, target).id
-                elif scope == "key" and not target.isdigit():
-                    found = session.scalar(select(ApiKey.id).where(ApiKey.prefix == target))
-                    target = str(found) if found is not None else target
-                return rate_limits.set_limit(
-                    session, scope=scope, subject=target, rpm=rpm_value, tpm=tpm_value, actor=actor
+                return rate_limits.set_limit_for(
+                    session, scope=scope, subject=subject, rpm=rpm_value, tpm=tpm_value, actor=actor
                 )
 
             run_action(save, success=t("limits.saved", subject=subject.strip()))
-    keys = read(
-        lambda s: [
-            {"key_id": k.id, "prefix": k.prefix, "name": k.name, "username": u}
-            for k, u in s.execute(
-                select(ApiKey, User.username)
-                .join(User, User.id == ApiKey.user_id)
-                .where(ApiKey.revoked_at.is_(None))
-                .order_by(ApiKey.id.desc())
-                .limit(200)
-            )
-        ]
-    )
+    keys = read(apikeys.active_keys)
     if keys:
         with st.expander(t("limits.keys")):
             st.dataframe(pd.DataFrame(keys), hide_index=True, width="stretch", key="limits_keys")
@@ -178,8 +158,8 @@ def render_routes(models: list[dict], connections: list[dict], actor: str) -> No
                     run_action(lambda s: routing.enable(s, picked, actor=actor), success=t("routes.enabled"))
     if not models or not connections:
         return
-    names = {m["modelId"]: m["modelName"] for m in models}
-    conns = {c["aiId"]: c["aiName"] for c in connections}
+    names = {m["model_id"]: m["model_name"] for m in models}
+    conns = {c["ai_id"]: c["ai_name"] for c in connections}
     with st.form("routes_form"):
         c1, c2, c3, c4 = st.columns(4)
         model_id = c1.selectbox(t("routes.model"), list(names), format_func=names.get, key="routes_model")

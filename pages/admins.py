@@ -3,17 +3,16 @@
 from __future__ import annotations
 
 import streamlit as st
-from sqlalchemy import select
 
 from backend.services import accounts
-from db.models import Admin
-from pages._frame import read, render_browser, require, run_action, settings, t
+from pages._browser import render_browser
+from pages._frame import read, require, run_action, settings, t
 
 me = require("super")
 
 st.title(t("page.admins"))
 render_browser("admins", key="admins_list", export=False)
-names = read(lambda s: list(s.scalars(select(Admin.name).order_by(Admin.name))))
+names = read(accounts.admin_names)
 
 with st.form("admins_add", clear_on_submit=True):
     st.subheader(t("admins.add"))

@@ -8,7 +8,8 @@ import streamlit as st
 from backend.errors import ServiceError
 from backend.services import conversations
 from backend.services.seed003 import Viewer
-from pages._frame import account, error_text, read, render_browser, t
+from pages._browser import render_browser
+from pages._frame import account, error_text, read, t
 
 me = account()
 own = me.kind == "user"

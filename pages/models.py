@@ -10,8 +10,9 @@ import pandas as pd
 import streamlit as st
 
 from backend.errors import ServiceError
-from backend.services import connections, model_admin
-from backend.services.personas import PersonaParams, field_help
+from backend.services import connections, model_admin, model_forms
+from backend.services.model_forms import JS_SAFE, PARAM_NAMES
+from backend.services.personas import field_help
 from backend.services.seed003 import Viewer
 from pages._frame import columns_config, language, maker, read, require, run_action, settings, t
 from pages._policy import render_prices, render_routes
@@ -20,78 +21,45 @@ me = require("admin", "super")
 viewer = Viewer.for_admin(me.name)
 config = settings()
 state = st.session_state
-JS_SAFE = 2**53 - 1  # the browser's number inputs hold at most this
 
 st.title(t("page.models"))
 
 
-def param_bounds(name: str) -> tuple[type, float | None, float | None]:
-    """(int or float, lowest, highest) of a persona parameter, from its field metadata."""
-    info = PersonaParams.model_fields[name]
-    kind = int if "int" in str(info.annotation) else float
-    low = high = None
-    for rule in info.metadata:
-        if getattr(rule, "ge", None) is not None:
-            low = rule.ge
-        if getattr(rule, "gt", None) is not None:
-            low = rule.gt + (1 if kind is int else 1e-6)
-        if getattr(rule, "le", None) is not None:
-            high = rule.le
-    if kind is int:
-        low = None if low is None else max(int(low), -JS_SAFE)
-        high = None if high is None else min(int(high), JS_SAFE)
-    return kind, low, high
-
-
-models, _ = read(lambda s: model_admin.list_models(s, viewer, bare_limit=1000))
-conns, _ = read(lambda s: connections.list_connections(s, config, viewer, bare_limit=1000))
-conn_names = {c["aiId"]: c["aiName"] for c in conns}
+models = read(lambda s: model_forms.model_rows(s, viewer))
+conns = read(lambda s: model_forms.connection_rows(s, config, viewer))
+conn_names = {c["ai_id"]: c["ai_name"] for c in conns}
 
 st.subheader(t("models.list"))
-model_frame = pd.DataFrame(
-    models, columns=["modelId", "modelName", "modelVersion", "aiName", "linkType", "aiolId", "disable", "isDefault"]
-)
-model_frame["aiolId"] = model_frame["aiolId"].map(lambda i: conn_names.get(i, "") if i is not None else "")
-model_frame["linkType"] = model_frame["linkType"].map(lambda v: t("models.link.online" if v else "models.link.local"))
+model_frame = pd.DataFrame(models, columns=list(model_forms.MODEL_FIELDS))
+model_frame["aiol_id"] = model_frame["aiol_id"].map(lambda i: conn_names.get(i, "") if i is not None else "")
+model_frame["link_type"] = model_frame["link_type"].map(lambda v: t("models.link.online" if v else "models.link.local"))
 model_frame["disable"] = model_frame["disable"].astype(bool)
 st.dataframe(
     model_frame,
     hide_index=True,
     width="stretch",
-    column_config=columns_config(
-        model_frame,
-        {
-            "modelId": "model_id",
-            "modelName": "model_name",
-            "modelVersion": "model_version",
-            "aiName": "base_model",
-            "linkType": "link_type",
-            "aiolId": "connection",
-            "isDefault": "is_default",
-        },
-    ),
+    column_config=columns_config(model_frame, {"ai_name": "base_model", "aiol_id": "connection"}),
 )
 
-by_id = {m["modelId"]: m for m in models}
+by_id = {m["model_id"]: m for m in models}
 picked = st.selectbox(
     t("models.pick"),
     [0, *by_id],
-    format_func=lambda i: t("models.new") if i == 0 else by_id[i]["modelName"],
+    format_func=lambda i: t("models.new") if i == 0 else by_id[i]["model_name"],
     key="models_pick",
 )
-detail: dict[str, Any] = read(lambda s: model_admin.model_detail(s, config, viewer, picked)) if picked else {}
-persona: dict[str, Any] = detail.get("modelFile") or {}
+form = read(lambda s: model_forms.model_form(s, config, viewer, picked)) if picked else model_forms.ModelForm()
 
 with st.form(f"models_form_{picked}"):
     c1, c2, c3 = st.columns(3)
-    name = c1.text_input(t("models.name"), value=detail.get("modelName", ""), key=f"models_name_{picked}")
-    version = c2.text_input(t("models.version"), value=detail.get("modelVersion") or "", key=f"models_ver_{picked}")
-    base = c3.text_input(t("models.base"), value=detail.get("aiName") or "", key=f"models_base_{picked}")
+    name = c1.text_input(t("models.name"), value=form.model_name, key=f"models_name_{picked}")
+    version = c2.text_input(t("models.version"), value=form.model_version or "", key=f"models_ver_{picked}")
+    base = c3.text_input(t("models.base"), value=form.ai_name or "", key=f"models_base_{picked}")
     c4, c5 = st.columns(2)
     link_type = c4.radio(
         t("models.link_type"),
         (0, 1),
-        index=int(detail.get("linkType") or 0),
+        index=form.link_type,
         format_func=lambda v: t("models.link.online" if v else "models.link.local"),
         horizontal=True,
         key=f"models_link_{picked}",
@@ -100,20 +68,18 @@ with st.form(f"models_form_{picked}"):
     aiol_id = c5.selectbox(
         t("models.connection"),
         conn_ids,
-        index=conn_ids.index(detail.get("aiolId")) if detail.get("aiolId") in conn_ids else 0,
+        index=conn_ids.index(form.aiol_id) if form.aiol_id in conn_ids else 0,
         format_func=lambda i: "-" if i is None else conn_names[i],
         key=f"models_conn_{picked}",
     )
-    description = st.text_input(
-        t("models.description"), value=detail.get("description") or "", key=f"models_desc_{picked}"
-    )
-    system = st.text_area(t("models.system"), value=persona.get("system") or "", key=f"models_system_{picked}")
+    description = st.text_input(t("models.description"), value=form.description or "", key=f"models_desc_{picked}")
+    system = st.text_area(t("models.system"), value=form.system or "", key=f"models_system_{picked}")
 
     st.markdown(f"**{t('models.params')}**")
     values: dict[str, Any] = {}
     columns = st.columns(3)
-    for i, field in enumerate(PersonaParams.model_fields):
-        current = persona.get(model_admin.CAMEL_OF.get(field, field))
+    for i, field in enumerate(PARAM_NAMES):
+        current = form.params[field]
         help_text = field_help(field, language())
         box = columns[i % 3]
         if field == "stop":
@@ -122,7 +88,8 @@ with st.form(f"models_form_{picked}"):
             )
             values[field] = [s.strip() for s in text.split(",") if s.strip()] or None
             continue
-        kind, low, high = param_bounds(field)
+        bounds = model_forms.param_bounds(field)
+        kind, low, high = bounds.kind, bounds.low, bounds.high
         unbounded = (low is None or low <= -JS_SAFE) and (high is None or high >= JS_SAFE)
         rng = "" if unbounded else f" [{'' if low is None else low} … {'' if high is None else high}]"
         values[field] = box.number_input(
@@ -137,13 +104,7 @@ with st.form(f"models_form_{picked}"):
 
     st.markdown(f"**{t('models.examples')}**")
     examples = st.data_editor(
-        pd.DataFrame(
-            [
-                {"userMessage": e["userMessage"], "modelMessage": e["modelMessage"]}
-                for e in persona.get("modelFileEmessageList", [])
-            ],
-            columns=["userMessage", "modelMessage"],
-        ),
+        pd.DataFrame(form.examples, columns=["userMessage", "modelMessage"]),
         num_rows="dynamic",
         width="stretch",
         hide_index=True,
@@ -156,90 +117,58 @@ with st.form(f"models_form_{picked}"):
     submitted = st.form_submit_button(t("common.save"), type="primary")
 
 if submitted:
-    body_examples = [
-        {"userMessage": str(r["userMessage"]), "modelMessage": str(r["modelMessage"])}
+    pairs = [
+        (str(r["userMessage"]), str(r["modelMessage"]))
         for r in examples.to_dict("records")
         if isinstance(r.get("userMessage"), str) and isinstance(r.get("modelMessage"), str)
     ]
-
-    def save(session):
-        fields = dict(
-            model_name=name,
-            ai_name=base,
-            link_type=link_type,
-            description=description or None,
-            model_version=version or None,
-            aiol_id=aiol_id,
-        )
-        if picked:
-            model = model_admin.update_model(session, viewer, picked, **fields)
-        else:
-            model = model_admin.create_model(session, viewer, **fields)
-        model_admin.update_persona(
-            session,
-            viewer,
-            {"modelId": model.model_id, "system": system, **values, "modelFileEmessageList": body_examples},
-        )
-        return model.model_name
-
-    run_action(save, success=lambda saved: t("models.saved", name=saved))
+    run_action(
+        lambda s: (
+            model_forms.save_model(
+                s,
+                viewer,
+                picked or None,
+                model_name=name,
+                ai_name=base,
+                link_type=link_type,
+                description=description or None,
+                model_version=version or None,
+                aiol_id=aiol_id,
+                system=system,
+                params=values,
+                examples=pairs,
+            ).model_name
+        ),
+        success=lambda saved: t("models.saved", name=saved),
+    )
 
 if picked:
     st.divider()
     a, b = st.columns(2)
     with a:
-        enabled = not detail.get("disable")
+        enabled = not form.disabled
         st.caption(t("models.enable_toggle"))
         if st.button(t("common.disable") if enabled else t("common.enable"), key="models_toggle"):
             run_action(
                 lambda s: model_admin.update_model(s, viewer, picked, disable=1 if enabled else 0),
                 success=t(
                     "models.toggled",
-                    name=detail["modelName"],
+                    name=form.model_name,
                     state=t("vouchers.state.off" if enabled else "vouchers.state.on"),
                 ),
             )
     with b, st.form("models_clone"):
-        clone_name = st.text_input(t("models.clone_name"), value=f"{detail['modelName']}-copy", key="models_clone_name")
+        clone_name = st.text_input(t("models.clone_name"), value=f"{form.model_name}-copy", key="models_clone_name")
         if st.form_submit_button(t("models.clone")):
-
-            def clone(session):
-                copy = model_admin.create_model(
-                    session,
-                    viewer,
-                    model_name=clone_name,
-                    ai_name=detail["aiName"],
-                    link_type=detail["linkType"],
-                    description=detail.get("description"),
-                    model_version=detail.get("modelVersion"),
-                    aiol_id=detail.get("aiolId"),
-                    user_id=detail.get("userId"),
-                )
-                params = {f: persona.get(model_admin.CAMEL_OF[f]) for f in PersonaParams.model_fields}
-                examples_copy = [
-                    {"userMessage": e["userMessage"], "modelMessage": e["modelMessage"]}
-                    for e in persona.get("modelFileEmessageList", [])
-                ]
-                model_admin.update_persona(
-                    session,
-                    viewer,
-                    {
-                        "modelId": copy.model_id,
-                        "system": persona.get("system"),
-                        **params,
-                        "modelFileEmessageList": examples_copy,
-                    },
-                )
-                return copy.model_name
-
-            run_action(clone, success=lambda made: t("models.cloned", name=made))
+            run_action(
+                lambda s: model_forms.clone_model(s, config, viewer, picked, name=clone_name).model_name,
+                success=lambda made: t("models.cloned", name=made),
+            )
 
 # --- connections ---------------------------------------------------------------------------
 st.divider()
 st.subheader(t("models.connections"))
-conn_frame = pd.DataFrame(
-    conns, columns=["aiId", "aiName", "aiApi", "aiToken", "protocol", "aiType", "timeout", "shared"]
-)
+conn_frame = pd.DataFrame(conns, columns=list(model_forms.CONNECTION_FIELDS))
 if conn_frame.empty:
     st.info(t("common.none"))
 else:
@@ -247,10 +176,7 @@ else:
         conn_frame,
         hide_index=True,
         width="stretch",
-        column_config=columns_config(
-            conn_frame,
-            {"aiId": "ai_id", "aiName": "ai_name", "aiApi": "ai_api", "aiToken": "ai_token", "aiType": "ai_type"},
-        ),
+        column_config=columns_config(conn_frame),
     )
 with st.form("models_conn_add", clear_on_submit=True):
     k1, k2, k3 = st.columns(3)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import streamlit as st
 
 from backend.services import browse
-from pages._frame import render_browser, require, t
+from pages._browser import render_browser
+from pages._frame import require, t
 
 require("admin", "super")
 

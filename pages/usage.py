@@ -10,7 +10,8 @@ import streamlit as st
 
 from backend.services import dashboard, usage_rollup
 from db.session import get_sessionmaker
-from pages._frame import READ_TTL, account, col, db_url, render_browser, status_label, t
+from pages._browser import render_browser
+from pages._frame import READ_TTL, account, col, db_url, status_label, t
 from pages._policy import render_spend
 
 me = account()

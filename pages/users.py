@@ -10,9 +10,9 @@ import streamlit as st
 
 from backend.errors import ServiceError
 from backend.services import accounts, browse, dashboard
+from pages._browser import academy_options
 from pages._frame import (
     FLASH_KEY,
-    academy_options,
     col,
     db_url,
     error_text,

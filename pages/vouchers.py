@@ -9,7 +9,8 @@ from datetime import UTC, datetime, time
 import streamlit as st
 
 from backend.services import vouchers
-from pages._frame import render_browser, require, run_action, t
+from pages._browser import render_browser
+from pages._frame import require, run_action, t
 
 me = require("admin", "super")
 state = st.session_state

@@ -395,6 +395,11 @@ def delete_admin(session: Session, *, target: str, actor: str) -> None:
     session.delete(admin)
 
 
+def admin_names(session: Session) -> list[str]:
+    """Every admin's name, in order."""
+    return list(session.scalars(select(Admin.name).order_by(Admin.name)))
+
+
 def count_super_admins(session: Session) -> int:
     return session.scalar(select(func.count()).select_from(Admin).where(Admin.is_super.is_(True))) or 0
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
@@ -164,6 +165,18 @@ def list_keys(session: Session, *, user_id: str | None = None, include_revoked: 
     if not include_revoked:
         stmt = stmt.where(ApiKey.revoked_at.is_(None))
     return [public(k) for k in session.scalars(stmt)]
+
+
+def active_keys(session: Session, *, limit: int = 200) -> list[dict[str, Any]]:
+    """The newest unrevoked keys of every user: id, prefix, name and the owner's username."""
+    rows = session.execute(
+        select(ApiKey, User.username)
+        .join(User, User.id == ApiKey.user_id)
+        .where(ApiKey.revoked_at.is_(None))
+        .order_by(ApiKey.id.desc())
+        .limit(limit)
+    )
+    return [{"key_id": k.id, "prefix": k.prefix, "name": k.name, "username": u} for k, u in rows]
 
 
 def revoke_key(session: Session, *, key_id: int, actor: str, owner_id: str | None = None) -> ApiKeyPublic:

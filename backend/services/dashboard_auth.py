@@ -13,6 +13,9 @@
   stops working at once, on every browser, not only where the user clicked "sign out".
 - Failed sign-ins are counted per account in `login_attempts` (for the authenticator's
   limit) and charged to the API's per-account login counter too.
+- Importing this module imports neither SQLAlchemy nor the models (they are imported where
+  an account is read): a fresh browser's sign-in form needs none of them, and on a dashboard
+  process's first run they would otherwise be imported before the form is drawn.
 """
 
 from __future__ import annotations
@@ -20,18 +23,18 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jwt
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session, sessionmaker
 
-from backend import security
-from backend.config import Settings
 from backend.errors import ServiceError
-from backend.services import accounts, ratelimit
-from db.models import Admin, LoginAttempt, User
-from db.session import read_only
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from sqlalchemy.orm import Session, sessionmaker
+
+    from backend.config import Settings
 
 COOKIE_NAME = "meteor_dashboard"
 COOKIE_DAYS = 7.0
@@ -87,6 +90,10 @@ def find_account(session: Session, kind: str, login_name: str) -> tuple[Dashboar
     case-insensitive one."""
     if kind not in KINDS or not login_name:
         return None
+    from sqlalchemy import func, select
+
+    from db.models import Admin, User
+
     model, name_col = (Admin, Admin.name) if kind == "admin" else (User, User.username)
     row = session.scalar(select(model).where(name_col == login_name))
     if row is None:
@@ -101,6 +108,8 @@ def find_account(session: Session, kind: str, login_name: str) -> tuple[Dashboar
 
 def load_account(session: Session, kind: str, account_id: str) -> DashboardAccount | None:
     """The current state of an account by id (one primary-key read)."""
+    from db.models import Admin, User
+
     if kind == "admin":
         try:
             admin = session.get(Admin, int(account_id))
@@ -113,6 +122,11 @@ def load_account(session: Session, kind: str, account_id: str) -> DashboardAccou
 
 def failed_logins(session: Session, settings: Settings, kind: str, name: str) -> int:
     """Failures of this account inside the login window (shared with the API)."""
+    from sqlalchemy import func, select
+
+    from backend.services import ratelimit
+    from db.models import LoginAttempt
+
     account, _ = ratelimit.login_subjects(kind, name, None)
     since = datetime.now(UTC) - timedelta(seconds=settings.login_window_seconds)
     return int(
@@ -131,7 +145,8 @@ class AccountDirectory(dict):
     Only the accounts the authenticator asks about are loaded (one indexed read each), so a
     run costs the same with 10 users or 100,000."""
 
-    def __init__(self, maker: sessionmaker, settings: Settings, kind: str) -> None:
+    def __init__(self, maker: Callable[[], Session], settings: Settings, kind: str) -> None:
+        """`maker` opens a session (a sessionmaker, or a function that makes one on first use)."""
         super().__init__()
         self.maker = maker
         self.settings = settings
@@ -274,7 +289,7 @@ class RevocableCookie:
         self.inner.delete_cookie()
 
 
-def build_authenticator(settings: Settings, maker: sessionmaker, state: Any) -> tuple[Any, AccountDirectory]:
+def build_authenticator(settings: Settings, maker: Callable[[], Session], state: Any) -> tuple[Any, AccountDirectory]:
     """A streamlit-authenticator `Authenticate` whose credentials are the database."""
     import streamlit_authenticator as stauth
 
@@ -304,6 +319,8 @@ def record_failures(maker: sessionmaker, directory: AccountDirectory) -> None:
     ]
     if not new:
         return
+    from backend.services import ratelimit
+
     with maker.begin() as session:
         for account in new:
             subject, _ = ratelimit.login_subjects(account.kind, account.name, None)
@@ -313,6 +330,8 @@ def record_failures(maker: sessionmaker, directory: AccountDirectory) -> None:
 
 def signed_in(maker: sessionmaker, kind: str, name: str) -> None:
     """A successful sign-in forgives the account's earlier failures."""
+    from backend.services import ratelimit
+
     with maker.begin() as session:
         subject, _ = ratelimit.login_subjects(kind, name, None)
         ratelimit.clear_account(session, subject)
@@ -328,6 +347,8 @@ def check_session(session: Session, kind: str, account_id: str, version: int) ->
 
 def revoke(session: Session, account: DashboardAccount) -> None:
     """Sign-out: every session, cookie and API token of this account issued so far stops working."""
+    from backend.services import accounts
+
     if account.kind == "admin":
         accounts.revoke_admin_tokens(session, admin_id=int(account.id))
     else:
@@ -340,6 +361,13 @@ def change_password(
     """Change the signed-in account's own password; returns the new token version (every
     earlier session and token is revoked). A read, the bcrypt work with no transaction open
     (on SQLite one would hold the write lock), then a short write (audit finding 7)."""
+    from sqlalchemy import select
+
+    from backend import security
+    from backend.services import accounts
+    from db.models import Admin, User
+    from db.session import read_only
+
     model = User if account.kind == "user" else Admin
     key = account.id if account.kind == "user" else int(account.id)
     with maker() as session:
@@ -365,6 +393,8 @@ def change_password(
 
 def playground_token(settings: Settings, account: DashboardAccount) -> str:
     """A short-lived signed token that signs the playground in as this account."""
+    from backend import security
+
     return security.issue_token(
         settings,
         subject=account.id,

@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from backend.config import Settings
 from backend.errors import ServiceError
-from backend.services import audit
+from backend.services import accounts, audit
 from db.models import ApiKey, RateEvent, RateLimit, User
 from db.session import rowcount
 
@@ -313,6 +313,20 @@ def set_limit(
         detail={"rpm": rpm, "tpm": tpm},
     )
     return result
+
+
+def set_limit_for(
+    session: Session, *, scope: str, subject: str, rpm: int | None, tpm: int | None, actor: str
+) -> dict[str, Any] | None:
+    """`set_limit` with the subject as a person names it: a user by username, an API key by
+    its id or its prefix, an academy by name."""
+    target = subject.strip()
+    if scope == "user":
+        target = accounts.require_user_by_name(session, target).id
+    elif scope == "key" and not target.isdigit():
+        found = session.scalar(select(ApiKey.id).where(ApiKey.prefix == target))
+        target = str(found) if found is not None else target
+    return set_limit(session, scope=scope, subject=target, rpm=rpm, tpm=tpm, actor=actor)
 
 
 def list_limits(session: Session, scope: str | None = None) -> list[dict[str, Any]]:
