@@ -152,7 +152,9 @@ class Settings(BaseSettings):
 
     @property
     def user_upstream_set(self) -> set[str]:
-        return {h.strip().lower().replace("[", "").replace("]", "") for h in self.user_upstreams.split(",") if h.strip()}
+        return {
+            h.strip().lower().replace("[", "").replace("]", "") for h in self.user_upstreams.split(",") if h.strip()
+        }
 
     @property
     def private_host_allowlist(self) -> set[str]:
