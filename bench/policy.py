@@ -17,6 +17,7 @@ Prints p50 / p95 per variant and the p50 difference to "before".
 from __future__ import annotations
 
 import argparse
+import asyncio
 import os
 import statistics
 import tempfile
@@ -81,20 +82,23 @@ def main() -> None:
         if redis_url:
             variants["after, Redis limit"] = ("redis_limit", base.model_copy(update={"redis_url": redis_url}))
         real_price, real_admit = pricing.model_price, rate_limits.admit
+        loop = asyncio.new_event_loop()  # one loop for every chat: the pooled upstream client is per loop
 
         def chat(name: str, settings: Settings) -> float:
             bypass = name == "before"
             pricing.model_price = (lambda _s, _m: pricing.UNIT) if bypass else real_price
             rate_limits.admit = (lambda *_a, **_k: None) if bypass else real_admit
             started = time.perf_counter()
-            gateway.chat(
-                maker,
-                settings,
-                caller=Caller(user_id=users[name], academy="CS"),
-                dialog=[{"role": "user", "content": "hi"}],
-                model_name="bench",
-                max_tokens=32,
-                record_history=False,
+            loop.run_until_complete(
+                gateway.chat(
+                    maker,
+                    settings,
+                    caller=Caller(user_id=users[name], academy="CS"),
+                    dialog=[{"role": "user", "content": "hi"}],
+                    model_name="bench",
+                    max_tokens=32,
+                    record_history=False,
+                )
             )
             return (time.perf_counter() - started) * 1000
 

@@ -36,6 +36,7 @@ from backend.errors import ServiceError, unauthorized
 from backend.services import apikeys, gateway, model_registry
 from backend.services.gateway import Caller, ChatCall, ChatResult
 from db.models import ApiKey, User
+from db.session import read_only
 
 router = APIRouter(tags=["openai"], responses=openai.errors(401, 403, 405, 413))
 
@@ -79,13 +80,19 @@ class ChatCompletionIn(BaseModel):
 
 
 def api_key_caller(request: Request, session: Session) -> tuple[User, ApiKey]:
-    """The user and key behind `Authorization: Bearer sk-...` (one indexed read; a write only
-    when `last_used_at` is a minute old)."""
+    """The user and key behind `Authorization: Bearer sk-...`: one indexed read (no write lock
+    on SQLite), ended before returning; then a short write of its own only when `last_used_at`
+    is a minute old. Start the next read with `read_only(session)` again."""
     token = bearer_token(request)
     if token is None:
         raise unauthorized("missing API key: send Authorization: Bearer sk-...")
+    if not session.in_transaction():
+        read_only(session)
     user, key = apikeys.authenticate(session, token)
-    if session.info.pop(apikeys.TOUCHED, False):
+    touched = session.info.pop(apikeys.TOUCHED, None)
+    session.commit()  # the read ends (expire_on_commit is off: user and key stay loaded)
+    if touched is not None:
+        apikeys.touch(session, touched)
         session.commit()
     return user, key
 
@@ -159,6 +166,7 @@ async def sse_chunks(call: ChatCall, include_usage: bool) -> AsyncIterator[str]:
 def list_models(request: Request, session: SessionDep) -> dict:
     """The models this key may call."""
     user, key = api_key_caller(request, session)
+    read_only(session)
     allowed = apikeys.allowed_models_of(key)
     rows = model_registry.usable_models(session, user_id=user.id)
     data = [
@@ -190,6 +198,7 @@ async def chat_completions(
     def plan() -> gateway.ChatPlan:  # one hop: the key, the model, then the prompt count
         with maker() as session:
             user, key = api_key_caller(request, session)
+            read_only(session)  # the rest of the hop only reads
             model_name = apikeys.model_for_key(session, key, body.model)  # a browser key names its one model
             caller = replace(Caller.for_user(user), api_key_id=key.id)  # quota policy: the key's rate limit
             target = gateway.find_target(

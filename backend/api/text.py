@@ -26,6 +26,7 @@ from backend.config import Settings
 from backend.errors import ServiceError
 from backend.services import gateway
 from backend.services.gateway import Caller, ChatCall, ChatFailed, ChatResult
+from db.session import read_only
 
 router = APIRouter(tags=["text"], responses=seed000.errors(401, 402, 403, 404, 405, 413, 422, 429))
 
@@ -205,6 +206,7 @@ async def _user_call(
 
     def plan() -> gateway.ChatPlan:  # one hop: the token check and the model, then the prompt count
         with maker() as session:
+            read_only(session)  # the plan only reads
             caller = Caller.for_user(resolve_caller(request, session, settings, uuid=uuid, username=body.username))
             target = gateway.find_target(
                 session, settings, caller=caller, model_name=body.model, conversation_id=body.conversation_id
@@ -258,6 +260,7 @@ async def console_test(body: ConsoleTestIn, request: Request, settings: Settings
 
     def plan() -> gateway.ChatPlan:
         with maker() as session:
+            read_only(session)  # the plan only reads
             caller = Caller.for_admin(admin_from_token(session, settings, require_bearer(request)))
             target = gateway.find_target(session, settings, caller=caller, model_name=body.model, conversation_id=None)
         return gateway.plan_chat(

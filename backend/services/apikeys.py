@@ -34,7 +34,8 @@ MAX_ALLOWED_MODELS = 100
 # Writing last_used_at on every request would add a write per call; once a minute is enough.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
 BROWSER_SCOPE = "browser"
-# `session.info` flag set by `authenticate` when it wrote last_used_at (the caller commits then).
+# `session.info` entry set by `authenticate` when last_used_at is due: the key's id, for the
+# caller to `touch` in a short write of its own (the lookup itself stays a read).
 TOUCHED = "api_key_touched"
 
 
@@ -219,14 +220,18 @@ def authenticate(session: Session, plain: str) -> tuple[User, ApiKey]:
     if user.status != "active":
         raise forbidden("this account is disabled")
     if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
-        session.execute(
-            update(ApiKey)
-            .where(ApiKey.id == key.id)
-            .values(last_used_at=now)
-            .execution_options(synchronize_session=False)
-        )
-        session.info[TOUCHED] = True
+        session.info[TOUCHED] = key.id
     return user, key
+
+
+def touch(session: Session, key_id: int) -> None:
+    """Stamp a key's last_used_at (what `authenticate` asked for in `session.info[TOUCHED]`)."""
+    session.execute(
+        update(ApiKey)
+        .where(ApiKey.id == key_id)
+        .values(last_used_at=datetime.now(UTC))
+        .execution_options(synchronize_session=False)
+    )
 
 
 def mint_browser_key(session: Session, *, user_id: str, model: ModelInfo, minutes: int) -> str:

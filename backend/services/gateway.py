@@ -59,6 +59,7 @@ from backend.services import model_registry, pricing, quota, rate_limits, routin
 from backend.services.model_registry import ResolvedModel
 from backend.services.personas import PersonaParams, build_messages
 from db.models import ModelConversation
+from db.session import read_only
 
 log = logging.getLogger("meteor.gateway")
 
@@ -534,6 +535,7 @@ async def start_chat(
 
     def plan() -> ChatPlan:
         with maker() as s:
+            read_only(s)  # no write lock on SQLite: hundreds of plans run beside the writes
             target = find_target(s, settings, caller=caller, model_name=model_name, conversation_id=conversation_id)
         return plan_chat(
             settings,

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from sqlalchemy import ColumnElement, or_, select
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, joinedload
 
 from backend import security
 from backend.config import Settings
@@ -78,8 +78,9 @@ def _not_found(name: str | None) -> ServiceError:
 def find_model(session: Session, *, name: str | None, user_id: str | None, admin: bool = False) -> ModelInfo:
     """The model_info row a caller may use: by name, or the enabled default when None.
     Users see shared models and their own; admins see every model."""
+    # the persona and the connection joined in (many-to-one), the examples in one more SELECT
     stmt = select(ModelInfo).options(
-        selectinload(ModelInfo.model_file).selectinload(ModelFile.examples), selectinload(ModelInfo.ai_online)
+        joinedload(ModelInfo.model_file).selectinload(ModelFile.examples), joinedload(ModelInfo.ai_online)
     )
     if not admin:
         owner: ColumnElement[bool] = ModelInfo.user_id.is_(None)
