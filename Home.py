@@ -18,8 +18,8 @@ from pathlib import Path
 import streamlit as st
 from streamlit_authenticator.utilities import LoginError
 
-from backend.services import dashboard_auth as auth
-from backend.services import i18n
+from backend import i18n
+from backend.dashboard import auth
 from pages._frame import LANG_KEY, NOTICE_KEY, language, maker, routed, settings, t
 
 st.set_page_config(page_title="Meteor", page_icon="☄️", layout="wide")
@@ -175,7 +175,7 @@ def pages_for(role: str) -> dict[str, list[st.Page]]:
             page("playground", "page.playground", ":material/smart_toy:"),
         ]
         try:
-            import backend.services.apikeys  # noqa: F401
+            import backend.accounts.apikeys  # noqa: F401
 
             mine.append(page("apikeys", "page.apikeys", ":material/key:"))
         except ImportError:

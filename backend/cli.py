@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def prepare() -> None:
     """Migrate to the newest schema and bootstrap a fresh database (first super admin,
     default model). A generated admin password is printed once and stored only hashed."""
-    from backend.services.bootstrap import bootstrap
+    from backend.bootstrap import bootstrap
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -127,7 +127,7 @@ def run_all() -> None:
 
 
 def create_admin(name: str, password: str, is_super: bool) -> None:
-    from backend.services import accounts
+    from backend.accounts import service as accounts
 
     settings = get_settings()
     db_migrate.upgrade(settings.resolved_database_url)
@@ -164,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
     elif args.command == "create-admin":
         create_admin(args.name, args.password, args.super)
     elif args.command == "seed-demo":
-        from backend.services.demo import seed_demo
+        from backend.reporting.demo import seed_demo
 
         prepare()
         settings = get_settings()

@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     access_token_minutes: int = 60
     refresh_token_days: int = 7
     playground_token_seconds: int = 300
-    # login admission (backend/services/ratelimit.py): password checks per window
+    # login admission (backend/accounts/login_limits.py): password checks per window
     login_max_failures_per_account_address: int = Field(default=5, ge=1)  # one account from one address
     login_max_failures_per_account: int = Field(default=20, ge=1)  # one account from unknown addresses
     login_max_failures_per_address: int = Field(default=20, ge=1)  # one address against any account
@@ -106,7 +106,7 @@ class Settings(BaseSettings):
     # flight per upstream connection in each worker (0: unbounded) before UPSTREAM_BUSY 503
     workers: int | None = Field(default=None, ge=1, le=64)
     upstream_concurrency: int = Field(default=1024, ge=0)
-    # quota policy: failover across a model's connections (backend/services/routing.py)
+    # quota policy: failover across a model's connections (backend/chat/routing.py)
     failover_max_attempts: int = Field(default=3, ge=1, le=10)
     connection_failure_threshold: int = Field(default=3, ge=1)
     connection_cooldown_seconds: int = Field(default=60, ge=1)

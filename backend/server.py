@@ -12,6 +12,8 @@ from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
 from backend import security
+from backend.accounts import login_limits as ratelimit
+from backend.accounts import rate_limits
 from backend.api import (
     admin,
     auth,
@@ -29,8 +31,10 @@ from backend.api import text as text_api
 from backend.api.body_limit import BodyLimit
 from backend.api.cors import ApiCors
 from backend.api.get_body import GetBodyAsQuery
+from backend.billing import allowances, quota
+from backend.chat import routing
 from backend.config import Settings, get_settings
-from backend.services import allowances, quota, rate_limits, ratelimit, routing, usage_rollup
+from backend.reporting import rollup as usage_rollup
 from db.session import get_sessionmaker
 
 log = logging.getLogger("meteor.server")

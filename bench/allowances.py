@@ -1,5 +1,5 @@
 """Allowance bench: one academy allowance applied to 100,000 users, set-based and chunked
-(backend/services/allowances.py), timed on a fresh database.
+(backend/billing/allowances.py), timed on a fresh database.
 
 `python -m bench.allowances [--users N] [--chunk N] [--server URL]` (default: a SQLite file in
 a temporary directory; with a PostgreSQL / MariaDB server URL a fresh database is created on
@@ -86,7 +86,7 @@ def main() -> None:
 
     from sqlalchemy import func, select
 
-    from backend.services import allowances
+    from backend.billing import allowances
     from db import migrate
     from db.models import AllowanceGrant, QuotaLedger, User
     from db.session import get_sessionmaker

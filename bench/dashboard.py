@@ -2,14 +2,14 @@
 real Home.py and pages) on 10,000 against 1,000,000 usage rows spread over the last 90 days,
 both with 100,000 users, printed as ratios. A page that filtered, paged or aggregated in
 Python would scale with the rows (ratio near 100); SQL paging stays flat, and the usage
-charts read the daily roll-up (backend/services/usage_rollup.py) for complete days and the
+charts read the daily roll-up (backend/reporting/rollup.py) for complete days and the
 raw rows only for today.
 
 `make bench-dashboard` (python -m bench.dashboard [--users N] [--small N] [--large N] [--days N]).
 `python -m bench.dashboard --first-paint [--before REV] [--loads N]` times the sign-in form's
 first paint in Debian's chromium instead (see `first_paint`).
 Each database is a fresh SQLite file in a temporary directory; rows go in with bulk
-multi-row inserts (backend.services.demo). Figures:
+multi-row inserts (backend.reporting.demo). Figures:
 - first Overview: the sign-in run that lands on the Overview right after the bulk load; it
   rolls up every past day and ranks the window's users once (in production the API's
   sweeper does this in the background);
@@ -37,9 +37,9 @@ REPEAT = 3
 
 
 def build_database(directory: Path, *, users: int, usage: int, days: int) -> str:
+    from backend.accounts import service as accounts
     from backend.config import Settings
-    from backend.services import accounts
-    from backend.services.demo import seed_demo
+    from backend.reporting.demo import seed_demo
     from db import migrate
     from db.session import get_sessionmaker
 
@@ -84,7 +84,7 @@ def signed_in():
 def daily_upkeep(url: str) -> float:
     """Wall time of the sweeper's work when a day ends: forget the roll-up of yesterday (and
     the rankings), then catch up (one day rolled up, one ranking per dashboard window)."""
-    from backend.services import usage_rollup
+    from backend.reporting import rollup as usage_rollup
     from db.session import get_sessionmaker
 
     maker = get_sessionmaker(url)
@@ -102,7 +102,7 @@ def rows_today(url: str) -> int:
 
     from sqlalchemy import func, select
 
-    from backend.services import usage_rollup
+    from backend.reporting import rollup as usage_rollup
     from db.models import UsageRecord
     from db.session import get_sessionmaker
 
@@ -274,8 +274,8 @@ def first_paint(before: str, loads: int) -> None:
 
     from playwright.sync_api import sync_playwright
 
+    from backend.accounts import service as accounts
     from backend.config import Settings
-    from backend.services import accounts
     from db import migrate
     from db.session import dispose_all, get_sessionmaker
 

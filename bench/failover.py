@@ -31,9 +31,11 @@ def main() -> None:
     args = parser.parse_args()
 
     from backend import security
+    from backend.accounts import service as accounts
+    from backend.billing import quota
+    from backend.chat import gateway, routing
+    from backend.chat.gateway import Caller
     from backend.config import Settings
-    from backend.services import accounts, gateway, quota, routing
-    from backend.services.gateway import Caller
     from db import migrate
     from db.models import ModelAiOnline, ModelInfo
     from db.session import get_sessionmaker

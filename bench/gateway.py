@@ -251,9 +251,11 @@ def ensure_litellm() -> Path | None:
 
 def prepare_meteor(data_dir: Path, url: str, upstream_url: str) -> tuple[dict, str, str, str]:
     """A fresh Meteor database at `url`; returns (env, API key, username, password)."""
-    from backend import security
+    from backend import bootstrap, security
+    from backend.accounts import apikeys
+    from backend.accounts import service as accounts
+    from backend.billing import quota
     from backend.config import Settings
-    from backend.services import accounts, apikeys, bootstrap, quota
     from db import migrate
     from db.models import ModelAiOnline, ModelFile, ModelInfo
     from db.session import get_sessionmaker
@@ -530,9 +532,11 @@ def embedded_compare(base: str, username: str, password: str, data_dir: Path, ur
     1 / 4 / 8 concurrent streams."""
     from sqlalchemy import select
 
+    from backend import bootstrap
+    from backend.catalog import registry as model_registry
+    from backend.catalog.personas import build_messages
     from backend.config import Settings
-    from backend.services import bootstrap, model_registry
-    from backend.services.personas import build_messages, to_llama_kwargs
+    from backend.providers.params import to_llama_kwargs
     from db.models import ModelFile, ModelInfo
     from db.session import get_sessionmaker
 

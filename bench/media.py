@@ -56,13 +56,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench-media needs {', '.join(missing)}: apt-get install -y espeak-ng sox fonts-wqy-microhei")
         return 2
 
+    from backend.media import recognize as media
     from backend.providers import rapid_ocr, whisper_stt
     from backend.providers.iflytek_iat import IflytekIAT
     from backend.providers.iflytek_ocr import IflytekOCR
     from backend.providers.openai_audio import OpenAITranscriber
     from backend.providers.openai_vision import OpenAIVisionReader
     from backend.server import create_app
-    from backend.services import media
     from db import migrate
     from db.session import get_sessionmaker
     from tests.conftest import make_settings

@@ -208,7 +208,7 @@ class LoginAttempt(Base):
 
 
 class LoginLimit(Base):
-    """Login admission counters (backend/services/ratelimit.py): one row per subject —
+    """Login admission counters (backend/accounts/login_limits.py): one row per subject —
     `pair:<kind>:<name>|<address>`, `acct:<kind>:<name>`, `addr:<address>` — counting the
     password checks admitted in the window that began at `window_start`; `known:` rows
     mark an address that has signed in to the account (window_start = last success);
@@ -245,7 +245,7 @@ class ApiKey(Base):
     key_hash: Mapped[str] = mapped_column(String(64), unique=True)
     allowed_models: Mapped[str | None] = mapped_column(Text)  # JSON list; null = all
     # null: a key the user (or an admin) made; "browser": a short-lived key Meteor hands the
-    # user's own browser for one model (`model_id`), see backend/services/apikeys.py
+    # user's own browser for one model (`model_id`), see backend/accounts/apikeys.py
     scope: Mapped[str | None] = mapped_column(String(16), index=True)
     model_id: Mapped[int | None] = mapped_column(Integer)
     expires_at: Mapped[datetime | None] = mapped_column()
@@ -299,7 +299,7 @@ class UsageRollupDay(Base):
 
 class UsageDaily(Base):
     """usage_records of one complete UTC day summed per academy, model, kind and outcome
-    (backend/services/usage_rollup.py). '' stands for a missing academy or model."""
+    (backend/reporting/rollup.py). '' stands for a missing academy or model."""
 
     __tablename__ = "usage_daily"
 

@@ -1,5 +1,5 @@
 """The generic table browser of the dashboard: filters, sort, paging and CSV export of one
-whitelisted table (backend/services/browse.py does every part in SQL)."""
+whitelisted table (backend/reporting/browse.py does every part in SQL)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import streamlit as st
 
 from backend.errors import ServiceError
-from backend.services import browse
+from backend.reporting import browse
 from db.session import get_sessionmaker
 from pages._frame import READ_TTL, col, columns_config, db_url, error_text, read, t
 

@@ -22,10 +22,10 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import streamlit as st
 
+from backend import i18n
 from backend.config import Settings
+from backend.dashboard.auth import ACCOUNT_KEY, VERSION_KEY, DashboardAccount, check_session
 from backend.errors import ServiceError
-from backend.services import i18n
-from backend.services.dashboard_auth import ACCOUNT_KEY, VERSION_KEY, DashboardAccount, check_session
 
 if TYPE_CHECKING:  # pandas is imported by the pages that show frames: the sign-in page never needs it
     import pandas as pd

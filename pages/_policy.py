@@ -1,5 +1,5 @@
 """Quota-policy sections other pages show with one call: model and engine prices (Models page),
-spend in quota units next to raw tokens (Usage page). Thin over backend/services/pricing.py."""
+spend in quota units next to raw tokens (Usage page). Thin over backend/billing/pricing.py."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import streamlit as st
 
-from backend.services import pricing
+from backend.billing import pricing
 from pages._frame import columns_config, read, run_action, t
 
 
@@ -91,7 +91,7 @@ def render_spend(user_id: str | None, days: int) -> None:
 
 def render_rate_limits(actor: str) -> None:
     """Requests / tokens per minute for one user, a whole academy (its default), or one API key."""
-    from backend.services import apikeys, rate_limits
+    from backend.accounts import apikeys, rate_limits
 
     st.subheader(t("limits.title"))
     st.caption(t("limits.hint"))
@@ -125,7 +125,7 @@ def render_rate_limits(actor: str) -> None:
 
 def render_key_limits(user_id: str) -> None:
     """The rate limits on this user's keys and on the user (read-only; admins set them)."""
-    from backend.services import rate_limits
+    from backend.accounts import rate_limits
 
     rows = read(lambda s: rate_limits.limits_of_user(s, user_id))
     if rows:
@@ -137,7 +137,7 @@ def render_key_limits(user_id: str) -> None:
 def render_routes(models: list[dict], connections: list[dict], actor: str) -> None:
     """Several connections per model (priority, weight) and each connection's health: state,
     why it was disabled, requests / errors / p50 latency of the last hour."""
-    from backend.services import routing
+    from backend.chat import routing
 
     st.subheader(t("routes.title"))
     st.caption(t("routes.hint"))

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import streamlit as st
 
+from backend.billing import quota
+from backend.dashboard import admin as dashboard
+from backend.dashboard import auth
 from backend.errors import ServiceError
-from backend.services import dashboard, quota
-from backend.services import dashboard_auth as auth
 from pages._frame import FLASH_KEY, account, error_text, maker, read, settings, t
 
 me = account()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from backend.services import accounts
+from backend.accounts import service as accounts
 from pages._browser import render_browser
 from pages._frame import read, require, run_action, settings, t
 

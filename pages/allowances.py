@@ -1,14 +1,14 @@
 """Allowances: scheduled grants of tokens / picTimes per academy — list with the next run, a
 preview of what the next run grants, run now (confirmed, with progress), create, edit, delete.
-A thin page over backend/services/allowances.py."""
+A thin page over backend/billing/allowances.py."""
 
 from __future__ import annotations
 
 import pandas as pd
 import streamlit as st
 
+from backend.billing import allowances
 from backend.errors import ServiceError
-from backend.services import allowances
 from pages._frame import FLASH_KEY, columns_config, error_text, maker, read, require, run_action, t
 
 me = require("admin", "super")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
-from backend.services import apikeys
+from backend.accounts import apikeys
 from pages._frame import columns_config, read, require, run_action, t
 from pages._policy import render_key_limits
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import streamlit as st
 
+from backend.accounts.viewer import Viewer
+from backend.chat import conversations
 from backend.errors import ServiceError
-from backend.services import conversations
-from backend.services.seed003 import Viewer
 from pages._browser import render_browser
 from pages._frame import account, error_text, read, t
 

@@ -9,11 +9,12 @@ from typing import Any
 import pandas as pd
 import streamlit as st
 
+from backend.accounts.viewer import Viewer
+from backend.catalog import connections, model_admin
+from backend.catalog.personas import field_help
+from backend.dashboard import model_forms
+from backend.dashboard.model_forms import JS_SAFE, PARAM_NAMES
 from backend.errors import ServiceError
-from backend.services import connections, model_admin, model_forms
-from backend.services.model_forms import JS_SAFE, PARAM_NAMES
-from backend.services.personas import field_help
-from backend.services.seed003 import Viewer
 from pages._frame import columns_config, language, maker, read, require, run_action, settings, t
 from pages._policy import render_prices, render_routes
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from backend.services import dashboard_auth as auth
+from backend.dashboard import auth
 from pages._frame import account, language, settings, t
 
 me = account()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import streamlit as st
 
-from backend.services import browse
+from backend.reporting import browse
 from pages._browser import render_browser
 from pages._frame import require, t
 

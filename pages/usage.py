@@ -8,7 +8,8 @@ from datetime import UTC, datetime
 import pandas as pd
 import streamlit as st
 
-from backend.services import dashboard, usage_rollup
+from backend.dashboard import admin as dashboard
+from backend.reporting import rollup as usage_rollup
 from db.session import get_sessionmaker
 from pages._browser import render_browser
 from pages._frame import READ_TTL, account, col, db_url, status_label, t

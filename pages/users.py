@@ -8,8 +8,10 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from backend.accounts import service as accounts
+from backend.dashboard import admin as dashboard
 from backend.errors import ServiceError
-from backend.services import accounts, browse, dashboard
+from backend.reporting import browse
 from pages._browser import academy_options
 from pages._frame import (
     FLASH_KEY,

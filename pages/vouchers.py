@@ -8,7 +8,7 @@ from datetime import UTC, datetime, time
 
 import streamlit as st
 
-from backend.services import vouchers
+from backend.billing import vouchers
 from pages._browser import render_browser
 from pages._frame import require, run_action, t
 

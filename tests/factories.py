@@ -7,8 +7,9 @@ import secrets
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import sessionmaker
 
+from backend.accounts import service as accounts
+from backend.billing import quota
 from backend.config import Settings
-from backend.services import accounts, quota
 from db.models import Admin, User
 
 PASSWORD = "correct-horse-1"

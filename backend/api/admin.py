@@ -11,6 +11,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from backend.accounts import service as accounts
 from backend.api import envelope
 from backend.api.bounds import INT32_MAX, OffsetQuery
 from backend.api.deps import CurrentAdmin, CurrentSuperAdmin, SessionDep, SettingsDep, hashed_first, new_password_first
@@ -26,8 +27,9 @@ from backend.api.schemas.seed000 import (
     ModifyTokenIn,
     ModifyUserIn,
 )
+from backend.billing import vouchers
 from backend.errors import ServiceError
-from backend.services import accounts, tables, vouchers
+from backend.reporting import tables
 
 router = APIRouter(tags=["admin"], responses=seed000.errors(401, 403, 404, 405, 409, 413, 422))
 

@@ -9,6 +9,8 @@ from fastapi import APIRouter, Request
 from sqlalchemy.orm import Session
 
 from backend import security
+from backend.accounts import login_limits as ratelimit
+from backend.accounts import service as accounts
 from backend.api import envelope
 from backend.api.deps import (
     CurrentAdmin,
@@ -25,7 +27,6 @@ from backend.api.schemas import seed000
 from backend.api.schemas.seed000 import AdminLoginIn, PasswordChangeIn, RegisterIn, UserLoginIn
 from backend.config import Settings
 from backend.errors import ServiceError
-from backend.services import accounts, ratelimit
 from db.models import Admin, User
 from db.session import read_only
 
@@ -91,7 +92,7 @@ def admin_tokens(settings: Settings, admin: Admin) -> dict[str, str]:
 
 
 def limited_login(request: Request, session: Session, settings: Settings, kind: str, name: str, password: str):
-    """Sign in under the login limits (backend/services/ratelimit.py) in three short steps,
+    """Sign in under the login limits (backend/accounts/login_limits.py) in three short steps,
     none of them holding a transaction while bcrypt runs: a read (no write lock on SQLite),
     the admission (a short write, committed even when the login then fails), the password
     check outside any transaction, then a short write of the outcome. Returns the account

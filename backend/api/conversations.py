@@ -36,6 +36,7 @@ import jwt
 from fastapi import APIRouter, Body, Depends, Query, Request
 from pydantic import BaseModel, ValidationError
 
+from backend.accounts.viewer import Viewer, bad_request, make_page, parse_ids, shape_listing
 from backend.api.deps import SessionDep, SettingsDep, admin_from_token, require_bearer, user_from_token
 from backend.api.envelope import success
 from backend.api.schemas import json_body
@@ -47,9 +48,8 @@ from backend.api.schemas.seed003 import (
     PageSizeQuery,
     errors,
 )
+from backend.chat import conversations
 from backend.errors import unauthorized
-from backend.services import conversations
-from backend.services.seed003 import Viewer, bad_request, make_page, parse_ids, shape_listing
 
 router = APIRouter(tags=["seed-003 conversations"], responses=errors(400, 401, 403, 404, 405, 413))
 

@@ -14,10 +14,10 @@ from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
 from backend import security
+from backend.accounts import service as accounts
+from backend.accounts.service import NewPassword
 from backend.config import Settings
 from backend.errors import ServiceError, forbidden, unauthorized
-from backend.services import accounts
-from backend.services.accounts import NewPassword
 from db.models import Admin, User
 
 

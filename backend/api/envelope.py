@@ -140,7 +140,7 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(ServiceError)
     async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
         retry_after = exc.extra.get("retry_after")
-        # UPSTREAM_BUSY and rate limits (backend/services/rate_limits.py) say when to come back
+        # UPSTREAM_BUSY and rate limits (backend/accounts/rate_limits.py) say when to come back
         headers = {"Retry-After": str(math.ceil(retry_after))} if isinstance(retry_after, (int, float)) else None
         return error_response(request.url.path, exc.code, exc.message, exc.status, request=request, headers=headers)
 

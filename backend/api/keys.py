@@ -10,12 +10,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from backend.accounts import apikeys
+from backend.accounts import service as accounts
 from backend.api import envelope
 from backend.api.bounds import IdPath
 from backend.api.deps import CurrentAdmin, CurrentUser, SessionDep
 from backend.api.schemas import seed000
 from backend.api.schemas.seed000 import AdminApiKeyCreate, ApiKeyCreate
-from backend.services import accounts, apikeys
 from db.models import User
 
 router = APIRouter(tags=["api keys"], responses=seed000.errors(401, 403, 404, 405, 413, 422))

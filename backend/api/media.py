@@ -5,7 +5,7 @@ The caller is a Bearer user token (or, with METEOR_LEGACY_UUID_AUTH on, the seed
 + `username` headers); it is checked before the body is read. The body is read into
 memory with the upload limit enforced while it streams in (413 as soon as it is passed),
 then parsed in memory — nothing touches the disk. The optional `model` (query parameter
-or form field) picks the engine; see `backend.services.media` for engines and charging.
+or form field) picks the engine; see `backend.media.recognize` for engines and charging.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from backend.api.deps import resolve_caller
 from backend.api.schemas import seed000
 from backend.config import Settings
 from backend.errors import ServiceError
-from backend.services import media
+from backend.media import recognize as media
 
 router = APIRouter(tags=["voice and pictures"], responses=seed000.errors(400, 401, 402, 403, 404, 405, 413, 422, 429))
 T = TypeVar("T")

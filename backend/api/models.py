@@ -28,6 +28,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request
 
+from backend.accounts.viewer import bad_request, make_page, parse_ids, shape_listing
 from backend.api.bounds import OptIntQuery
 from backend.api.conversations import BARE_LIST_LIMIT, ViewerDep, given, parse_body
 from backend.api.deps import SessionDep, SettingsDep
@@ -45,9 +46,8 @@ from backend.api.schemas.seed003 import (
     errors,
     persona_schema,
 )
+from backend.catalog import connections, model_admin
 from backend.config import Settings
-from backend.services import connections, model_admin
-from backend.services.seed003 import bad_request, make_page, parse_ids, shape_listing
 
 router = APIRouter(tags=["seed-003 models"], responses=errors(400, 401, 403, 404, 405, 409, 413))
 

@@ -20,6 +20,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy.orm import Session
 
+from backend.accounts import apikeys
 from backend.api.deps import SessionDep, SettingsDep, bearer_token
 from backend.api.schemas import openai
 from backend.api.text import (
@@ -32,9 +33,10 @@ from backend.api.text import (
     events,
     prime,
 )
+from backend.catalog import registry as model_registry
+from backend.chat import gateway
+from backend.chat.gateway import Caller, ChatCall, ChatResult
 from backend.errors import ServiceError, unauthorized
-from backend.services import apikeys, gateway, model_registry
-from backend.services.gateway import Caller, ChatCall, ChatResult
 from db.models import ApiKey, User
 from db.session import read_only
 

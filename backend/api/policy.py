@@ -29,12 +29,15 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
+from backend.accounts import rate_limits
+from backend.accounts import service as accounts
 from backend.api import envelope
 from backend.api.admin import actor_name
 from backend.api.deps import CurrentAdmin, SessionDep
 from backend.api.schemas import seed000
+from backend.billing import allowances, pricing
+from backend.chat import routing
 from backend.errors import ServiceError
-from backend.services import accounts, allowances, pricing, rate_limits, routing
 from db.models import ModelInfo
 
 router = APIRouter(tags=["quota policy"], responses=seed000.errors(401, 403, 404, 405, 409, 413, 422))

@@ -26,6 +26,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Body, Request
 from fastapi.responses import JSONResponse
 
+from backend.accounts import service as accounts
+from backend.accounts.viewer import bad_request, fmt
 from backend.api.auth import limited_login, user_tokens
 from backend.api.conversations import parse_body
 from backend.api.deps import CurrentUser, SessionDep, SettingsDep, new_password_first
@@ -33,8 +35,6 @@ from backend.api.envelope import success
 from backend.api.schemas import json_body
 from backend.api.schemas.seed003 import NowLoginUserAnswer, SignInAnswer, SignInIn, SignUpIn, answers, errors
 from backend.errors import ServiceError
-from backend.services import accounts
-from backend.services.seed003 import bad_request, fmt
 from db.models import User
 
 router = APIRouter(tags=["StrangeLoop sign-in"], responses=errors(405, 413))

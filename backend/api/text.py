@@ -1,6 +1,6 @@
 """Seed-000 text models (/textModel/chat, /textModel/stream) and /admin/console_test.
 
-All three go through `backend.services.gateway`. The stream answers newline-delimited
+All three go through `backend.chat.gateway`. The stream answers newline-delimited
 JSON frames shaped like iFlytek Spark's (see ORIGINALS.md): content deltas in
 `payload.choices.text[].content`, the usage on the last frame (`header.status == 2`).
 An error before the first byte is the plain `{code, msg}` envelope with its HTTP status;
@@ -22,10 +22,10 @@ from starlette.types import Receive, Scope, Send
 from backend.api import envelope
 from backend.api.deps import SettingsDep, admin_from_token, require_bearer, resolve_caller
 from backend.api.schemas import seed000
+from backend.chat import gateway
+from backend.chat.gateway import Caller, ChatCall, ChatFailed, ChatResult
 from backend.config import Settings
 from backend.errors import ServiceError
-from backend.services import gateway
-from backend.services.gateway import Caller, ChatCall, ChatFailed, ChatResult
 from db.session import read_only
 
 router = APIRouter(tags=["text"], responses=seed000.errors(401, 402, 403, 404, 405, 413, 422, 429))

@@ -8,8 +8,8 @@ from backend.api import envelope
 from backend.api.deps import SessionDep, SettingsDep, resolve_caller
 from backend.api.schemas import seed000
 from backend.api.schemas.seed000 import RedeemIn
+from backend.billing import vouchers
 from backend.errors import forbidden
-from backend.services import vouchers
 
 router = APIRouter(tags=["user"], responses=seed000.errors(401, 403, 404, 405, 409, 413, 422))
 

@@ -1,6 +1,6 @@
 """The Gradio playground, mounted at /playground on the API server.
 
-Three tabs — Chat, Voice, Picture — over `backend.services.playground`; this module only
+Three tabs — Chat, Voice, Picture — over `backend.playground.session`; this module only
 builds the Blocks and wires events. Every event that calls a model (chat, transcription,
 picture recognition, and the chats a "Send to chat" starts) runs in ONE concurrency group,
 `MODEL_GROUP`, sized by `Settings.model_concurrency`. Stop is outside that group so it is
@@ -24,12 +24,12 @@ from sqlalchemy.orm import sessionmaker
 
 from backend.config import Settings
 from backend.errors import ServiceError
+from backend.i18n import normalize
 from backend.playground import logs
+from backend.playground import session as playground
 from backend.playground.gate import LANG_PARAM, PlaygroundAuth, PlaygroundGate
 from backend.playground.labels import label
-from backend.services import playground
-from backend.services.i18n import normalize
-from backend.services.playground import ChatProgress, PlaygroundAccount
+from backend.playground.session import ChatProgress, PlaygroundAccount
 
 log = logging.getLogger("meteor.playground")
 

@@ -41,9 +41,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backend.config import Settings
 from backend.playground import files, links, origins
+from backend.playground import session as playground
 from backend.playground.labels import label
-from backend.services import playground
-from backend.services.playground import PlaygroundAccount
+from backend.playground.session import PlaygroundAccount
 
 log = logging.getLogger("meteor.playground")
 

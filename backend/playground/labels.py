@@ -6,7 +6,7 @@ playground's URL; without it `Settings.language` applies (see `i18n.normalize`).
 
 from __future__ import annotations
 
-from backend.services.i18n import normalize
+from backend.i18n import normalize
 
 LABELS: dict[str, tuple[str, str]] = {
     "title": ("流星体验场", "Meteor playground"),

@@ -33,7 +33,7 @@ class ChatRequest:
 
     messages: list[dict[str, str]]
     model: str
-    params: Any = None  # backend.services.personas.PersonaParams
+    params: Any = None  # backend.providers.params.PersonaParams
     max_tokens: int = 512
     timeout: float = 30.0
     extra: dict[str, Any] = field(default_factory=dict)

@@ -15,7 +15,7 @@ package's import spec and the package is never imported.
   template renders (what `create_chat_completion` evaluates); completion tokens are the
   tokens the sampler produced (counted as they are sampled, the end-of-turn token included).
 - `OfflineTokenizer`: the same GGUF loaded `vocab_only` (about 0.2 s, no weights). It is
-  the token counter for upstreams that report no usage (see `registry.count_tokens`):
+  the token counter for upstreams that report no usage (see `tokens.count_tokens`):
   tiktoken downloads its BPE tables at run time, which an offline install cannot do, and
   SmolLM2's 49k-entry byte-level BPE is close to the GPT-family tokenizers on English and
   code (its counts are an estimate of an upstream's own, not its bill).
@@ -44,7 +44,7 @@ import llama_cpp.llama as llama_module
 from llama_cpp.llama_chat_format import Jinja2ChatFormatter
 
 from backend.providers.base import REQUEST_SENT, ChatEvent, ChatRequest, ProviderError, Usage, collect
-from backend.services.personas import to_llama_kwargs
+from backend.providers.params import to_llama_kwargs
 
 __all__ = ["EmbeddedEngine", "OfflineTokenizer", "collect", "default_model_path", "load_llama"]
 

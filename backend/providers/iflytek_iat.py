@@ -25,10 +25,10 @@ from urllib.parse import urlsplit
 from websockets.exceptions import InvalidStatus, WebSocketException
 from websockets.sync.client import connect
 
+from backend.providers import netguard
 from backend.providers.base import ProviderError, ProviderTimeout
 from backend.providers.iflytek import signed_url
 from backend.providers.iflytek_keys import IflytekKeys
-from backend.services import netguard
 
 PROTOCOL = "iflytek-iat"
 FRAME_BYTES = 8000

@@ -16,11 +16,11 @@ import json
 
 import httpx
 
+from backend.providers import netguard
 from backend.providers.base import ProviderError, ProviderTimeout
 from backend.providers.iflytek import signed_url
 from backend.providers.iflytek_keys import IflytekKeys
 from backend.providers.recognition import Picture
-from backend.services import netguard
 
 PROTOCOL = "iflytek-ocr"
 ENCODINGS = {"JPEG": "jpg", "PNG": "png", "BMP": "bmp"}

@@ -1,6 +1,6 @@
 """Ollama through the official `ollama` client: `/api/chat`, streaming NDJSON or one JSON.
 
-- Persona parameters go under `options` (`personas.to_ollama_options`): num_predict (capped
+- Persona parameters go under `options` (`params.to_ollama_options`): num_predict (capped
   by the caller's max_tokens), num_ctx, mirostat, mirostat_eta, mirostat_tau, repeat_last_n,
   repeat_penalty, temperature, seed, stop, tfs_z, top_p, min_p, top_k — Ollama's own names.
   They are passed as a plain mapping, so `min_p` (missing from the client's `Options` model)
@@ -24,8 +24,8 @@ import httpx
 import ollama
 
 from backend.providers.base import REQUEST_SENT, ChatEvent, ChatRequest, ProviderError, ProviderTimeout, Usage
+from backend.providers.params import to_ollama_options
 from backend.providers.upstream import PerLoop, UpstreamHTTPError, async_transport, effective_timeout, short_cause
-from backend.services.personas import to_ollama_options
 
 
 class OllamaChatProvider:
@@ -64,13 +64,13 @@ class OllamaChatProvider:
 
     def count_tokens(self, messages: list[dict[str, str]]) -> int:
         """Prompt tokens by the offline tokenizer (the fallback when Ollama omits them)."""
-        from backend.providers.registry import count_tokens
+        from backend.providers.tokens import count_tokens
 
         return count_tokens(messages)
 
     def count_text_tokens(self, text: str) -> int:
         """Tokens of a piece of text, by the offline tokenizer."""
-        from backend.providers.registry import count_text_tokens
+        from backend.providers.tokens import count_text_tokens
 
         return count_text_tokens(text)
 

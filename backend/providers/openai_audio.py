@@ -15,9 +15,9 @@ from __future__ import annotations
 import httpx
 import openai
 
+from backend.providers import netguard
 from backend.providers.base import ProviderError, ProviderTimeout
 from backend.providers.recognition import pcm_to_wav
-from backend.services import netguard
 
 PROTOCOL = "openai-audio"
 

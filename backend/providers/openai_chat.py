@@ -3,9 +3,9 @@ the official `openai` SDK.
 
 - Streaming asks for `stream_options={"include_usage": True}` and takes the usage chunk;
   an upstream that sends no usage is counted with the offline tokenizer
-  (`registry.count_tokens` / `count_text_tokens`, SmolLM2's BPE — tiktoken would download its
+  (`tokens.count_tokens` / `count_text_tokens`, SmolLM2's BPE — tiktoken would download its
   tables at run time).
-- Persona parameters go through `personas.to_openai_fields` (temperature, top_p, seed, up to
+- Persona parameters go through `params.to_openai_fields` (temperature, top_p, seed, up to
   4 stop sequences, max_tokens); the rest has no true OpenAI equivalent and is dropped.
 - One `openai.AsyncOpenAI` per connection (and event loop) over the pooled keep-alive client
   of `upstream.async_http_client` (redirects never followed).
@@ -25,8 +25,8 @@ from typing import Any
 import openai
 
 from backend.providers.base import REQUEST_SENT, ChatEvent, ChatRequest, ProviderError, ProviderTimeout, Usage
+from backend.providers.params import to_openai_fields
 from backend.providers.upstream import PerLoop, UpstreamHTTPError, async_http_client, effective_timeout, short_cause
-from backend.services.personas import to_openai_fields
 
 NO_KEY = "no-key"  # the SDK insists on a key; keyless local servers ignore it
 
@@ -73,14 +73,14 @@ class OpenAIChatProvider:
     def count_tokens(self, messages: list[dict[str, str]]) -> int:
         """Prompt tokens by the offline tokenizer."""
         if self._count_messages is None:
-            from backend.providers.registry import count_tokens
+            from backend.providers.tokens import count_tokens
 
             return count_tokens(messages)
         return self._count_messages(messages)
 
     def count_text_tokens(self, text: str) -> int:
         if self._count_text is None:
-            from backend.providers.registry import count_text_tokens
+            from backend.providers.tokens import count_text_tokens
 
             return count_text_tokens(text)
         return self._count_text(text)

@@ -12,10 +12,10 @@ import base64
 
 import openai
 
+from backend.providers import netguard
 from backend.providers.base import ProviderError
 from backend.providers.openai_audio import http_client, upstream_error
 from backend.providers.recognition import Picture
-from backend.services import netguard
 
 PROTOCOL = "openai-vision"
 PROMPT = (

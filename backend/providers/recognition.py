@@ -5,7 +5,7 @@
 - `PictureReader.read(picture)` takes a validated, decoded `Picture` and returns
   the text found in it, one line per line of text.
 
-Both are synchronous and blocking: `backend.services.media` runs them off the event loop
+Both are synchronous and blocking: `backend.media.recognize` runs them off the event loop
 in bounded thread pools. Failures are `ProviderError` (502) / `ProviderTimeout` (504)
 from `backend.providers.base`; their messages name the cause and never hold a key.
 """

@@ -16,13 +16,12 @@ from backend.providers.base import ChatProvider, ProviderError
 
 if TYPE_CHECKING:
     from backend.config import Settings
-    from backend.providers.embedded_llama import EmbeddedEngine, OfflineTokenizer
+    from backend.providers.embedded_llama import EmbeddedEngine
 
 PROTOCOLS = ("embedded", "openai", "ollama", "spark")
 
 _lock = threading.Lock()
 _embedded: EmbeddedEngine | None = None
-_tokenizer: OfflineTokenizer | None = None
 
 
 def chat_provider(
@@ -40,7 +39,7 @@ def chat_provider(
         return get_embedded(settings)
     guard = None
     if settings is not None:
-        from backend.services.netguard import Guard
+        from backend.providers.netguard import Guard
 
         # every connection is pinned to the address its check passed; loopback and private
         # ranges only for admins' (shared) connections (`allow_private`, audit finding 9)
@@ -77,24 +76,3 @@ def get_embedded(settings: Settings | None = None) -> EmbeddedEngine:
         elif settings is not None:
             _embedded.queue_size = settings.embedded_queue_size
         return _embedded
-
-
-def get_tokenizer() -> OfflineTokenizer:
-    """The process-wide offline tokenizer (SmolLM2's vocabulary; see embedded_llama)."""
-    global _tokenizer
-    from backend.providers.embedded_llama import OfflineTokenizer
-
-    with _lock:
-        if _tokenizer is None:
-            _tokenizer = OfflineTokenizer()
-        return _tokenizer
-
-
-def count_tokens(messages: list[dict[str, str]]) -> int:
-    """Prompt tokens of a message list, counted offline (chat template included)."""
-    return get_tokenizer().count_messages(messages)
-
-
-def count_text_tokens(text: str) -> int:
-    """Tokens of a piece of text (e.g. what was delivered before a stream broke), counted offline."""
-    return get_tokenizer().count_text(text)

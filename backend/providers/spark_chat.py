@@ -14,7 +14,7 @@ Protocol (ORIGINALS.md): connect to `iflytek.signed_url(url, api_key, api_secret
 `payload.choices.text[].content` — until `header.status == 2`, whose
 `payload.usage.text` has prompt_tokens and completion_tokens. A frame with `header.code != 0`
 is an iFlytek error (`SparkError`, with `upstream_code`). Persona parameters are translated
-by `personas.to_spark_chat` (temperature clamped into Spark's (0, 1], top_k into 1-6; the rest
+by `params.to_spark_chat` (temperature clamped into Spark's (0, 1], top_k into 1-6; the rest
 dropped).
 
 Timeout: the tighter of the connection's and the request's, for the handshake and for
@@ -46,8 +46,8 @@ from backend.providers.base import (
 )
 from backend.providers.iflytek import signed_url
 from backend.providers.iflytek_keys import IflytekKeys, parse_keys
+from backend.providers.params import to_spark_chat
 from backend.providers.upstream import UpstreamHTTPError, effective_timeout, short_cause
-from backend.services.personas import to_spark_chat
 
 DEFAULT_DOMAIN = "generalv3.5"
 MAX_FRAME_BYTES = 4 * 1024 * 1024
@@ -104,12 +104,12 @@ class SparkChatProvider:
 
     def count_tokens(self, messages: list[dict[str, str]]) -> int:
         """Prompt tokens by the offline tokenizer (an estimate before Spark reports its own)."""
-        from backend.providers.registry import count_tokens
+        from backend.providers.tokens import count_tokens
 
         return count_tokens(messages)
 
     def count_text_tokens(self, text: str) -> int:
-        from backend.providers.registry import count_text_tokens
+        from backend.providers.tokens import count_text_tokens
 
         return count_text_tokens(text)
 

@@ -23,8 +23,10 @@ import pytest
 from sqlalchemy import update
 from sqlalchemy.orm import sessionmaker
 
+from backend import i18n
+from backend.accounts import service as accounts
+from backend.billing import quota
 from backend.config import Settings
-from backend.services import accounts, i18n, quota
 from db.models import ModelFile
 from db.session import get_sessionmaker
 

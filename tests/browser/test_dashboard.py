@@ -7,7 +7,7 @@ import pytest
 from playwright.sync_api import expect
 from sqlalchemy import select
 
-from backend.services import quota
+from backend.billing import quota
 from db.models import AuditLog, QuotaLedger
 from tests.browser.conftest import ADMIN_PASSWORD, ALICE_PASSWORD, zh
 from tests.browser.helpers import NAV, RUN_TIMEOUT, nav_links, no_exception, open_page, screenshot, settle, sign_in

@@ -8,7 +8,7 @@ import pytest
 from playwright.sync_api import expect
 from sqlalchemy import select
 
-from backend.services import quota
+from backend.billing import quota
 from db.models import ModelConversation, ModelMessage, UsageRecord
 from tests.browser.conftest import ADMIN_PASSWORD, ALICE_PASSWORD, zh
 from tests.browser.helpers import RUN_TIMEOUT, chat, open_page, playground_frame, screenshot, settle, sign_in

@@ -25,7 +25,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from backend.services import accounts, quota, vouchers
+from backend.accounts import service as accounts
+from backend.billing import quota, vouchers
 from db.models import QuotaLedger, Redemption, UsageRecord, User
 from tests.clients.conftest import Meteor, copy_client
 from tests.media.samples import (

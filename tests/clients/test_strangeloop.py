@@ -21,7 +21,7 @@ import pytest
 from sqlalchemy import func, select
 
 from backend import security
-from backend.services import quota
+from backend.billing import quota
 from db.models import (
     ApiKey,
     ModelAiOnline,

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import select, update
 
-from backend.services import quota
+from backend.billing import quota
 from db.models import ApiKey, ModelConversation, ModelFileEgMessage, ModelInfo, ModelMessage, User
 from tests.fakes.openai_server import OpenAIServer
 from tests.gateway.helpers import UPSTREAM_KEY, add_online_model, assert_ledger_consistent, balance, live_server

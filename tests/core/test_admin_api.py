@@ -5,7 +5,7 @@ import json
 import pytest
 from sqlalchemy import func, select
 
-from backend.services import quota
+from backend.billing import quota
 from db.models import Admin, AuditLog, QuotaLedger, User, Voucher
 from tests.factories import PASSWORD, admin_headers, make_admin, make_user, super_admin_headers
 

@@ -1,4 +1,4 @@
-"""Academy allowances on a schedule (backend/services/allowances.py): the two modes, the carry
+"""Academy allowances on a schedule (backend/billing/allowances.py): the two modes, the carry
 cap, exactly once per user and period with concurrent runners and after a crash, new users,
 the sweeper, the admin API. Every test runs on SQLite, PostgreSQL and MariaDB."""
 
@@ -15,8 +15,8 @@ from datetime import UTC, date, datetime
 import pytest
 from sqlalchemy import func, select
 
+from backend.billing import allowances, quota
 from backend.errors import ServiceError
-from backend.services import allowances, quota
 from db.models import AllowanceGrant, AllowanceRun, AuditLog, QuotaLedger, User
 from tests.factories import make_user, super_admin_headers
 
@@ -206,7 +206,7 @@ CRASHING_RUN = textwrap.dedent(
     """
     import os, signal, sys
     from datetime import datetime
-    from backend.services import allowances
+    from backend.billing import allowances
     from db.session import get_sessionmaker
 
     url, allowance_id, now = sys.argv[1], int(sys.argv[2]), datetime.fromisoformat(sys.argv[3])

@@ -3,7 +3,7 @@
 from datetime import timedelta
 
 from backend import security
-from backend.services import accounts
+from backend.accounts import service as accounts
 from db.models import User
 from tests.factories import PASSWORD, admin_headers, make_admin, make_user, user_headers
 

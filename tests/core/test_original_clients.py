@@ -9,9 +9,10 @@ from __future__ import annotations
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
+from backend import bootstrap
 from backend.api.auth import APP_INFO
+from backend.billing import quota, vouchers
 from backend.server import create_app
-from backend.services import bootstrap, quota, vouchers
 from db.models import Admin, QuotaLedger, Redemption, User
 from tests.conftest import make_settings
 from tests.factories import PASSWORD, make_admin, make_user, user_headers

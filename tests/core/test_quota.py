@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
+from backend.billing import quota
 from backend.errors import ServiceError
-from backend.services import quota
 from db.models import QuotaReservation
 from tests.factories import make_user
 

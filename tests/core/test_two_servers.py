@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from backend.services import quota
+from backend.billing import quota
 from tests.core.test_make_run import ROOT, env_for, free_port, wait_for
 from tests.factories import PASSWORD, make_user
 from tests.fakes.openai_server import OpenAIServer

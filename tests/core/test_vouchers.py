@@ -6,8 +6,8 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
+from backend.billing import quota, vouchers
 from backend.errors import ServiceError
-from backend.services import quota, vouchers
 from db.models import Redemption, User
 from tests.factories import make_user, user_headers
 

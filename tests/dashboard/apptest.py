@@ -11,7 +11,7 @@ from pathlib import Path
 from streamlit.testing.v1 import AppTest
 
 from backend.config import Settings
-from backend.services import dashboard_auth as auth
+from backend.dashboard import auth
 from tests.factories import PASSWORD
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -72,10 +72,11 @@ def dashboard(url: str, data_dir: str, language: str) -> Iterator[str]:
 def main(language: str = "zh-CN") -> None:
     from playwright.sync_api import Page, expect, sync_playwright
 
+    from backend import i18n
+    from backend.accounts import service as accounts
+    from backend.bootstrap import ensure_default_model
     from backend.config import Settings
-    from backend.services import accounts, i18n
-    from backend.services.bootstrap import ensure_default_model
-    from backend.services.demo import seed_demo
+    from backend.reporting.demo import seed_demo
     from db import migrate
     from db.session import get_sessionmaker
     from tests.browser.helpers import screenshot, settle

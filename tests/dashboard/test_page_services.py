@@ -7,10 +7,13 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import func, select
 
+from backend.accounts import apikeys, rate_limits
+from backend.accounts import service as accounts
+from backend.accounts.viewer import Viewer
+from backend.catalog import model_admin
+from backend.dashboard import model_forms
 from backend.errors import ServiceError
 from backend.security import encrypt_secret
-from backend.services import accounts, apikeys, model_admin, model_forms, rate_limits
-from backend.services.seed003 import Viewer
 from db.models import ModelAiOnline, ModelInfo, RateLimit
 from tests.factories import make_admin, make_user
 

@@ -13,8 +13,8 @@ from sqlalchemy import func, select
 from streamlit.testing.v1 import AppTest
 
 from backend import security
-from backend.services import dashboard_auth as auth
-from backend.services.demo import seed_demo
+from backend.dashboard import auth
+from backend.reporting.demo import seed_demo
 from db.models import AuditLog, LoginAttempt, ModelConversation, ModelMessage, QuotaLedger, UsageRecord, User
 from tests.dashboard.apptest import ROOT, button, dashboard_env, go, open_dashboard, sign_in, titles
 from tests.factories import make_admin, make_user

@@ -13,8 +13,10 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import delete, func, select, text
 
-from backend.services import browse, dashboard, usage_rollup
-from backend.services.demo import seed_demo
+from backend.dashboard import admin as dashboard
+from backend.reporting import browse
+from backend.reporting import rollup as usage_rollup
+from backend.reporting.demo import seed_demo
 from db.models import UsageDaily, UsageRecord, UsageRollupDay, UsageTopUsers, User
 from tests.conftest import make_settings
 from tests.factories import make_user

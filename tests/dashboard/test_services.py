@@ -11,11 +11,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select
 
-from backend import security
+from backend import i18n, security
+from backend.billing import quota, vouchers
+from backend.dashboard import admin as dashboard
+from backend.dashboard import auth
 from backend.errors import ServiceError
-from backend.services import browse, dashboard, i18n, quota, vouchers
-from backend.services import dashboard_auth as auth
-from backend.services.demo import DEMO_PASSWORD, seed_demo
+from backend.reporting import browse
+from backend.reporting.demo import DEMO_PASSWORD, seed_demo
 from db.models import Admin, AuditLog, LoginAttempt, ModelAiOnline, QuotaLedger, UsageRecord, User
 from tests.factories import PASSWORD, make_admin, make_user
 

@@ -13,9 +13,9 @@ import uvicorn
 from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
-from backend import security
+from backend import bootstrap, security
+from backend.billing import quota
 from backend.config import Settings
-from backend.services import bootstrap, quota
 from db.models import ModelAiOnline, ModelFile, ModelFileEgMessage, ModelInfo, QuotaReservation
 
 UPSTREAM_KEY = "sk-upstream-SECRET-0123456789abcdef"

@@ -16,8 +16,8 @@ import openai
 import pytest
 from sqlalchemy import func, select
 
-from backend.providers import registry
-from backend.services.personas import build_messages
+from backend.catalog.personas import build_messages
+from backend.providers import tokens
 from db.models import QuotaLedger, QuotaReservation, UsageRecord
 from tests.factories import make_user, user_headers
 from tests.fakes.openai_server import OpenAIServer
@@ -182,7 +182,7 @@ def test_a_client_that_leaves_a_non_streaming_request_pays_only_what_was_deliver
             assert upstream.disconnected.wait(10)
         assert upstream.streams_completed == 0
     charged = start - assert_ledger_consistent(maker, user.id)
-    prompt = registry.count_tokens(build_messages(SYSTEM_PROMPT, EXAMPLES, DIALOG))
+    prompt = tokens.count_tokens(build_messages(SYSTEM_PROMPT, EXAMPLES, DIALOG))
     with maker() as s:
         [row] = s.scalars(select(UsageRecord).where(UsageRecord.user_id == user.id)).all()
     assert row.status == "cancelled" and row.prompt_tokens == prompt
@@ -210,7 +210,7 @@ def test_a_cancelled_stream_pays_for_its_prompt(app, client, maker, settings):
             stream.close()
             assert wait_for(lambda: _reservation_statuses(maker, user.id) == ["settled"], what="settlement")
         assert upstream.streams_completed == 0
-    prompt = registry.count_tokens(build_messages(SYSTEM_PROMPT, [], dialog))
+    prompt = tokens.count_tokens(build_messages(SYSTEM_PROMPT, [], dialog))
     assert prompt > 5_000
     charged = start - assert_ledger_consistent(maker, user.id)
     with maker() as s:
@@ -222,4 +222,4 @@ def test_a_cancelled_stream_pays_for_its_prompt(app, client, maker, settings):
         )
     assert row.status == "cancelled" and row.prompt_tokens == prompt and settle_rows == 1
     assert charged == prompt + row.completion_tokens
-    assert registry.count_text_tokens("".join(pieces[:1])) <= row.completion_tokens < 300
+    assert tokens.count_text_tokens("".join(pieces[:1])) <= row.completion_tokens < 300

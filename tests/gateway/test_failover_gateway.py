@@ -1,4 +1,4 @@
-"""Failover through the real gateway (backend/services/gateway.py over routing.py): a model
+"""Failover through the real gateway (backend/chat/gateway.py over routing.py): a model
 whose three routes are real upstreams on 127.0.0.1 — one failing (HTTP 500 or connection
 refused), one too slow for its timeout, one healthy — answers through the healthy one on
 `/v1` and the seed endpoints, charged once; the cooldown and the 401 disabling as
@@ -15,9 +15,9 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from backend.chat import gateway, routing
+from backend.chat.gateway import Caller, ChatResult, UpstreamBusy
 from backend.server import create_app
-from backend.services import gateway, routing
-from backend.services.gateway import Caller, ChatResult, UpstreamBusy
 from db.models import ConnectionHealth, QuotaLedger, UsageRecord
 from tests.conftest import make_settings
 from tests.factories import admin_headers, make_admin, make_user, user_headers

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from backend import security
+from backend.catalog import registry as model_registry
 from backend.errors import ServiceError
-from backend.services import model_registry
 from db.models import ModelAiOnline, ModelFile, ModelInfo
 from tests.factories import make_user
 from tests.gateway.helpers import EXAMPLES, SYSTEM_PROMPT, UPSTREAM_KEY, add_default_embedded, add_online_model

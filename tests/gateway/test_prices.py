@@ -1,4 +1,4 @@
-"""Model prices (backend/services/pricing.py) through the real gateway and a real upstream on
+"""Model prices (backend/billing/pricing.py) through the real gateway and a real upstream on
 127.0.0.1: the reservation and the settlement at non-unit prices, a price change between
 reserve and settle, consume_token = what the user paid, /v1 usage = raw tokens, the ledger
 rows carrying raw tokens and the price, ledger = balance."""
@@ -11,9 +11,12 @@ import math
 import pytest
 from sqlalchemy import select
 
-from backend.services import apikeys, gateway, model_registry, pricing
-from backend.services.gateway import Caller
-from backend.services.personas import build_messages
+from backend.accounts import apikeys
+from backend.billing import pricing
+from backend.catalog import registry as model_registry
+from backend.catalog.personas import build_messages
+from backend.chat import gateway
+from backend.chat.gateway import Caller
 from db.models import AuditLog, QuotaLedger
 from tests.factories import make_user, super_admin_headers, user_headers
 from tests.fakes.openai_server import OpenAIServer

@@ -12,9 +12,10 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from backend.providers import registry
-from backend.services import gateway, quota
-from backend.services.personas import build_messages
+from backend.billing import quota
+from backend.catalog.personas import build_messages
+from backend.chat import gateway
+from backend.providers import tokens
 from db.models import QuotaReservation, UsageRecord
 from tests.factories import make_user, user_headers
 from tests.fakes.openai_server import OpenAIServer
@@ -63,13 +64,13 @@ def test_client_disconnect_mid_stream_settles_only_what_was_delivered(app, clien
     charged = 5_000 - assert_ledger_consistent(maker, user.id)
     delivered_text = "".join(p["content"] for f in received for p in f["payload"]["choices"]["text"])
     assert delivered_text == "word " * 3
-    prompt = registry.count_tokens(build_messages(SYSTEM_PROMPT, EXAMPLES, DIALOG))
+    prompt = tokens.count_tokens(build_messages(SYSTEM_PROMPT, EXAMPLES, DIALOG))
     with maker() as s:
         [row] = s.scalars(select(UsageRecord).where(UsageRecord.user_id == user.id)).all()
     assert row.status == "cancelled" and row.prompt_tokens == prompt
     assert charged == row.prompt_tokens + row.completion_tokens
     # the prompt (sent upstream), at least what the client read, far less than the full answer
-    assert 3 <= registry.count_text_tokens(delivered_text) <= row.completion_tokens < 400
+    assert 3 <= tokens.count_text_tokens(delivered_text) <= row.completion_tokens < 400
 
 
 @pytest.mark.committed

@@ -1,4 +1,4 @@
-"""Rate limits (backend/services/rate_limits.py): the sliding window with an injected clock,
+"""Rate limits (backend/accounts/rate_limits.py): the sliding window with an injected clock,
 on the database and on Redis; 429 + Retry-After in each family's envelope on every chat and
 recognition path; two replicas sharing one limit."""
 
@@ -14,8 +14,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
+from backend.accounts import apikeys, rate_limits
+from backend.playground import session as playground
 from backend.server import create_app
-from backend.services import apikeys, playground, rate_limits
 from db.models import AuditLog, QuotaReservation, UsageRecord
 from db.session import _configure_sqlite, normalize_url
 from tests.conftest import make_settings

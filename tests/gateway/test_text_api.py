@@ -8,7 +8,7 @@ import logging
 import pytest
 from sqlalchemy import func, select
 
-from backend.services import quota
+from backend.billing import quota
 from db.models import ModelConversation, ModelMessage, QuotaLedger, QuotaReservation, UsageRecord
 from tests.factories import admin_headers, make_admin, make_user, user_headers
 from tests.fakes.openai_server import OpenAIServer

@@ -7,8 +7,8 @@ import time
 import pytest
 from sqlalchemy import select
 
+from backend.chat import gateway
 from backend.errors import ServiceError
-from backend.services import gateway
 from db.models import ModelConversation, UsageRecord
 from tests.factories import make_user, user_headers
 from tests.fakes.openai_server import OpenAIServer

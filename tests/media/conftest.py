@@ -10,8 +10,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
 from backend import security
+from backend.billing import quota
 from backend.config import Settings
-from backend.services import quota
 from db.models import ModelAiOnline, QuotaLedger, QuotaReservation, UsageRecord
 from tests.media.fakes import FAKE_KEYS, FAKE_OPENAI_KEY, OCR_PATH, IatServer, ocr_app, openai_app, serve_asgi
 

@@ -14,7 +14,7 @@ import pytest
 from PIL import Image
 from sqlalchemy import func, select
 
-from backend.services import media
+from backend.media import recognize as media
 from db.models import QuotaReservation
 from tests.factories import make_user, user_headers
 from tests.media.conftest import assert_books_balance, snapshot, usage_rows

@@ -8,9 +8,9 @@ import threading
 import pytest
 
 from backend.errors import ServiceError
+from backend.media import recognize as media
 from backend.providers import rapid_ocr, whisper_stt
 from backend.providers.recognition import pcm_seconds
-from backend.services import media
 from tests.media.samples import (
     CHINESE_LINES,
     CHINESE_SPEECH,

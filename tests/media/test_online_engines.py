@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from backend.media import recognize as media
 from backend.providers.base import ProviderError
 from backend.providers.iflytek_iat import FRAME_BYTES, IflytekIAT
 from backend.providers.iflytek_keys import IflytekKeys, parse_keys
@@ -15,7 +16,6 @@ from backend.providers.iflytek_ocr import IflytekOCR
 from backend.providers.openai_audio import OpenAITranscriber
 from backend.providers.openai_vision import OpenAIVisionReader
 from backend.providers.recognition import pcm_to_wav
-from backend.services import media
 from tests.media.fakes import (
     FAKE_KEYS,
     FAKE_OPENAI_KEY,

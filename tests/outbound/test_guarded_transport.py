@@ -12,8 +12,8 @@ import socket
 import httpx
 import pytest
 
-from backend.services import netguard
-from backend.services.netguard import UnsafeURL, guarded_transport, resolve_checked
+from backend.providers import netguard
+from backend.providers.netguard import UnsafeURL, guarded_transport, resolve_checked
 from tests.conftest import make_settings
 from tests.outbound.servers import Listener, Resolver, free_port_on, self_signed
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import update
 
-from backend.services import model_registry
-from backend.services.netguard import UnsafeURL
+from backend.catalog import registry as model_registry
+from backend.providers.netguard import UnsafeURL
 from db.models import ModelAiOnline
 from tests.factories import make_user
 from tests.fakes.openai_server import OpenAIServer

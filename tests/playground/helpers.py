@@ -12,9 +12,9 @@ import httpx
 from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
+from backend import bootstrap
 from backend.config import Settings
-from backend.services import bootstrap
-from backend.services.dashboard_auth import DashboardAccount, playground_token
+from backend.dashboard.auth import DashboardAccount, playground_token
 from db.models import Admin, ModelFile, ModelInfo, User
 
 EMBEDDED = bootstrap.EMBEDDED_BASE_MODEL

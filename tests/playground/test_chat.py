@@ -8,7 +8,7 @@ import asyncio
 import pytest
 from sqlalchemy import select
 
-from backend.services import playground
+from backend.playground import session as playground
 from db.models import ModelConversation, ModelMessage, QuotaLedger, UsageRecord
 from tests.factories import make_admin, make_user
 from tests.gateway.helpers import assert_ledger_consistent, balance

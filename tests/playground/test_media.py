@@ -8,8 +8,9 @@ import asyncio
 import pytest
 from sqlalchemy import select
 
+from backend.billing import quota
 from backend.errors import ServiceError
-from backend.services import playground, quota
+from backend.playground import session as playground
 from db.models import UsageRecord
 from tests.factories import make_admin, make_user
 from tests.media.samples import ENGLISH_LINES, SENTENCE, character_accuracy, espeak_wav, render_lines, word_error_rate

@@ -7,8 +7,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from backend.playground import session as playground
 from backend.playground.gate import COOKIE_NAME
-from backend.services import playground
 from db.models import UsageRecord
 from tests.factories import make_admin, make_user
 from tests.gateway.helpers import assert_ledger_consistent

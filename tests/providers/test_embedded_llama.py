@@ -10,8 +10,9 @@ import pytest
 
 from backend.providers.base import ChatRequest, ProviderError, Usage, collect
 from backend.providers.embedded_llama import EmbeddedEngine, default_model_path, load_llama
-from backend.providers.registry import chat_provider, count_tokens, get_embedded
-from backend.services.personas import PersonaParams, to_llama_kwargs
+from backend.providers.params import PersonaParams, to_llama_kwargs
+from backend.providers.registry import chat_provider, get_embedded
+from backend.providers.tokens import count_tokens
 from tests.conftest import make_settings
 from tests.providers.aio import first_text, items, run
 

@@ -8,9 +8,10 @@ import pytest
 
 from backend.providers.base import ChatRequest, ProviderError, ProviderTimeout, Usage
 from backend.providers.ollama_chat import OllamaChatProvider
-from backend.providers.registry import chat_provider, count_text_tokens, count_tokens
+from backend.providers.params import PersonaParams, to_ollama_options
+from backend.providers.registry import chat_provider
+from backend.providers.tokens import count_text_tokens, count_tokens
 from backend.providers.upstream import UpstreamHTTPError
-from backend.services.personas import PersonaParams, to_ollama_options
 from tests.conftest import make_settings
 from tests.fakes.ollama_server import OllamaServer
 from tests.providers.aio import first_text, items, run

@@ -8,9 +8,10 @@ import pytest
 
 from backend.providers.base import ChatRequest, ProviderError, ProviderTimeout, Usage, collect
 from backend.providers.openai_chat import OpenAIChatProvider
-from backend.providers.registry import chat_provider, count_text_tokens, count_tokens
+from backend.providers.params import PersonaParams
+from backend.providers.registry import chat_provider
+from backend.providers.tokens import count_text_tokens, count_tokens
 from backend.providers.upstream import UpstreamHTTPError
-from backend.services.personas import PersonaParams
 from tests.fakes.openai_server import OpenAIServer
 from tests.providers.aio import first_text, items, run
 

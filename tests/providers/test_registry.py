@@ -8,8 +8,9 @@ from backend.providers.base import ProviderError
 from backend.providers.embedded_llama import EmbeddedEngine
 from backend.providers.ollama_chat import OllamaChatProvider
 from backend.providers.openai_chat import OpenAIChatProvider
-from backend.providers.registry import PROTOCOLS, chat_provider, count_text_tokens, count_tokens, get_embedded
+from backend.providers.registry import PROTOCOLS, chat_provider, get_embedded
 from backend.providers.spark_chat import SparkChatProvider
+from backend.providers.tokens import count_text_tokens, count_tokens
 from backend.providers.upstream import redact, short_cause
 
 

@@ -11,10 +11,11 @@ import websocket
 
 from backend.providers.base import ChatRequest, ProviderError, ProviderTimeout, Usage
 from backend.providers.iflytek import signed_url
-from backend.providers.registry import chat_provider, count_text_tokens, count_tokens
+from backend.providers.params import PersonaParams, to_spark_chat
+from backend.providers.registry import chat_provider
 from backend.providers.spark_chat import SparkChatProvider, SparkError, pack_secret, parse_secret
+from backend.providers.tokens import count_text_tokens, count_tokens
 from backend.providers.upstream import UpstreamHTTPError
-from backend.services.personas import PersonaParams, to_spark_chat
 from tests.fakes.spark_server import SparkServer
 from tests.providers.aio import first_text, items, run
 

@@ -9,8 +9,8 @@ from datetime import datetime, timedelta
 import jwt
 from sqlalchemy import select
 
-from backend.services import accounts
-from backend.services import dashboard_auth as auth
+from backend.accounts import service as accounts
+from backend.dashboard import auth
 from db.models import Admin, User
 from tests.factories import PASSWORD, make_admin, make_user
 

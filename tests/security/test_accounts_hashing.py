@@ -20,8 +20,8 @@ from sqlalchemy import select, update
 from sqlalchemy.engine import make_url
 
 from backend import security
+from backend.dashboard import auth as dashboard_auth
 from backend.server import create_app
-from backend.services import dashboard_auth
 from db.models import Admin, User
 from db.session import get_engine
 from tests.conftest import make_settings
@@ -191,7 +191,7 @@ def test_the_dashboards_create_and_reset_hash_before_their_first_query(world, mo
     """pages/users.py and pages/admins.py call the services first thing in `run_action`'s
     transaction (`maker.begin()`), which opens no connection until its first statement; the
     services hash before that statement."""
-    from backend.services import accounts
+    from backend.accounts import service as accounts
 
     settings, _, _ = world
     probe = HashProbe(monkeypatch, db_url)

@@ -187,7 +187,7 @@ def test_admin_password_reset_revokes_api_keys_other_edits_do_not(client, maker,
 
 def test_a_playground_session_of_a_deleted_account_never_signs_in_its_namesake(maker, settings):
     """The playground's session cookie and sign-in link carry the identity stamp, like API tokens."""
-    from backend.services import playground
+    from backend.playground import session as playground
 
     old = make_user(maker, settings, username="ghost")
     with maker() as s:

@@ -19,9 +19,9 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from backend.playground import origins
+from backend.playground import session as playground
 from backend.playground.gate import COOKIE_NAME
 from backend.server import create_app
-from backend.services import playground
 from db.models import PlaygroundLink
 from tests.conftest import make_settings
 from tests.factories import make_user

@@ -3,7 +3,7 @@ exchange shows up in the seed-003 history with its token counts."""
 
 from __future__ import annotations
 
-from backend.services import quota
+from backend.billing import quota
 from tests.factories import make_user, user_headers
 from tests.fakes.openai_server import OpenAIServer
 from tests.seed003.helpers import ok

@@ -10,9 +10,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from backend import security
+from backend.accounts.viewer import Viewer
+from backend.catalog import connections
 from backend.server import create_app
-from backend.services import connections
-from backend.services.seed003 import Viewer
 from db.models import ModelAiOnline, ModelInfo
 from tests.conftest import make_settings
 from tests.fakes.ollama_server import OllamaServer

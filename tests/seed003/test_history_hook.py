@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from sqlalchemy import select
 
+from backend.chat.conversations import TITLE_MAX, first_words, make_title, record_exchange
 from backend.errors import ServiceError
-from backend.services.conversations import TITLE_MAX, first_words, make_title, record_exchange
 from db.models import ModelConversation, ModelMessage
 from tests.factories import make_user
 from tests.seed003.helpers import count

@@ -5,7 +5,7 @@ import pytest
 from sqlalchemy import select
 
 from backend import security
-from backend.services.connections import api_base
+from backend.catalog.connections import api_base
 from db.models import ModelAiOnline
 
 SECRET = "app123:key4567890abcdef:secret0987654321"

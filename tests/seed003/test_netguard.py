@@ -6,7 +6,7 @@ import socket
 
 import pytest
 
-from backend.services.netguard import UnsafeURL, check_url
+from backend.providers.netguard import UnsafeURL, check_url
 from tests.conftest import make_settings
 
 

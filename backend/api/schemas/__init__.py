@@ -19,9 +19,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, Field
 
 from backend import security
-from backend.services import accounts
+from backend.accounts import service as accounts
 
-# The account rules (backend/services/accounts.py) where every family states them:
+# The account rules (backend/accounts/service.py) where every family states them:
 SignInPassword = Annotated[str, Field(min_length=1, max_length=128)]  # what a sign-in may try (imported accounts)
 NewPassword = Annotated[str, Field(min_length=accounts.PASSWORD_MIN, max_length=security.BCRYPT_MAX_BYTES)]
 # an admin's edit: "" (or absent) keeps the password, anything else is a new one

@@ -1,7 +1,7 @@
 """Seed-000 request models and answers (`/auth`, `/admin`, `/user`): `{"code": 0, "msg": ...}`,
 errors `{"code": "NAME", "msg": ...}`. Routes take these as FastAPI bodies; invalid input
 is a 422 with the code `envelope.on_invalid` names for the path. The limits are those of
-backend/services/accounts.py (names 1-64 characters, passwords), vouchers and apikeys."""
+backend/accounts/service.py (names 1-64 characters, passwords), vouchers and apikeys."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from backend.accounts import apikeys
 from backend.api.bounds import INT32_MAX
 from backend.api.schemas import KeptOrNewPassword, NewPassword, SignInPassword, documented
-from backend.services import apikeys
 
 
 class Seed000Error(BaseModel):

@@ -4,7 +4,7 @@
 Routes validate these with `parse_body` (backend/api/conversations.py): a route that decides
 between two shapes by the body (`POST /model/message`, `PUT /model/ol/manage`) or answers
 errors inside a 200 (`/sys/user/...`) cannot leave it to FastAPI; `json_body` documents the
-same model. The limits are the services' (backend/services/seed003.py `optional_text`,
+same model. The limits are the services' (backend/accounts/viewer.py `optional_text`,
 model_admin, connections, conversations): text is measured after stripping, blank means
 absent; a wrong type, a longer text or a number out of range is a 400.
 """
@@ -19,8 +19,9 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 from backend import security
 from backend.api.bounds import INT32_MAX
 from backend.api.schemas import NewPassword, SignInPassword, documented, model_schema
-from backend.services import connections, conversations, model_admin
-from backend.services.personas import PersonaParams
+from backend.catalog import connections, model_admin
+from backend.chat import conversations
+from backend.providers.params import PersonaParams
 
 
 class Seed003Error(BaseModel):
@@ -46,7 +47,7 @@ def answers(model: type[BaseModel], *statuses: int, description: str = "success"
 
 
 Id = Annotated[int, Field(ge=0, le=INT32_MAX)]
-PAGE_NUM_MAX = 10**7  # backend/services/seed003.py make_page
+PAGE_NUM_MAX = 10**7  # backend/accounts/viewer.py make_page
 PAGE_SIZE = "rows per page; more than METEOR_QUERY_PAGE_SIZE_MAX is cut to it"
 PageNum = Annotated[int, Field(ge=1, le=PAGE_NUM_MAX)]
 PageSize = Annotated[int, Field(ge=1, description=PAGE_SIZE)]
@@ -234,7 +235,7 @@ class SignInIn(BaseModel):
 
 
 class SignUpIn(BaseModel):
-    """`/sys/user/create`: the account rules of backend/services/accounts.py."""
+    """`/sys/user/create`: the account rules of backend/accounts/service.py."""
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 

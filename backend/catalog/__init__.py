@@ -1,0 +1,2 @@
+"""The catalog: models, personas, online connections (their URLs checked by providers/netguard.py)
+and the registry that turns a model name into a provider. Above accounts and billing."""

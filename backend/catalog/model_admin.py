@@ -1,0 +1,577 @@
+"""Models and personas (seed-003 `model_info`, `model_file`, `model_file_egmessage`).
+
+A model is a persona (system prompt, sampling parameters, few-shot examples) over a base
+model (`aiName`), local (linkType 0) or online through a connection (linkType 1).
+Ownership: a user's model is theirs; a model with no user is shared — every user sees it,
+only admins change it. Another user's model answers 404.
+
+Creating a model creates its empty persona in the same transaction; deleting a model
+deletes its persona and examples; a persona update range-checks every parameter with
+`PersonaParams` and replaces the example list as a whole — one bad value and nothing
+changes.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+from sqlalchemy import delete, or_, select
+from sqlalchemy.orm import Session
+
+from backend.accounts import apikeys
+from backend.accounts.viewer import (
+    UNSET,
+    Page,
+    Viewer,
+    audit_admin_change,
+    bad_request,
+    created_range,
+    escape_like,
+    flush_unique,
+    fmt,
+    given,
+    name_taken,
+    not_found,
+    optional_text,
+    required_text,
+    run_listing,
+)
+from backend.catalog import connections
+from backend.chat.conversations import base_model_name
+from backend.config import Settings
+from backend.errors import ServiceError
+from backend.providers.params import PersonaParams
+from db.models import ModelAiOnline, ModelFile, ModelFileEgMessage, ModelInfo, User
+
+TEXT_MAX = 16000  # a MySQL TEXT holds 65,535 bytes: 16,000 four-byte characters
+MAX_EXAMPLES = 100
+
+# PersonaParams fields -> the document's camelCase names (with its `mirostatEat` typo).
+CAMEL_OF: dict[str, str] = {
+    "mirostat": "mirostat",
+    "mirostat_eta": "mirostatEat",
+    "mirostat_tau": "mirostatTau",
+    "num_ctx": "numCtx",
+    "repeat_last_n": "repeatLastN",
+    "repeat_penalty": "repeatPenalty",
+    "temperature": "temperature",
+    "seed": "seed",
+    "stop": "stop",
+    "tfs_z": "tfsZ",
+    "num_predict": "numPredict",
+    "top_p": "topP",
+    "min_p": "minP",
+    "top_k": "topK",
+}
+# Accepted request keys: the camelCase names, `mirostatEta` (the spelling fixed), snake_case.
+PERSONA_FIELDS: dict[str, str] = {camel: name for name, camel in CAMEL_OF.items()}
+PERSONA_FIELDS.update({name: name for name in CAMEL_OF} | {"mirostatEta": "mirostat_eta"})
+
+
+# --- ownership ---------------------------------------------------------------------------
+
+
+def _visible(query, viewer: Viewer):
+    if viewer.is_admin:
+        return query
+    return query.where(or_(ModelInfo.user_id == viewer.user_id, ModelInfo.user_id.is_(None)))
+
+
+def get_model(session: Session, viewer: Viewer, model_id: int, *, for_change: bool = False) -> ModelInfo:
+    """The model if the viewer may see it (404 otherwise); with `for_change`, 403 on a
+    shared model for a user."""
+    model = session.get(ModelInfo, model_id) if 0 < model_id <= 2**31 - 1 else None
+    if model is None or not (viewer.is_admin or model.user_id in (None, viewer.user_id)):
+        raise not_found("model", model_id)
+    if for_change and not viewer.is_admin and model.user_id != viewer.user_id:
+        raise ServiceError("PERMISSION_NOT_ALLOW", "shared models are managed by admins", 403)
+    return model
+
+
+# --- answers -----------------------------------------------------------------------------
+
+
+def model_public(m: ModelInfo) -> dict[str, Any]:
+    return {
+        "modelId": m.model_id,
+        "modelName": m.model_name,
+        "modelVersion": m.model_version,
+        "modelFileId": m.model_file_id,
+        "disable": m.disable,
+        "description": m.description,
+        "linkType": m.link_type,
+        "aiName": m.ai_name,
+        "aiolId": m.aiol_id,
+        # the StrangeLoop frontend's fields
+        "localmodelName": m.localmodel_name,
+        "ollamaModelName": m.ollama_model_name,
+        "baseModelName": base_model_name(m),
+        "userId": m.user_id,
+        "isDefault": bool(m.is_default),
+        "createdTime": fmt(m.created_time),
+        "createdBy": m.created_by,
+        "updatedTime": fmt(m.updated_time),
+        "updatedBy": m.updated_by,
+        # the document's example spells these two without the "d"
+        "updateTime": fmt(m.updated_time),
+        "updateBy": m.updated_by,
+    }
+
+
+def _stored_params(mf: ModelFile) -> dict[str, Any]:
+    try:
+        return PersonaParams.from_model_file(mf).model_dump()
+    except ValidationError:
+        return {name: getattr(mf, name) for name in PersonaParams.model_fields if name != "stop"} | {"stop": None}
+
+
+def persona_public(mf: ModelFile | None, model_file_id: int | None = None) -> dict[str, Any]:
+    """The document's `modelFile` object, with the examples as `modelFileEmessageList` (the
+    document) and `modelFileEgmessageList` (the original code)."""
+    params = _stored_params(mf) if mf is not None else dict.fromkeys(PersonaParams.model_fields)
+    body: dict[str, Any] = {
+        "system": mf.system if mf else None,
+        "modelFileId": mf.model_file_id if mf else model_file_id,
+    }
+    for name, value in params.items():
+        body[CAMEL_OF.get(name, name)] = value
+    # No `mirostatEta` beside `mirostatEat`: the StrangeLoop frontend sends every field back,
+    # and a stale second spelling would overwrite the user's edit of the first.
+    examples = [
+        {
+            "messageId": e.message_id,
+            "userMessage": e.user_message,
+            "modelMessage": e.model_message,
+            "modelFileId": e.model_file_id,
+        }
+        for e in (mf.examples if mf else [])
+    ]
+    body["modelFileEmessageList"] = examples  # the document's spelling
+    body["modelFileEgmessageList"] = [dict(e) for e in examples]  # the original code's
+    return body
+
+
+def model_detail(
+    session: Session, settings: Settings, viewer: Viewer, model_id: int, *, chat_url: str | None = None
+) -> dict[str, Any]:
+    """The model with `modelFile` (and its examples) and, when online, `modelAiOnline`.
+
+    An admin sees the connection as it is, key masked. A user (given `chat_url`, Meteor's own
+    `/v1/chat/completions`) sees `aiApi = chat_url` and `aiToken` = a fresh browser key of
+    theirs for this model (apikeys.mint_browser_key): the StrangeLoop frontend posts its chat
+    to `aiApi` with `aiToken`, so it goes through Meteor and is charged to the user. The
+    provider's address and key never reach the user's browser. The caller commits."""
+    model = get_model(session, viewer, model_id)
+    body = model_public(model)
+    if model.link_type == 1:
+        conn = model.ai_online
+        body["modelAiOnline"] = connections.connection_public(settings, conn) if conn else None
+        if conn is not None and not viewer.is_admin and chat_url:
+            key = apikeys.mint_browser_key(
+                session, user_id=str(viewer.user_id), model=model, minutes=settings.browser_key_minutes
+            )
+            body["modelAiOnline"] |= {"aiApi": chat_url, "aiToken": key, "protocol": "openai"}
+    body["modelFile"] = persona_public(model.model_file, model.model_file_id)
+    return body
+
+
+# --- queries -----------------------------------------------------------------------------
+
+
+def list_models(
+    session: Session,
+    viewer: Viewer,
+    *,
+    model_name: str | None = None,
+    ai_name: str | None = None,
+    created_start: str | None = None,
+    created_end: str | None = None,
+    user_id: str | None = None,
+    link_type: int | None = None,
+    disable: int | None = None,
+    page: Page | None = None,
+    bare_limit: int = 1000,
+) -> tuple[list[dict[str, Any]], int | None]:
+    """The models the viewer may see (their own and the shared ones; admins: all), oldest
+    first, filtered by any subset of modelName (substring), aiName, an inclusive created
+    range, userId, linkType and disable."""
+    query = _visible(select(ModelInfo), viewer)
+    if model_name:
+        query = query.where(ModelInfo.model_name.ilike(f"%{escape_like(model_name)}%", escape="\\"))
+    if ai_name:
+        query = query.where(ModelInfo.ai_name == ai_name)
+    if user_id:
+        query = query.where(ModelInfo.user_id == user_id)
+    if link_type is not None:
+        query = query.where(ModelInfo.link_type == link_type)
+    if disable is not None:
+        query = query.where(ModelInfo.disable == disable)
+    query = query.where(*created_range(ModelInfo.created_time, created_start, created_end))
+    # oldest first: the StrangeLoop frontend opens the last card as the model it just created
+    rows, total = run_listing(session, query.order_by(ModelInfo.model_id.asc()), page, bare_limit=bare_limit)
+    return [model_public(m) for m in rows], total
+
+
+# --- models ------------------------------------------------------------------------------
+
+
+def _flag(value: Any, field: str) -> int:
+    if value not in (0, 1):
+        raise bad_request(f"{field} must be 0 or 1")
+    return int(value)
+
+
+def _duplicate(name: str) -> ServiceError:
+    return ServiceError("APP_QUERY_METHOD_ERROR", f"a model named {name!r} already exists", 409)
+
+
+def _name_taken(session: Session, name: str, exclude: int | None = None) -> bool:
+    return name_taken(session, ModelInfo.model_name, ModelInfo.model_id, name, exclude)
+
+
+def _connection_for(session: Session, viewer: Viewer, aiol_id: Any) -> int:
+    if not isinstance(aiol_id, int) or isinstance(aiol_id, bool):
+        raise bad_request("aiolId must be an online model id")
+    return connections.get_connection(session, viewer, aiol_id).ai_id
+
+
+def _connection_named(session: Session, viewer: Viewer, ai_name: str) -> int | None:
+    conn = connections.find_by_name(session, viewer, ai_name)
+    return None if conn is None else conn.ai_id
+
+
+def create_model(
+    session: Session,
+    viewer: Viewer,
+    *,
+    model_name: Any,
+    ai_name: Any,
+    link_type: Any = None,
+    description: Any = None,
+    model_version: Any = None,
+    disable: Any = None,
+    aiol_id: Any = None,
+    user_id: Any = None,
+    localmodel_name: Any = None,
+    ollama_model_name: Any = None,
+    base_model_name: Any = None,
+) -> ModelInfo:
+    """A new model and its empty persona, in the caller's transaction. A user's model is
+    theirs; an admin's is shared unless the admin names a `userId`. modelName is unique
+    (409). An online model is linked to `aiolId`, or else to the connection whose aiName
+    equals the model's aiName, when the viewer may use one.
+
+    The StrangeLoop frontend never sends `aiName`: it is then the linked connection's aiName
+    (`aiolId`), or `localmodelName` for a local model; only a body with none of the three is
+    a 400. `localmodelName`, `ollamaModelName` and `baseModelName` are stored as given."""
+    name = required_text(model_name, "modelName", 50)
+    link = 0 if link_type is None else _flag(link_type, "linkType")
+    local = optional_text(localmodel_name, "localmodelName", 100)
+    ollama = optional_text(ollama_model_name, "ollamaModelName", 100)
+    shown_base = optional_text(base_model_name, "baseModelName", 100)
+    connection: ModelAiOnline | None = None
+    if aiol_id is not None:
+        _connection_for(session, viewer, aiol_id)
+        connection = session.get(ModelAiOnline, aiol_id)
+    base = optional_text(ai_name, "aiName", 50)
+    if base is None:
+        if link == 1 and connection is not None:
+            base = connection.ai_name
+        elif local is not None:
+            base = required_text(local, "localmodelName", 50)
+        elif connection is not None:
+            base = connection.ai_name
+        else:
+            raise bad_request("aiName is required (or aiolId for an online model, localmodelName for a local one)")
+    owner: str | None = viewer.user_id
+    if viewer.is_admin:
+        owner = None
+        if user_id not in (None, ""):
+            if session.get(User, str(user_id)) is None:
+                raise not_found("user", user_id)
+            owner = str(user_id)
+    if connection is not None:
+        connection_id: int | None = connection.ai_id
+    else:
+        connection_id = _connection_named(session, viewer, base) if link == 1 else None
+    if _name_taken(session, name):
+        raise _duplicate(name)
+    persona = ModelFile()
+    session.add(persona)
+    session.flush()
+    model = ModelInfo(
+        model_name=name,
+        model_version=optional_text(model_version, "modelVersion", 50),
+        model_file_id=persona.model_file_id,
+        disable=0 if disable is None else _flag(disable, "disable"),
+        user_id=owner,
+        link_type=link,
+        description=optional_text(description, "description", 500),
+        aiol_id=connection_id,
+        ai_name=base,
+        localmodel_name=local,
+        ollama_model_name=ollama,
+        base_model_name=shown_base,
+        created_by=viewer.actor,
+    )
+    session.add(model)
+    flush_unique(session, _duplicate(name))
+    audit_admin_change(session, viewer, "add_model", "model", model.model_id, name=name, link_type=link)
+    return model
+
+
+def update_model(
+    session: Session,
+    viewer: Viewer,
+    model_id: int,
+    *,
+    model_name: Any = UNSET,
+    ai_name: Any = UNSET,
+    link_type: Any = UNSET,
+    disable: Any = UNSET,
+    description: Any = UNSET,
+    model_version: Any = UNSET,
+    aiol_id: Any = UNSET,
+    localmodel_name: Any = UNSET,
+    ollama_model_name: Any = UNSET,
+    base_model_name: Any = UNSET,
+) -> ModelInfo:
+    """Change the given fields of a model the viewer owns (admins: any)."""
+    model = get_model(session, viewer, model_id, for_change=True)
+    if localmodel_name is not UNSET:
+        model.localmodel_name = optional_text(localmodel_name, "localmodelName", 100)
+    if ollama_model_name is not UNSET:
+        model.ollama_model_name = optional_text(ollama_model_name, "ollamaModelName", 100)
+    if base_model_name is not UNSET:
+        model.base_model_name = optional_text(base_model_name, "baseModelName", 100)
+    if model_name is not UNSET:
+        name = required_text(model_name, "modelName", 50)
+        if _name_taken(session, name, exclude=model.model_id):
+            raise _duplicate(name)
+        model.model_name = name
+    if ai_name is not UNSET:
+        model.ai_name = required_text(ai_name, "aiName", 50)
+    if link_type is not UNSET and link_type is not None:
+        model.link_type = _flag(link_type, "linkType")
+    if disable is not UNSET and disable is not None:
+        model.disable = _flag(disable, "disable")
+    if description is not UNSET:
+        model.description = optional_text(description, "description", 500)
+    if model_version is not UNSET:
+        model.model_version = optional_text(model_version, "modelVersion", 50)
+    if aiol_id is not UNSET:
+        model.aiol_id = None if aiol_id is None else _connection_for(session, viewer, aiol_id)
+    elif model.link_type == 1 and model.aiol_id is None and model.ai_name:
+        model.aiol_id = _connection_named(session, viewer, model.ai_name)
+    model.updated_by = viewer.actor
+    model.updated_time = datetime.now(UTC)
+    flush_unique(session, _duplicate(model.model_name))
+    changed = given(
+        modelName=model_name,
+        aiName=ai_name,
+        linkType=link_type,
+        disable=disable,
+        description=description,
+        modelVersion=model_version,
+        aiolId=aiol_id,
+        localmodelName=localmodel_name,
+        ollamaModelName=ollama_model_name,
+        baseModelName=base_model_name,
+    )
+    audit_admin_change(session, viewer, "modify_model", "model", model.model_id, fields=changed)
+    return model
+
+
+def delete_models(session: Session, viewer: Viewer, ids: list[int]) -> int:
+    """Delete these models with their personas and examples (all or nothing)."""
+    models = [get_model(session, viewer, model_id, for_change=True) for model_id in ids]
+    file_ids = [m.model_file_id for m in models if m.model_file_id is not None]
+    # a persona shared by a model that stays must stay too
+    kept = set(
+        session.scalars(
+            select(ModelInfo.model_file_id).where(ModelInfo.model_file_id.in_(file_ids), ModelInfo.model_id.notin_(ids))
+        )
+    )
+    file_ids = [f for f in file_ids if f not in kept]
+    session.execute(delete(ModelInfo).where(ModelInfo.model_id.in_(ids)).execution_options(synchronize_session=False))
+    if file_ids:
+        session.execute(
+            delete(ModelFileEgMessage)
+            .where(ModelFileEgMessage.model_file_id.in_(file_ids))
+            .execution_options(synchronize_session=False)
+        )
+        session.execute(
+            delete(ModelFile).where(ModelFile.model_file_id.in_(file_ids)).execution_options(synchronize_session=False)
+        )
+    audit_admin_change(
+        session, viewer, "delete_models", "model", ",".join(map(str, ids)), names=[m.model_name for m in models]
+    )
+    return len(ids)
+
+
+# --- personas ----------------------------------------------------------------------------
+
+
+def _int_id(value: Any, field: str) -> int:
+    if isinstance(value, bool):
+        raise bad_request(f"{field} must be a number")
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if not isinstance(value, int):
+        raise bad_request(f"{field} must be a number")
+    return value
+
+
+def _persona_owner(session: Session, viewer: Viewer, body: dict[str, Any]) -> tuple[ModelInfo, ModelFile]:
+    """The model whose persona the body names (by modelFileId, else modelId)."""
+    nested: dict[str, Any] = body["modelFile"] if isinstance(body.get("modelFile"), dict) else {}
+    file_ref = body.get("modelFileId", nested.get("modelFileId"))
+    if file_ref is not None:
+        file_id = _int_id(file_ref, "modelFileId")
+        model = session.scalars(
+            select(ModelInfo).where(ModelInfo.model_file_id == file_id).order_by(ModelInfo.model_id).limit(1)
+        ).first()
+        if model is None:
+            raise not_found("persona", file_id)
+        model = get_model(session, viewer, model.model_id, for_change=True)
+    elif body.get("modelId") is not None:
+        model = get_model(session, viewer, _int_id(body["modelId"], "modelId"), for_change=True)
+    else:
+        raise bad_request("modelFileId (or modelId) is required")
+    persona = model.model_file
+    if persona is None:
+        persona = ModelFile()
+        session.add(persona)
+        session.flush()
+        model.model_file_id = persona.model_file_id
+    return model, persona
+
+
+def _persona_values(body: dict[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    sources = [body]
+    if isinstance(body.get("modelFile"), dict):
+        sources.append(body["modelFile"])
+    for source in sources:
+        for key, value in source.items():
+            name = PERSONA_FIELDS.get(key)
+            if name is None or (key == "mirostatEta" and "mirostatEat" in source):
+                continue  # both spellings sent: the document's (and the frontend's) mirostatEat wins
+            if isinstance(value, str) and not value.strip() and name != "stop":
+                value = None  # an empty form field means "the backend's default"
+            values[name] = value
+    return values
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = [str(x) for x in err.get("loc", ())]
+        field = CAMEL_OF.get(loc[0], loc[0]) if loc else "modelFile"
+        parts.append(f"{field}: {err.get('msg', 'invalid')}")
+    return "invalid persona: " + "; ".join(parts)
+
+
+EXAMPLE_KEYS = ("modelFileEgmessageList", "modelFileEmessageList")  # the original code's, the document's
+
+
+def _raw_examples(body: dict[str, Any], nested: dict[str, Any]) -> Any:
+    """The example list a body carries, under either spelling (UNSET when none).
+
+    Both spellings in one body: `modelFileEgmessageList` wins, unless it is empty while
+    `modelFileEmessageList` is not. That is the StrangeLoop frontend saving a persona: it
+    deletes its own list from the object it sends and puts an empty one in its place, beside
+    the unchanged copy of the stored examples it was answered — taking the empty list would
+    delete every stored example on each save of a parameter."""
+    found: dict[str, Any] = {}
+    for key in EXAMPLE_KEYS:
+        for source in (body, nested):
+            if key in source and source[key] is not None:
+                found.setdefault(key, source[key])
+    original, document = found.get(EXAMPLE_KEYS[0], UNSET), found.get(EXAMPLE_KEYS[1], UNSET)
+    if original is UNSET:
+        return document
+    if document is not UNSET and original == [] and isinstance(document, list) and document:
+        return document
+    return original
+
+
+def _examples(raw: Any) -> list[tuple[str, str]]:
+    if not isinstance(raw, list):
+        raise bad_request("modelFileEmessageList must be a list")
+    if len(raw) > MAX_EXAMPLES:
+        raise bad_request(f"at most {MAX_EXAMPLES} examples")
+    pairs: list[tuple[str, str]] = []
+    for index, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise bad_request(f"modelFileEmessageList[{index}] must be an object")
+        user_message, model_message = item.get("userMessage"), item.get("modelMessage")
+        for field, value in (("userMessage", user_message), ("modelMessage", model_message)):
+            if not isinstance(value, str) or not value.strip():
+                raise bad_request(f"modelFileEmessageList[{index}].{field} is required")
+            if len(value) > TEXT_MAX:
+                raise bad_request(f"modelFileEmessageList[{index}].{field} must be at most {TEXT_MAX} characters")
+        pairs.append((str(user_message), str(model_message)))
+    return pairs
+
+
+def update_persona(session: Session, viewer: Viewer, body: dict[str, Any]) -> ModelInfo:
+    """`PUT /model/manage/detail`: set the given parameters (absent ones keep their value,
+    null clears one), the system prompt, and — when an example list is present (either
+    spelling, see _raw_examples) — replace the examples as a whole. Everything is checked
+    before anything is written. A `modelAiOnline` in the body is ignored (the original
+    updated the connection from it; connections change at /model/ol/manage only)."""
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object")
+    model, persona = _persona_owner(session, viewer, body)
+    values = _persona_values(body)
+    merged = _stored_params(persona) | values
+    try:
+        params = PersonaParams.model_validate(merged)
+    except ValidationError as exc:
+        raise bad_request(_describe(exc)) from None
+    nested: dict[str, Any] = body["modelFile"] if isinstance(body.get("modelFile"), dict) else {}
+    system = UNSET
+    for source in (nested, body):
+        if "system" in source:
+            system = source["system"]
+    if system is not UNSET and system is not None:
+        if not isinstance(system, str):
+            raise bad_request("system must be a string")
+        if len(system) > TEXT_MAX:
+            raise bad_request(f"system must be at most {TEXT_MAX} characters")
+    raw_examples = _raw_examples(body, nested)
+    examples = None if raw_examples is UNSET else _examples(raw_examples)
+
+    params.apply_to(persona)
+    if system is not UNSET:
+        persona.system = system or None
+    if examples is not None:
+        session.execute(
+            delete(ModelFileEgMessage)
+            .where(ModelFileEgMessage.model_file_id == persona.model_file_id)
+            .execution_options(synchronize_session=False)
+        )
+        session.expire(persona, ["examples"])
+        for user_message, model_message in examples:
+            session.add(
+                ModelFileEgMessage(
+                    user_message=user_message, model_message=model_message, model_file_id=persona.model_file_id
+                )
+            )
+    model.updated_by = viewer.actor
+    model.updated_time = datetime.now(UTC)
+    session.flush()
+    audit_admin_change(
+        session,
+        viewer,
+        "modify_persona",
+        "model",
+        model.model_id,
+        parameters=sorted(values),
+        system=system is not UNSET,
+        examples=None if examples is None else len(examples),
+    )
+    return model

@@ -1,0 +1,198 @@
+"""A model and its persona in domain terms, for the dashboard's Models page: the list of
+models and of connections by field name, the form's values by parameter name, each
+parameter's range, save (create or update, persona included), clone.
+
+The seed-003 camelCase shape (`model_admin.model_detail`, the body of
+`model_admin.update_persona`) stays behind these functions: the page reads and passes
+PersonaParams' field names. Like every service, nothing here commits.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from backend.accounts.viewer import Viewer
+from backend.catalog import connections, model_admin
+from backend.config import Settings
+from backend.providers.params import PersonaParams
+from db.models import ModelInfo
+
+PARAM_NAMES: tuple[str, ...] = tuple(PersonaParams.model_fields)
+JS_SAFE = 2**53 - 1  # the browser's number inputs hold at most this
+
+
+# the rows' field names -> the seed-003 names the listing services answer with
+MODEL_FIELDS = {
+    "model_id": "modelId",
+    "model_name": "modelName",
+    "model_version": "modelVersion",
+    "ai_name": "aiName",
+    "link_type": "linkType",
+    "aiol_id": "aiolId",
+    "disable": "disable",
+    "is_default": "isDefault",
+}
+CONNECTION_FIELDS = {
+    "ai_id": "aiId",
+    "ai_name": "aiName",
+    "ai_api": "aiApi",
+    "ai_token": "aiToken",  # masked
+    "protocol": "protocol",
+    "ai_type": "aiType",
+    "timeout": "timeout",
+    "shared": "shared",
+}
+LIST_LIMIT = 1000
+
+
+def _rows(items: list[dict[str, Any]], fields: dict[str, str]) -> list[dict[str, Any]]:
+    return [{name: item.get(wire) for name, wire in fields.items()} for item in items]
+
+
+def model_rows(session: Session, viewer: Viewer) -> list[dict[str, Any]]:
+    """The models the viewer sees (at most LIST_LIMIT), one dict of MODEL_FIELDS each."""
+    models, _ = model_admin.list_models(session, viewer, bare_limit=LIST_LIMIT)
+    return _rows(models, MODEL_FIELDS)
+
+
+def connection_rows(session: Session, settings: Settings, viewer: Viewer) -> list[dict[str, Any]]:
+    """The connections the viewer sees, keys masked, one dict of CONNECTION_FIELDS each."""
+    found, _ = connections.list_connections(session, settings, viewer, bare_limit=LIST_LIMIT)
+    return _rows(found, CONNECTION_FIELDS)
+
+
+@dataclass(frozen=True)
+class ParamBounds:
+    """How a persona parameter is entered: int or float, lowest and highest (None: open)."""
+
+    kind: type
+    low: float | None
+    high: float | None
+
+
+def param_bounds(name: str) -> ParamBounds:
+    """The range of a persona parameter, from PersonaParams' field metadata (a `gt` bound
+    becomes the next value above it); int bounds are clamped to what a browser can hold."""
+    info = PersonaParams.model_fields[name]
+    kind = int if "int" in str(info.annotation) else float
+    low = high = None
+    for rule in info.metadata:
+        if getattr(rule, "ge", None) is not None:
+            low = rule.ge
+        if getattr(rule, "gt", None) is not None:
+            low = rule.gt + (1 if kind is int else 1e-6)
+        if getattr(rule, "le", None) is not None:
+            high = rule.le
+    if kind is int:
+        low = None if low is None else max(int(low), -JS_SAFE)
+        high = None if high is None else min(int(high), JS_SAFE)
+    return ParamBounds(kind, low, high)
+
+
+@dataclass(frozen=True)
+class ModelForm:
+    """A model as its form shows it (`model_id` None: a new model)."""
+
+    model_id: int | None = None
+    model_name: str = ""
+    model_version: str | None = None
+    ai_name: str | None = None
+    link_type: int = 0
+    aiol_id: int | None = None
+    description: str | None = None
+    disabled: bool = False
+    user_id: str | None = None
+    system: str | None = None
+    params: dict[str, Any] = field(default_factory=lambda: dict.fromkeys(PARAM_NAMES))
+    examples: list[tuple[str, str]] = field(default_factory=list)
+
+
+def model_form(session: Session, settings: Settings, viewer: Viewer, model_id: int) -> ModelForm:
+    """The model's current values (404 for a model the viewer may not see)."""
+    detail = model_admin.model_detail(session, settings, viewer, model_id)
+    persona: dict[str, Any] = detail.get("modelFile") or {}
+    return ModelForm(
+        model_id=detail["modelId"],
+        model_name=detail["modelName"],
+        model_version=detail.get("modelVersion"),
+        ai_name=detail.get("aiName"),
+        link_type=int(detail.get("linkType") or 0),
+        aiol_id=detail.get("aiolId"),
+        description=detail.get("description"),
+        disabled=bool(detail.get("disable")),
+        user_id=detail.get("userId"),
+        system=persona.get("system"),
+        params={name: persona.get(model_admin.CAMEL_OF.get(name, name)) for name in PARAM_NAMES},
+        examples=[(e["userMessage"], e["modelMessage"]) for e in persona.get("modelFileEmessageList", [])],
+    )
+
+
+def _set_persona(
+    session: Session,
+    viewer: Viewer,
+    model_id: int,
+    system: str | None,
+    params: dict[str, Any],
+    examples: list[tuple[str, str]],
+) -> None:
+    body = {
+        "modelId": model_id,
+        "system": system,
+        **params,
+        "modelFileEmessageList": [{"userMessage": u, "modelMessage": m} for u, m in examples],
+    }
+    model_admin.update_persona(session, viewer, body)
+
+
+def save_model(
+    session: Session,
+    viewer: Viewer,
+    model_id: int | None,
+    *,
+    model_name: str,
+    ai_name: str,
+    link_type: int,
+    description: str | None,
+    model_version: str | None,
+    aiol_id: int | None,
+    system: str | None,
+    params: dict[str, Any],
+    examples: list[tuple[str, str]],
+) -> ModelInfo:
+    """Create (`model_id` None) or update a model, then set its whole persona: the system
+    prompt, every parameter in `params` (None: the backend's default), the examples."""
+    fields = dict(
+        model_name=model_name,
+        ai_name=ai_name,
+        link_type=link_type,
+        description=description,
+        model_version=model_version,
+        aiol_id=aiol_id,
+    )
+    if model_id:
+        model = model_admin.update_model(session, viewer, model_id, **fields)
+    else:
+        model = model_admin.create_model(session, viewer, **fields)
+    _set_persona(session, viewer, model.model_id, system, params, examples)
+    return model
+
+
+def clone_model(session: Session, settings: Settings, viewer: Viewer, model_id: int, *, name: str) -> ModelInfo:
+    """A new model named `name` with the source's fields, owner, persona and examples."""
+    source = model_form(session, settings, viewer, model_id)
+    copy = model_admin.create_model(
+        session,
+        viewer,
+        model_name=name,
+        ai_name=source.ai_name,
+        link_type=source.link_type,
+        description=source.description,
+        model_version=source.model_version,
+        aiol_id=source.aiol_id,
+        user_id=source.user_id,
+    )
+    _set_persona(session, viewer, copy.model_id, source.system, source.params, source.examples)
+    return copy

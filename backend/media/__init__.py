@@ -1,0 +1,1 @@
+"""Voice and picture recognition: upload checks, decoding, engine choice, pools, charging."""

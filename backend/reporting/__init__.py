@@ -1,0 +1,1 @@
+"""Reporting: the whitelisted table browser, the daily usage roll-up and demo data."""
