@@ -9,9 +9,9 @@ from sqlalchemy.orm import Session
 
 from backend.accounts import service as accounts
 from backend.config import Settings
+from backend.providers.registry import EMBEDDED_BASE_MODEL
 from db.models import Admin, ModelFile, ModelInfo
 
-EMBEDDED_BASE_MODEL = "smollm2-135m-instruct"
 DEFAULT_MODEL_NAME = "SmolLM2"
 
 

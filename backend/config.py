@@ -106,7 +106,7 @@ class Settings(BaseSettings):
     # flight per upstream connection in each worker (0: unbounded) before UPSTREAM_BUSY 503
     workers: int | None = Field(default=None, ge=1, le=64)
     upstream_concurrency: int = Field(default=1024, ge=0)
-    # quota policy: failover across a model's connections (backend/chat/routing.py)
+    # quota policy: failover across a model's connections (backend/catalog/routing.py)
     failover_max_attempts: int = Field(default=3, ge=1, le=10)
     connection_failure_threshold: int = Field(default=3, ge=1)
     connection_cooldown_seconds: int = Field(default=60, ge=1)

@@ -32,7 +32,7 @@ from backend.api.body_limit import BodyLimit
 from backend.api.cors import ApiCors
 from backend.api.get_body import GetBodyAsQuery
 from backend.billing import allowances, quota
-from backend.chat import routing
+from backend.catalog import routing
 from backend.config import Settings, get_settings
 from backend.reporting import rollup as usage_rollup
 from db.session import get_sessionmaker

@@ -33,7 +33,8 @@ def main() -> None:
     from backend import security
     from backend.accounts import service as accounts
     from backend.billing import quota
-    from backend.chat import gateway, routing
+    from backend.catalog import routing
+    from backend.chat import gateway
     from backend.chat.gateway import Caller
     from backend.config import Settings
     from db import migrate

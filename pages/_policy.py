@@ -137,7 +137,7 @@ def render_key_limits(user_id: str) -> None:
 def render_routes(models: list[dict], connections: list[dict], actor: str) -> None:
     """Several connections per model (priority, weight) and each connection's health: state,
     why it was disabled, requests / errors / p50 latency of the last hour."""
-    from backend.chat import routing
+    from backend.catalog import routing
 
     st.subheader(t("routes.title"))
     st.caption(t("routes.hint"))

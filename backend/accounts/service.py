@@ -8,7 +8,6 @@ is what a user changing a leaked password expects.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -19,18 +18,11 @@ from backend import audit, security
 from backend.billing import allowances, quota
 from backend.config import Settings
 from backend.errors import ServiceError, conflict, forbidden
+from backend.names import check_name
 from db.models import Admin, ApiKey, User
 from db.session import rowcount
 
-NAME_PATTERN = re.compile(r"^[^\x00-\x1f\x7f]{1,64}$")
 PASSWORD_MIN = 6
-
-
-def check_name(name: str, code: str, what: str = "name") -> str:
-    name = (name or "").strip()
-    if not NAME_PATTERN.match(name):
-        raise ServiceError(code, f"{what} must be 1-64 characters without control characters", 422)
-    return name
 
 
 def check_password(password: str, code: str) -> str:

@@ -36,7 +36,7 @@ from backend.api.admin import actor_name
 from backend.api.deps import CurrentAdmin, SessionDep
 from backend.api.schemas import seed000
 from backend.billing import allowances, pricing
-from backend.chat import routing
+from backend.catalog import routing
 from backend.errors import ServiceError
 from db.models import ModelInfo
 

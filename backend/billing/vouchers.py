@@ -15,9 +15,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from backend import audit
-from backend.accounts.service import check_name
 from backend.billing import quota
 from backend.errors import ServiceError, conflict
+from backend.names import check_name
 from db.models import Redemption, User, Voucher
 from db.session import rowcount
 

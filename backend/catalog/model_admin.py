@@ -39,7 +39,6 @@ from backend.accounts.viewer import (
     run_listing,
 )
 from backend.catalog import connections
-from backend.chat.conversations import base_model_name
 from backend.config import Settings
 from backend.errors import ServiceError
 from backend.providers.params import PersonaParams
@@ -71,6 +70,14 @@ PERSONA_FIELDS.update({name: name for name in CAMEL_OF} | {"mirostatEta": "miros
 
 
 # --- ownership ---------------------------------------------------------------------------
+
+
+def base_model_name(model: ModelInfo) -> str | None:
+    if model.base_model_name:
+        return model.base_model_name
+    if model.link_type == 1 and model.ai_online is not None:
+        return model.ai_online.ai_name
+    return model.localmodel_name or model.ai_name
 
 
 def _visible(query, viewer: Viewer):

@@ -9,7 +9,7 @@ A model (`model_info`) is a persona (`model_file` + its example pairs) over a ba
 No model name means the enabled default (`is_default`). A user may use shared models
 (user_id NULL) and their own; a disabled model is refused.
 
-A model with routes (`model_routes`, backend/chat/routing.py) runs on those connections
+A model with routes (`model_routes`, backend/catalog/routing.py) runs on those connections
 instead of its own: `resolve()` returns it with `routes`, one ResolvedModel per connection
 (the same persona and base model, that connection's protocol, URL, key and timeout), and
 the gateway chooses among them (`gateway.pick_connection`). Its own `aiol_id` connection
@@ -28,14 +28,14 @@ from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session, joinedload
 
 from backend import security
-from backend.bootstrap import EMBEDDED_BASE_MODEL
+from backend.catalog import routing
 from backend.catalog.connections import api_base, reaches_private
-from backend.chat import routing
 from backend.config import Settings
 from backend.errors import ServiceError
 from backend.providers import netguard
 from backend.providers.base import ChatProvider
 from backend.providers.params import PersonaParams
+from backend.providers.registry import EMBEDDED_BASE_MODEL
 from db.models import ModelAiOnline, ModelFile, ModelInfo
 
 log = logging.getLogger("meteor.models")

@@ -1,2 +1,2 @@
-"""Chat: the gateway every chat takes (plan, admit, reserve, stream, settle), failover across a
-model's connections, and conversation history. Above the catalog."""
+"""Chat: the gateway every chat takes (plan, admit, reserve, stream, settle; failing over
+along the catalog's routes) and conversation history. Above the catalog."""

@@ -28,6 +28,7 @@ from backend.accounts.viewer import (
     not_found,
     run_listing,
 )
+from backend.catalog.model_admin import base_model_name
 from db.models import ModelConversation, ModelInfo, ModelMessage, User
 
 log = logging.getLogger("meteor.conversations")
@@ -67,14 +68,6 @@ def model_info_brief(model: ModelInfo | None) -> dict[str, Any] | None:
         "linkType": model.link_type,
         "aiolId": model.aiol_id,
     }
-
-
-def base_model_name(model: ModelInfo) -> str | None:
-    if model.base_model_name:
-        return model.base_model_name
-    if model.link_type == 1 and model.ai_online is not None:
-        return model.ai_online.ai_name
-    return model.localmodel_name or model.ai_name
 
 
 def message_public(m: ModelMessage) -> dict[str, Any]:

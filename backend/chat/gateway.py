@@ -53,9 +53,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from backend.accounts import rate_limits
 from backend.billing import pricing, quota, usage
 from backend.catalog import registry as model_registry
+from backend.catalog import routing
 from backend.catalog.personas import build_messages
 from backend.catalog.registry import ResolvedModel
-from backend.chat import routing
 from backend.config import Settings
 from backend.errors import ServiceError
 from backend.providers.base import ChatProvider, ChatRequest, ProviderError, ProviderTimeout, RequestSent, Usage

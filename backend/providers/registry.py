@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 
 PROTOCOLS = ("embedded", "openai", "ollama", "spark")
 
+EMBEDDED_BASE_MODEL = "smollm2-135m-instruct"  # the embedded engine's base model name (embedded_llama.MODEL_NAME)
 _lock = threading.Lock()
 _embedded: EmbeddedEngine | None = None
 

@@ -105,7 +105,7 @@ def test_usage_page_shows_spend_in_quota_units(dash, maker):
 
 
 def test_models_page_shows_connection_health_and_edits_routes(dash, maker):
-    from backend.chat import routing
+    from backend.catalog import routing
     from db.models import ConnectionCall, ModelAiOnline, ModelRoute
 
     with maker.begin() as s:
@@ -144,7 +144,8 @@ def test_models_page_shows_what_failover_through_the_gateway_recorded(dash, make
     disabling with its reason and each connection's requests, errors and p50."""
     import asyncio
 
-    from backend.chat import gateway, routing
+    from backend.catalog import routing
+    from backend.chat import gateway
     from tests.fakes.openai_server import OpenAIServer
     from tests.gateway.helpers import add_connection, add_online_model
 

@@ -1,4 +1,4 @@
-"""Several connections per model (backend/chat/routing.py): the order (priority groups,
+"""Several connections per model (backend/catalog/routing.py): the order (priority groups,
 weights, disabled and cooling-down connections), the health transitions shared through the
 database, and failover over real upstreams on 127.0.0.1 — one failing, one slow, one healthy —
 with no retry once a token has been delivered."""
@@ -13,7 +13,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import select
 
-from backend.chat import routing
+from backend.catalog import routing
 from backend.providers import registry
 from backend.providers.base import ChatRequest, ProviderError, Usage
 from db.models import ConnectionHealth, ModelRoute

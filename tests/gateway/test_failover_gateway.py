@@ -15,7 +15,8 @@ import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
-from backend.chat import gateway, routing
+from backend.catalog import routing
+from backend.chat import gateway
 from backend.chat.gateway import Caller, ChatResult, UpstreamBusy
 from backend.server import create_app
 from db.models import ConnectionHealth, QuotaLedger, UsageRecord
