@@ -9,8 +9,8 @@ Each test runs inside one outer transaction that is rolled back afterwards: ever
 the test and the app open in this process joins that connection and turns its own
 commits into savepoints (`join_transaction_mode="create_savepoint"`). Tests that need
 real commits — several connections at once (threads, a live server, a second process),
-lock behaviour — are marked `@pytest.mark.committed` and get their tables emptied after
-them instead.
+lock behaviour — are marked `@pytest.mark.committed` (as are every `slow` test and the
+playground, clients and browser areas) and get their tables emptied after them instead.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ BACKENDS = {
     "mysql": "METEOR_TEST_MYSQL_URL",
 }
 
+ROOT_TESTS = Path(__file__).resolve().parent
 TEST_SECRET_KEY = "q0o1oPJuBcSz3-yXYXq5tTQW6H5t0VsDDbBD9y0yTUE="
 
 
@@ -122,6 +123,16 @@ def _empty_tables(url: str) -> None:
             s.execute(delete(table))
 
 
+# whole areas whose tests run servers, browsers or engines beside the test's own connection
+COMMITTED_AREAS = ("playground", "clients", "browser")
+
+
+def _needs_commits(node) -> bool:
+    if node.get_closest_marker("committed") or node.get_closest_marker("slow"):
+        return True
+    return any(part in COMMITTED_AREAS for part in Path(str(node.path)).relative_to(ROOT_TESTS).parts[:-1])
+
+
 @pytest.fixture(autouse=True)
 def _isolated(request) -> Iterator[None]:
     """A rolled-back outer transaction per test, or (`committed`) emptied tables after it."""
@@ -129,7 +140,7 @@ def _isolated(request) -> Iterator[None]:
         yield
         return
     url = normalize_url(request.getfixturevalue("db_url"))
-    if request.node.get_closest_marker("committed"):
+    if _needs_commits(request.node):
         yield
         _empty_tables(url)
         return
