@@ -27,6 +27,7 @@ from sqlalchemy import create_engine, delete, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from backend import cache
 from backend.config import Settings
 from db import migrate
 from db import session as session_module
@@ -120,6 +121,14 @@ def _empty_tables(url: str) -> None:
     with maker.begin() as s:
         for table in reversed(Base.metadata.sorted_tables):
             s.execute(delete(table))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_caches() -> Iterator[None]:
+    """Every test reads policy rows from its own database, not a cache of an earlier test."""
+    cache.forget_all()
+    yield
+    cache.forget_all()
 
 
 @pytest.fixture(autouse=True)
