@@ -27,6 +27,7 @@ from sqlalchemy import create_engine, delete, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Session, sessionmaker
 
+from backend import cache
 from backend.config import Settings
 from db import migrate
 from db import session as session_module
@@ -131,6 +132,14 @@ def _needs_commits(node) -> bool:
     if node.get_closest_marker("committed") or node.get_closest_marker("slow"):
         return True
     return any(part in COMMITTED_AREAS for part in Path(str(node.path)).relative_to(ROOT_TESTS).parts[:-1])
+
+
+@pytest.fixture(autouse=True)
+def _fresh_caches() -> Iterator[None]:
+    """Every test reads policy rows from its own database, not a cache of an earlier test."""
+    cache.forget_all()
+    yield
+    cache.forget_all()
 
 
 @pytest.fixture(autouse=True)

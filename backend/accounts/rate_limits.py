@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 
 from backend import audit
 from backend.accounts import service as accounts
+from backend.cache import TtlCache
 from backend.config import Settings
 from backend.errors import ServiceError
 from db.models import ApiKey, RateEvent, RateLimit, User
@@ -61,8 +62,18 @@ def _now(now: datetime | None) -> datetime:
     return now or datetime.now(UTC)
 
 
+_limits: TtlCache[list[Bucket]] = TtlCache()
+
+
 def buckets(session: Session, *, user_id: str, academy: str | None, api_key_id: int | None = None) -> list[Bucket]:
-    """The buckets a request counts against, with their limits (those without a limit are left out)."""
+    """The buckets a request counts against, with their limits (those without a limit are
+    left out); cached for `cache.TTL_SECONDS` (a change through `set_limit` is seen at once
+    here)."""
+    key = (str(session.get_bind().engine.url), user_id, academy, api_key_id)
+    return _limits.get(key, lambda: _read_buckets(session, user_id=user_id, academy=academy, api_key_id=api_key_id))
+
+
+def _read_buckets(session: Session, *, user_id: str, academy: str | None, api_key_id: int | None) -> list[Bucket]:
     wanted = [(RateLimit.scope == "user") & (RateLimit.subject == user_id)]
     if academy:
         wanted.append((RateLimit.scope == "academy") & (RateLimit.subject == academy))
@@ -305,6 +316,7 @@ def set_limit(
         row.rpm, row.tpm, row.updated_by, row.updated_at = rpm, tpm, actor[:64], datetime.now(UTC)
         result = {"scope": scope, "subject": subject, "rpm": rpm, "tpm": tpm}
     session.flush()
+    _limits.forget()
     audit.record(
         session,
         actor=actor,

@@ -22,6 +22,7 @@ from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
 
 from backend import audit
+from backend.cache import TtlCache
 from backend.errors import ServiceError
 from db.models import EnginePrice, ModelInfo, ModelPrice, QuotaLedger
 
@@ -93,14 +94,22 @@ def _check(value: float, what: str) -> float:
 # --- model prices -----------------------------------------------------------------------------
 
 
+_prices: TtlCache[Price] = TtlCache()
+
+
 def model_price(session: Session, model_id: int | None) -> Price:
-    """The model's price now (1.0 / 1.0 without a price row): one primary-key lookup."""
+    """The model's price now (1.0 / 1.0 without a price row): one primary-key lookup, cached
+    for `cache.TTL_SECONDS` (a change through `set_model_price` is seen at once here)."""
     if model_id is None:
         return UNIT
-    row = session.execute(
-        select(ModelPrice.prompt_price, ModelPrice.completion_price).where(ModelPrice.model_id == model_id)
-    ).one_or_none()
-    return UNIT if row is None else Price(float(row[0]), float(row[1]))
+
+    def load() -> Price:
+        row = session.execute(
+            select(ModelPrice.prompt_price, ModelPrice.completion_price).where(ModelPrice.model_id == model_id)
+        ).one_or_none()
+        return UNIT if row is None else Price(float(row[0]), float(row[1]))
+
+    return _prices.get((str(session.get_bind().engine.url), model_id), load)
 
 
 def set_model_price(session: Session, model_id: int, *, prompt: float, completion: float, actor: str) -> Price:
@@ -117,6 +126,7 @@ def set_model_price(session: Session, model_id: int, *, prompt: float, completio
     row.prompt_price, row.completion_price = price.prompt, price.completion
     row.updated_by, row.updated_at = actor[:64], datetime.now(UTC)
     session.flush()
+    _prices.forget()
     audit.record(
         session,
         actor=actor,

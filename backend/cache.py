@@ -1,0 +1,50 @@
+"""A small process-local cache with a time to live, for the policy rows every chat reads
+(a model's price, a user's rate limits): they change rarely, and reading them costs two
+queries per chat. A write through the owning service forgets the cache of this process at
+once; other processes see it within `TTL_SECONDS`."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+TTL_SECONDS = 2.0
+MAX_ENTRIES = 10_000
+
+_every: list[TtlCache] = []
+
+
+class TtlCache(Generic[T]):
+    def __init__(self, ttl: float = TTL_SECONDS, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ttl, self.clock = ttl, clock
+        self._lock = threading.Lock()
+        self._items: dict[Hashable, tuple[float, T]] = {}
+        _every.append(self)
+
+    def get(self, key: Hashable, load: Callable[[], T]) -> T:
+        """The cached value of `key`, or `load()` (stored for `ttl` seconds)."""
+        now = self.clock()
+        with self._lock:
+            hit = self._items.get(key)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        value = load()
+        with self._lock:
+            if len(self._items) >= MAX_ENTRIES:
+                self._items.clear()
+            self._items[key] = (now + self.ttl, value)
+        return value
+
+    def forget(self) -> None:
+        with self._lock:
+            self._items.clear()
+
+
+def forget_all() -> None:
+    """Empty every cache of this process (tests: each test starts from the database)."""
+    for cache in _every:
+        cache.forget()
