@@ -20,6 +20,8 @@ from db.models import ConnectionHealth, ModelRoute
 from tests.fakes.openai_server import OpenAIServer
 from tests.gateway.helpers import UPSTREAM_KEY, add_connection, add_online_model
 
+pytestmark = pytest.mark.committed  # health is written beside the stream, on its own connection
+
 NOW = datetime(2026, 12, 2, 9, 0, tzinfo=UTC)
 MESSAGES = [{"role": "user", "content": "Say hello"}]
 

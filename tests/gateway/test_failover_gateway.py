@@ -31,6 +31,8 @@ from tests.gateway.helpers import (
     parse_like_desktop_client,
 )
 
+pytestmark = pytest.mark.committed  # health is written beside the stream, on its own connection
+
 DIALOG = [{"role": "user", "content": "Hello there"}]
 START = 10_000
 
