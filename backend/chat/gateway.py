@@ -677,7 +677,7 @@ class ChatCall:
             return self.plan.provider.stream(self.plan.request)
         return routing.failover_stream(
             self.maker,
-            [m.route for m in self._connections.values()],  # type: ignore[misc]
+            [m.route for m in self._connections.values() if m.route is not None],
             self._connect,
             ordered=True,  # pick_connection's order, which admission followed
             max_attempts=self.settings.failover_max_attempts,

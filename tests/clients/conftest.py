@@ -19,7 +19,7 @@ from sqlalchemy.orm import sessionmaker
 from backend.config import Settings
 from db.models import ModelFile
 from db.session import get_sessionmaker
-from tests.browser.conftest import START_TIMEOUT, free_port, stop
+from tests.browser.conftest import free_port, stop
 from tests.clients.stack import ADMIN_PASSWORD, api_env, spawn_api  # noqa: F401 - ADMIN_PASSWORD for the tests
 from tests.seed003.conftest import Actor, admin, alice, bob  # noqa: F401 - pytest fixtures
 
@@ -73,7 +73,7 @@ def start_meteor(tmp: Path, **env_overrides: str) -> tuple[Meteor, subprocess.Po
     maker = get_sessionmaker(settings.resolved_database_url)
     with maker.begin() as s:
         s.execute(update(ModelFile).values(num_predict=ANSWER_TOKENS, temperature=0.3))
-    process = spawn_api(port, env, log, "--skip-prepare", timeout=START_TIMEOUT)
+    process = spawn_api(port, env, log, "--skip-prepare")
     return Meteor(f"http://127.0.0.1:{port}", settings, maker, log), process
 
 

@@ -76,7 +76,7 @@ def api_env(data: Path, port: int, **overrides: str) -> dict[str, str]:
     return env
 
 
-def spawn_api(port: int, env: dict[str, str], log: Path, *args: str, timeout: float | None = None) -> subprocess.Popen:
+def spawn_api(port: int, env: dict[str, str], log: Path, *args: str) -> subprocess.Popen:
     """`python -m backend serve-api` on `port`, healthy when this returns (stopped if not)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "backend", "serve-api", "--port", str(port), *args],
@@ -86,7 +86,7 @@ def spawn_api(port: int, env: dict[str, str], log: Path, *args: str, timeout: fl
         stderr=subprocess.STDOUT,
     )
     try:
-        wait_healthy(f"http://127.0.0.1:{port}/healthz", process, log, **({"timeout": timeout} if timeout else {}))
+        wait_healthy(f"http://127.0.0.1:{port}/healthz", process, log)
     except BaseException:
         stop(process)
         raise

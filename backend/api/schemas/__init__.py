@@ -23,9 +23,9 @@ from backend.accounts import service as accounts
 
 # The account rules (backend/accounts/service.py) where every family states them:
 SignInPassword = Annotated[str, Field(min_length=1, max_length=128)]  # what a sign-in may try (imported accounts)
-NewPassword = Annotated[str, Field(min_length=accounts.PASSWORD_MIN, max_length=security.BCRYPT_MAX_BYTES)]
+NewPasswordText = Annotated[str, Field(min_length=accounts.PASSWORD_MIN, max_length=security.BCRYPT_MAX_BYTES)]
 # an admin's edit: "" (or absent) keeps the password, anything else is a new one
-KeptOrNewPassword = Literal[""] | NewPassword | None
+KeptOrNewPassword = Literal[""] | NewPasswordText | None
 
 ERROR_DESCRIPTIONS = {
     400: "bad request (seed 003: any invalid input)",

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from backend.accounts import apikeys
 from backend.api.bounds import INT32_MAX
-from backend.api.schemas import KeptOrNewPassword, NewPassword, SignInPassword, documented
+from backend.api.schemas import KeptOrNewPassword, NewPasswordText, SignInPassword, documented
 
 
 class Seed000Error(BaseModel):
@@ -96,7 +96,7 @@ Name = Annotated[str, Field(min_length=1, max_length=64)]
 
 class RegisterIn(BaseModel):
     username: Name
-    password: NewPassword
+    password: NewPasswordText
     email: Annotated[str, Field(max_length=128)] | None = None
     academy: Annotated[str, Field(max_length=64)] | None = None
 
@@ -113,7 +113,7 @@ class AdminLoginIn(BaseModel):
 
 class PasswordChangeIn(BaseModel):
     old_password: SignInPassword
-    new_password: NewPassword
+    new_password: NewPasswordText
 
 
 # --- the back office (backend/api/admin.py) ----------------------------------------------
@@ -124,7 +124,7 @@ Amount = Annotated[int, Field(ge=0, le=10**15)]
 
 class AddUserIn(BaseModel):
     username: Name
-    password: NewPassword
+    password: NewPasswordText
     tokens: Amount = 0
     pictimes: Amount = 0
     email: Annotated[str, Field(max_length=128)] | None = None
@@ -152,7 +152,7 @@ class DeleteUserIn(BaseModel):
 
 class AddAdminIn(BaseModel):
     admin: Name
-    password: NewPassword
+    password: NewPasswordText
 
 
 class ModifyAdminIn(BaseModel):

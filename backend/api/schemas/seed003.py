@@ -18,7 +18,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 
 from backend import security
 from backend.api.bounds import INT32_MAX
-from backend.api.schemas import NewPassword, SignInPassword, documented, model_schema
+from backend.api.schemas import NewPasswordText, SignInPassword, documented, model_schema
 from backend.catalog import connections, model_admin
 from backend.chat import conversations
 from backend.providers.params import PersonaParams
@@ -240,7 +240,7 @@ class SignUpIn(BaseModel):
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
     account: Account
-    password: NewPassword
+    password: NewPasswordText
     password_again: Annotated[str, Field(max_length=security.BCRYPT_MAX_BYTES)] | None = Field(
         default=None, alias="passwordAgain"
     )
