@@ -170,7 +170,13 @@ def redeem_link(session: Session, settings: Settings, token: str) -> PlaygroundA
         return None
     account, claims = found
     now = datetime.now(UTC)
-    session.execute(delete(PlaygroundLink).where(PlaygroundLink.expires_at < now - timedelta(minutes=1)))
+    # Swept by primary key after a plain read: a range DELETE takes InnoDB gap locks that
+    # deadlock against the concurrent inserts of other servers redeeming at the same moment.
+    expired = session.scalars(
+        select(PlaygroundLink.jti).where(PlaygroundLink.expires_at < now - timedelta(minutes=1)).limit(500)
+    ).all()
+    if expired:
+        session.execute(delete(PlaygroundLink).where(PlaygroundLink.jti.in_(expired)))
     try:
         with session.begin_nested():
             session.add(

@@ -18,8 +18,9 @@ _watch = threading.Event()
 _writes: list[tuple[str, object]] = []
 
 
-def _audit(event: str, args: tuple) -> None:
-    if not _watch.is_set():
+def _audit(event: str, args: tuple, watch: threading.Event = _watch) -> None:
+    # bound at definition: the hook outlives this module's globals at interpreter shutdown
+    if not watch.is_set():
         return
     if event == "open":
         path, mode, flags = args
