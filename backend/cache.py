@@ -1,5 +1,5 @@
-"""A small process-local cache with a time to live, for the policy rows every chat reads
-(a model's price, a user's rate limits): they change rarely, and reading them costs two
+"""A small process-local cache with a time to live, for the rows every chat reads and admins
+rarely change (a model's price, a user's rate limits, a resolved model): reading them costs
 queries per chat. A write through the owning service forgets the cache of this process at
 once; other processes see it within `TTL_SECONDS`."""
 
@@ -33,11 +33,20 @@ class TtlCache(Generic[T]):
         if hit is not None and hit[0] > now:
             return hit[1]
         value = load()
+        self.put(key, value)
+        return value
+
+    def peek(self, key: Hashable) -> T | None:
+        """The cached, unexpired value of `key`, or None."""
+        with self._lock:
+            hit = self._items.get(key)
+        return hit[1] if hit is not None and hit[0] > self.clock() else None
+
+    def put(self, key: Hashable, value: T) -> None:
         with self._lock:
             if len(self._items) >= MAX_ENTRIES:
                 self._items.clear()
-            self._items[key] = (now + self.ttl, value)
-        return value
+            self._items[key] = (self.clock() + self.ttl, value)
 
     def forget(self) -> None:
         with self._lock:

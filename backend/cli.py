@@ -67,6 +67,10 @@ def serve_api(port: int | None, host: str | None, skip_prepare: bool) -> None:
         host=host or settings.api_host,
         port=port or settings.api_port,
         log_level="info",
+        # libuv's event loop and the C HTTP parser: a streamed chat costs about 40% less CPU than
+        # on asyncio's loop with h11 (bench.gateway)
+        loop="uvloop",
+        http="httptools",
         timeout_graceful_shutdown=5,
         **uvicorn_options(settings),
     )

@@ -602,9 +602,17 @@ def batched_decoding(sequences: int, max_tokens: int = EMBEDDED_MAX_TOKENS) -> f
 
     from backend.providers.embedded_llama import _chat_formatter, _prompt_tokens, default_model_path, load_llama
 
-    llm = load_llama(default_model_path(), n_ctx=2048, n_batch=512, n_seq_max=sequences, kv_unified=True)
+    llm = load_llama(default_model_path(), n_ctx=256, n_batch=64)
     prompt = _prompt_tokens(llm, _chat_formatter(llm), EMBEDDED_PROMPT)
-    ctx, n_vocab = llm.ctx, llm.n_vocab()
+    # the Llama class drops n_seq_max / kv_unified, so the batched context is made here
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx, params.n_batch, params.n_ubatch = 2048, 512, 512
+    params.n_seq_max, params.kv_unified = sequences, True
+    params.n_threads = params.n_threads_batch = os.cpu_count() or 1
+    ctx = llama_cpp.llama_init_from_model(llm._model.model, params)
+    if not ctx:
+        raise RuntimeError("llama.cpp could not make a batched context")
+    n_vocab = llm.n_vocab()
     eos = llm.token_eos()
     batch = llama_cpp.llama_batch_init(max(len(prompt) * sequences, sequences), 0, sequences)
     memory = llama_cpp.llama_get_memory(ctx)
@@ -644,6 +652,7 @@ def batched_decoding(sequences: int, max_tokens: int = EMBEDDED_MAX_TOKENS) -> f
         pos += 1
     rate = produced / (time.perf_counter() - t0)
     llama_cpp.llama_batch_free(batch)
+    llama_cpp.llama_free(ctx)
     return rate
 
 

@@ -39,6 +39,7 @@ def normalize_url(url: str) -> str:
     return u.render_as_string(hide_password=False)
 
 
+SQLITE_POOL_SIZE = 32
 WRITER_WAIT_SECONDS = 30.0  # = the busy timeout; past it BEGIN IMMEDIATE waits on SQLite alone
 
 
@@ -137,7 +138,11 @@ def get_engine(url: str) -> Engine:
         engine = _engines.get(url)
         if engine is None:
             if url.startswith("sqlite"):
-                engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+                # as many pooled connections as the gateway has database threads (backend.chat.gateway:
+                # DB_THREADS), so a busy server never opens and closes overflow connections per request
+                in_memory = make_url(url).database in (None, "", ":memory:")
+                pool = {} if in_memory else {"pool_size": SQLITE_POOL_SIZE, "max_overflow": 8}
+                engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, **pool)
                 _configure_sqlite(engine)
             else:
                 engine = create_engine(url, pool_size=10, max_overflow=30, pool_pre_ping=True, pool_recycle=1800)

@@ -24,10 +24,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import ColumnElement, or_, select
-from sqlalchemy.orm import Session, joinedload
+from sqlalchemy import ColumnElement, event, or_, select
+from sqlalchemy.orm import ORMExecuteState, Session, joinedload
 
 from backend import security
+from backend.cache import TtlCache
 from backend.catalog import routing
 from backend.catalog.connections import api_base, reaches_private
 from backend.config import Settings
@@ -36,7 +37,7 @@ from backend.providers import netguard
 from backend.providers.base import ChatProvider
 from backend.providers.params import PersonaParams
 from backend.providers.registry import EMBEDDED_BASE_MODEL
-from db.models import ModelAiOnline, ModelFile, ModelInfo
+from db.models import ModelAiOnline, ModelFile, ModelFileEgMessage, ModelInfo, ModelRoute
 
 log = logging.getLogger("meteor.models")
 
@@ -98,6 +99,15 @@ def find_model(session: Session, *, name: str | None, user_id: str | None, admin
     return info
 
 
+# A model with no routes resolves to the same thing until an admin edits the catalogue: every
+# chat would otherwise read the model, persona, examples and connection and decrypt its key.
+# A flush in this process that touches the catalogue forgets it at once (`_watch_catalogue`),
+# other processes within `cache.TTL_SECONDS`. Routed models carry their connections' health,
+# which changes with every failure, so they are read each time.
+_resolved: TtlCache[ResolvedModel] = TtlCache()
+CATALOGUE = (ModelInfo, ModelFile, ModelFileEgMessage, ModelAiOnline, ModelRoute)
+
+
 def resolve(
     session: Session,
     settings: Settings,
@@ -110,6 +120,37 @@ def resolve(
 
     Raises MODEL_ERROR: 404 for an unknown model (or another user's), 403 for a disabled one
     (admins may still test a disabled model), 502 for a broken connection row."""
+    key = (str(session.get_bind().engine.url), id(settings), name, user_id, admin)
+    found = _resolved.peek(key)
+    if found is not None:
+        return found
+    model = _resolve(session, settings, name=name, user_id=user_id, admin=admin)
+    if not model.routes:
+        _resolved.put(key, model)
+    return model
+
+
+@event.listens_for(Session, "after_flush")
+def _watch_flush(session: Session, _context: Any) -> None:
+    if any(isinstance(obj, CATALOGUE) for obj in (*session.new, *session.dirty, *session.deleted)):
+        _resolved.forget()
+
+
+@event.listens_for(Session, "do_orm_execute")
+def _watch_statements(state: ORMExecuteState) -> None:
+    writes = state.is_update or state.is_delete or state.is_insert
+    if writes and state.bind_mapper is not None and state.bind_mapper.class_ in CATALOGUE:
+        _resolved.forget()
+
+
+def _resolve(
+    session: Session,
+    settings: Settings,
+    *,
+    name: str | None,
+    user_id: str | None,
+    admin: bool = False,
+) -> ResolvedModel:
     info = find_model(session, name=name, user_id=user_id, admin=admin)
     if info.disable and not admin:
         raise ServiceError("MODEL_ERROR", f"model {info.model_name!r} is disabled", 403)
