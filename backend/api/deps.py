@@ -1,4 +1,6 @@
-"""FastAPI dependencies: settings, a session per request, and the callers behind tokens.
+"""FastAPI dependencies: settings, a session per request, and the callers behind tokens
+(checked by `accounts.identity`, as for the playground and the dashboard; routes get the
+account's row, which the services take).
 
 Routes own their transaction: they call `session.commit()` after the services succeed;
 anything not committed is rolled back when the request ends.
