@@ -19,6 +19,7 @@ import streamlit as st
 from streamlit_authenticator.utilities import LoginError
 
 from backend import i18n
+from backend.accounts.identity import Principal
 from backend.dashboard import auth
 from pages._frame import LANG_KEY, NOTICE_KEY, language, maker, routed, settings, t
 
@@ -65,7 +66,7 @@ def forget_session(message_key: str | None = None) -> None:
         state[REVOKED_KEY] = message_key
 
 
-def current_account() -> auth.DashboardAccount | None:
+def current_account() -> Principal | None:
     """The signed-in account, checked against the database on every run."""
     if not state.get("authentication_status"):
         try:

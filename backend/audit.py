@@ -1,4 +1,12 @@
-"""The audit log of admin actions: who changed what and when."""
+"""The audit log of admin actions: who changed what and when.
+
+The actor (here and in the quota ledger) has one format, made by `accounts.identity.actor_of`
+(or `Principal.actor`) whichever front end the action came through — the API, the dashboard
+or the playground:
+- an account: `<kind>:<name>` — `user:alice`, `admin:root` (a super admin is `admin:<name>` too);
+- the system: a plain word or `system:<what>` — `cli`, `bootstrap`, `seed-demo`,
+  `system:allowances`.
+"""
 
 from __future__ import annotations
 

@@ -75,6 +75,10 @@ class TokenError(Exception):
     pass
 
 
+class WrongRole(TokenError):
+    """A valid token of another role (an admin's where a user's is wanted, or the reverse)."""
+
+
 def issue_token(
     settings: Settings,
     *,
@@ -116,7 +120,7 @@ def decode_token(settings: Settings, token: str, *, role: str, kind: str) -> dic
     except jwt.PyJWTError as exc:
         raise TokenError("invalid token") from exc
     if claims.get("role") != role:
-        raise TokenError(f"not a {role} token")
+        raise WrongRole(f"not a {role} token")
     if claims.get("typ") != kind:
         raise TokenError(f"not an {kind} token" if kind[0] in "aeiou" else f"not a {kind} token")
     return claims

@@ -23,8 +23,9 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import streamlit as st
 
 from backend import i18n
+from backend.accounts.identity import Principal
 from backend.config import Settings
-from backend.dashboard.auth import ACCOUNT_KEY, VERSION_KEY, DashboardAccount, check_session
+from backend.dashboard.auth import ACCOUNT_KEY, VERSION_KEY, check_session
 from backend.errors import ServiceError
 
 if TYPE_CHECKING:  # pandas is imported by the pages that show frames: the sign-in page never needs it
@@ -113,7 +114,7 @@ def routed() -> Iterator[None]:
         _gate.depth -= 1
 
 
-def account() -> DashboardAccount:
+def account() -> Principal:
     """The signed-in account, re-checked against the database.
 
     Streamlit runs a file under pages/ by itself on a process's first run (before any
@@ -143,7 +144,7 @@ def account() -> DashboardAccount:
     return current
 
 
-def require(*roles: str) -> DashboardAccount:
+def require(*roles: str) -> Principal:
     """Stop the page unless the account has one of `roles` (defence in depth: the navigation
     already leaves out pages a role may not open)."""
     current = account()

@@ -17,7 +17,7 @@ st.title(t("page.apikeys"))
 with st.form("apikeys_create", clear_on_submit=True):
     name = st.text_input(t("apikeys.name"), key="apikeys_name")
     if st.form_submit_button(t("apikeys.create")):
-        made = run_action(lambda s: apikeys.create_key(s, user_id=me.id, name=name, actor=f"user:{me.name}")[1])
+        made = run_action(lambda s: apikeys.create_key(s, user_id=me.id, name=name, actor=me.actor)[1])
         if made:
             state["apikeys_new"] = made
 
@@ -40,7 +40,7 @@ if active:
         )
         if st.form_submit_button(t("apikeys.revoke")):
             run_action(
-                lambda s: apikeys.revoke_key(s, key_id=picked, actor=f"user:{me.name}", owner_id=me.id),
+                lambda s: apikeys.revoke_key(s, key_id=picked, actor=me.actor, owner_id=me.id),
                 success=t("apikeys.revoked"),
             )
 

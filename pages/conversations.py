@@ -13,7 +13,7 @@ from pages._frame import account, error_text, read, t
 
 me = account()
 own = me.kind == "user"
-viewer = Viewer.for_user(me.id) if own else Viewer.for_admin(me.name)
+viewer = Viewer.of(me)
 
 st.title(t("page.conversations"))
 equals: dict = {"user_id": me.id} if own else {}

@@ -19,7 +19,7 @@ from pages._frame import columns_config, language, maker, read, require, run_act
 from pages._policy import render_prices, render_routes
 
 me = require("admin", "super")
-viewer = Viewer.for_admin(me.name)
+viewer = Viewer.of(me)
 config = settings()
 state = st.session_state
 

@@ -15,6 +15,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from backend import audit, security
+from backend.accounts.identity import actor_of
 from backend.billing import allowances, quota
 from backend.config import Settings
 from backend.errors import ServiceError, conflict, forbidden
@@ -233,7 +234,7 @@ def change_user_password(session: Session, *, user_id: str, checked_hash: str, n
     revoked = revoke_api_keys(session, user_id=user.id)
     audit.record(
         session,
-        actor=f"user:{user.username}",
+        actor=actor_of(user),
         action="change_password",
         target_type="user",
         target_id=user.id,

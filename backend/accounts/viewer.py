@@ -1,6 +1,7 @@
 """What the seed-003 services share: who is asking, id lists, dates and pages.
 
-- `Viewer`: a user (sees and changes only their own rows) or an admin (sees all).
+- `Viewer`: the visibility rule of a `Principal`: a user sees and changes only their own
+  rows, an admin sees all.
 - `parse_ids("3,4,5")`: the document's comma-separated `{ids}`; spaces, duplicates,
   non-numbers or an empty list are a 400.
 - Dates: answers look like `2024/12/18 09:37` (UTC); queries accept that form, a bare
@@ -21,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from backend import audit
+from backend.accounts.identity import Principal, actor_for
 from backend.errors import ServiceError
 
 BAD_REQUEST = "APP_QUERY_METHOD_ERROR"
@@ -83,7 +85,10 @@ def flush_unique(session: Session, duplicate: ServiceError) -> None:
 
 @dataclass(frozen=True)
 class Viewer:
-    """Who is asking: a user (`user_id`) or an admin (`admin_name`)."""
+    """The seed-003 services' visibility rule: a user (`user_id`) sees and changes only their
+    own rows, an admin (`admin_name`) sees all. Not a second identity: it is what the
+    services need of a `Principal` (`Viewer.of`), and services that act for a user they know
+    only by id (the gateway's history, media) build one from the id alone."""
 
     user_id: str | None = None
     admin_name: str | None = None
@@ -93,9 +98,14 @@ class Viewer:
         return self.admin_name is not None
 
     @property
-    def actor(self) -> str:
-        """What goes into created_by / updated_by: the user's id or `admin:<name>`."""
-        return f"admin:{self.admin_name}" if self.is_admin else str(self.user_id)
+    def stamp(self) -> str:
+        """What created_by / updated_by hold: the user's id (a connection's owner is read back
+        from it) or the admin's audit actor, `admin:<name>`."""
+        return actor_for("admin", self.admin_name) if self.admin_name is not None else str(self.user_id)
+
+    @classmethod
+    def of(cls, principal: Principal) -> Viewer:
+        return cls.for_admin(principal.name) if principal.is_admin else cls.for_user(principal.id)
 
     @classmethod
     def for_user(cls, user_id: str) -> Viewer:
@@ -118,10 +128,10 @@ def audit_admin_change(
     session: Session, viewer: Viewer, action: str, target_type: str, target_id: Any, **detail: Any
 ) -> None:
     """Admins' changes to models, personas and connections go to the audit log (never a key)."""
-    if viewer.is_admin:
+    if viewer.admin_name is not None:
         audit.record(
             session,
-            actor=viewer.actor,
+            actor=actor_for("admin", viewer.admin_name),
             action=action,
             target_type=target_type,
             target_id=str(target_id),

@@ -12,6 +12,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from backend.accounts import service as accounts
+from backend.accounts.identity import actor_of
 from backend.api import envelope
 from backend.api.bounds import INT32_MAX, OffsetQuery
 from backend.api.deps import CurrentAdmin, CurrentSuperAdmin, SessionDep, SettingsDep, hashed_first, new_password_first
@@ -47,16 +48,12 @@ envelope.on_invalid("QUERY_TABLE_ERROR", "/admin/query_table", "/admin/query_tab
 envelope.on_invalid("QUERY_TABLE_DATA_ERROR", "/admin/query_table_data")
 
 
-def actor_name(admin) -> str:
-    return f"admin:{admin.name}"
-
-
 # --- users -------------------------------------------------------------------------------
 
 
 @router.post("/admin/add_normal_user")
 def add_normal_user(body: AddUserIn, admin: CurrentAdmin, session: SessionDep, settings: SettingsDep) -> dict:
-    actor = actor_name(admin)
+    actor = actor_of(admin)
     user = accounts.create_user(
         session,
         settings,
@@ -75,7 +72,7 @@ def add_normal_user(body: AddUserIn, admin: CurrentAdmin, session: SessionDep, s
 @router.post("/admin/modify_normal_user")
 def modify_normal_user(body: ModifyUserIn, admin: CurrentAdmin, session: SessionDep, settings: SettingsDep) -> dict:
     info = body.new_user_info
-    actor = actor_name(admin)
+    actor = actor_of(admin)
     accounts.modify_user(
         session,
         settings,
@@ -95,7 +92,7 @@ def modify_normal_user(body: ModifyUserIn, admin: CurrentAdmin, session: Session
 
 @router.post("/admin/delete_normal_user")
 def delete_normal_user(body: DeleteUserIn, admin: CurrentAdmin, session: SessionDep) -> dict:
-    accounts.delete_user(session, username=body.target_username, actor=actor_name(admin))
+    accounts.delete_user(session, username=body.target_username, actor=actor_of(admin))
     session.commit()
     return envelope.ok(f"{body.target_username}用户删除成功")
 
@@ -105,7 +102,7 @@ def delete_normal_user(body: DeleteUserIn, admin: CurrentAdmin, session: Session
 
 @router.post("/admin/add_admin")
 def add_admin(body: AddAdminIn, admin: CurrentSuperAdmin, session: SessionDep, settings: SettingsDep) -> dict:
-    actor = actor_name(admin)
+    actor = actor_of(admin)
     password = new_password_first(session, settings, body.password, "ADD_ADMIN_ERROR")
     accounts.create_admin(session, settings, name=body.admin, password=password, actor=actor)
     session.commit()
@@ -114,7 +111,7 @@ def add_admin(body: AddAdminIn, admin: CurrentSuperAdmin, session: SessionDep, s
 
 @router.post("/admin/modify_admin")
 def modify_admin(body: ModifyAdminIn, admin: CurrentSuperAdmin, session: SessionDep, settings: SettingsDep) -> dict:
-    actor = actor_name(admin)
+    actor = actor_of(admin)
     accounts.modify_admin(
         session,
         settings,
@@ -129,7 +126,7 @@ def modify_admin(body: ModifyAdminIn, admin: CurrentSuperAdmin, session: Session
 
 @router.post("/admin/delete_admin")
 def delete_admin(body: DeleteAdminIn, admin: CurrentSuperAdmin, session: SessionDep) -> dict:
-    accounts.delete_admin(session, target=body.target_admin, actor=actor_name(admin))
+    accounts.delete_admin(session, target=body.target_admin, actor=actor_of(admin))
     session.commit()
     return envelope.ok(f"{body.target_admin} 删除成功")
 
@@ -145,7 +142,7 @@ def add_token(body: AddTokenIn, admin: CurrentAdmin, session: SessionDep) -> dic
         tokens=body.token_limit.tokens,
         pic_times=body.token_limit.pictimes,
         academy=body.token_range,
-        actor=actor_name(admin),
+        actor=actor_of(admin),
         expires_at=body.expires_at,
         max_redemptions=body.max_redemptions,
     )
@@ -163,7 +160,7 @@ def modify_token(body: ModifyTokenIn, admin: CurrentAdmin, session: SessionDep) 
     vouchers.modify_voucher(
         session,
         name=body.target_token,
-        actor=actor_name(admin),
+        actor=actor_of(admin),
         tokens=nested.tokens,
         pic_times=nested.pictimes,
         academy=academy,
@@ -177,7 +174,7 @@ def modify_token(body: ModifyTokenIn, admin: CurrentAdmin, session: SessionDep) 
 
 @router.post("/admin/delete_token")
 def delete_token(body: DeleteTokenIn, admin: CurrentSuperAdmin, session: SessionDep) -> dict:
-    vouchers.delete_voucher(session, name=body.target_token, actor=actor_name(admin))
+    vouchers.delete_voucher(session, name=body.target_token, actor=actor_of(admin))
     session.commit()
     return envelope.ok(f"{body.target_token} 删除成功")
 
@@ -189,7 +186,7 @@ def control_token(
     is_available: Annotated[int, Query(ge=0, le=1)],
     token_name: Annotated[str, Query(min_length=1, max_length=64)],
 ) -> dict:
-    vouchers.set_available(session, name=token_name, available=bool(is_available), actor=actor_name(admin))
+    vouchers.set_available(session, name=token_name, available=bool(is_available), actor=actor_of(admin))
     session.commit()
     return envelope.ok(f"{token_name} {'启用' if is_available else '禁用'}成功")
 

@@ -32,12 +32,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import jwt
 from fastapi import APIRouter, Body, Depends, Query, Request
 from pydantic import BaseModel, ValidationError
 
+from backend.accounts import identity
 from backend.accounts.viewer import Viewer, bad_request, make_page, parse_ids, shape_listing
-from backend.api.deps import SessionDep, SettingsDep, admin_from_token, require_bearer, user_from_token
+from backend.api.deps import SessionDep, SettingsDep, require_bearer
 from backend.api.envelope import success
 from backend.api.schemas import json_body
 from backend.api.schemas.seed003 import (
@@ -49,7 +49,6 @@ from backend.api.schemas.seed003 import (
     errors,
 )
 from backend.chat import conversations
-from backend.errors import unauthorized
 
 router = APIRouter(tags=["seed-003 conversations"], responses=errors(400, 401, 403, 404, 405, 413))
 
@@ -60,16 +59,8 @@ BARE_LIST_LIMIT = 1000
 
 
 def current_viewer(request: Request, session: SessionDep, settings: SettingsDep) -> Viewer:
-    """A user or an admin Bearer token; the role claim picks which check applies (the
-    chosen check verifies the signature, the type and the revocation)."""
-    token = require_bearer(request)
-    try:
-        role = jwt.decode(token, options={"verify_signature": False}).get("role")
-    except jwt.PyJWTError:
-        raise unauthorized("invalid token") from None
-    if role == "admin":
-        return Viewer.for_admin(admin_from_token(session, settings, token).name)
-    return Viewer.for_user(user_from_token(session, settings, token).id)
+    """A user or an admin Bearer token (its role claim picks which account table is read)."""
+    return Viewer.of(identity.authenticate_token(session, settings, require_bearer(request), kinds=("user", "admin")))
 
 
 ViewerDep = Annotated[Viewer, Depends(current_viewer)]

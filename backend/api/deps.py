@@ -1,4 +1,6 @@
-"""FastAPI dependencies: settings, a session per request, and the callers behind tokens.
+"""FastAPI dependencies: settings, a session per request, and the callers behind tokens
+(checked by `accounts.identity`, as for the playground and the dashboard; routes get the
+account's row, which the services take).
 
 Routes own their transaction: they call `session.commit()` after the services succeed;
 anything not committed is rolled back when the request ends.
@@ -8,13 +10,14 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy.orm import Session
 
-from backend import security
+from backend.accounts import identity
 from backend.accounts import service as accounts
+from backend.accounts.identity import Principal
 from backend.accounts.service import NewPassword
 from backend.config import Settings
 from backend.errors import ServiceError, forbidden, unauthorized
@@ -38,11 +41,7 @@ SessionDep = Annotated[Session, Depends(get_session)]
 
 
 def bearer_token(request: Request) -> str | None:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
-        return None
-    return token.strip()
+    return identity.bearer_token(request.headers.get("authorization"))
 
 
 def require_bearer(request: Request) -> str:
@@ -52,34 +51,19 @@ def require_bearer(request: Request) -> str:
     return token
 
 
-def _claims(settings: Settings, token: str, role: str, kind: str) -> dict:
-    try:
-        return security.decode_token(settings, token, role=role, kind=kind)
-    except security.TokenError as exc:
-        raise unauthorized(str(exc)) from None
+def _row(session: Session, principal: Principal) -> Any:
+    # the row `authenticate_token` read is in the session's identity map: no second query
+    return identity.account_row(session, principal.kind, principal.id)
 
 
 def admin_from_token(session: Session, settings: Settings, token: str, kind: str = "access") -> Admin:
     """The admin a valid, unrevoked admin token of type `kind` belongs to."""
-    claims = _claims(settings, token, "admin", kind)
-    try:
-        admin = session.get(Admin, int(claims["sub"]))
-    except (TypeError, ValueError):
-        admin = None
-    if admin is None or not security.same_account(claims, admin):
-        raise unauthorized("登录已失效（密码已修改或已退出），请重新登录 / token revoked; sign in again")
-    return admin
+    return _row(session, identity.authenticate_token(session, settings, token, kinds=("admin",), purpose=kind))
 
 
 def user_from_token(session: Session, settings: Settings, token: str, kind: str = "access") -> User:
     """The active user a valid, unrevoked user token of type `kind` belongs to."""
-    claims = _claims(settings, token, "user", kind)
-    user = session.get(User, str(claims["sub"]))
-    if user is None or not security.same_account(claims, user):
-        raise unauthorized("登录已失效（密码已修改或已退出），请重新登录 / token revoked; sign in again")
-    if user.status != "active":
-        raise forbidden("this account is disabled")
-    return user
+    return _row(session, identity.authenticate_token(session, settings, token, kinds=("user",), purpose=kind))
 
 
 def current_admin(request: Request, session: SessionDep, settings: SettingsDep) -> Admin:

@@ -12,6 +12,7 @@ from fastapi import APIRouter, Query
 
 from backend.accounts import apikeys
 from backend.accounts import service as accounts
+from backend.accounts.identity import actor_of
 from backend.api import envelope
 from backend.api.bounds import IdPath
 from backend.api.deps import CurrentAdmin, CurrentUser, SessionDep
@@ -49,7 +50,7 @@ def _create_key(session: SessionDep, body: ApiKeyCreate, *, user_id: str, actor:
 @router.post("/user/api_keys")
 def create_my_key(body: ApiKeyCreate, user: CurrentUser, session: SessionDep) -> dict:
     """Create a key for the signed-in user."""
-    return _create_key(session, body, user_id=user.id, actor=f"user:{user.username}")
+    return _create_key(session, body, user_id=user.id, actor=actor_of(user))
 
 
 @router.get("/user/api_keys")
@@ -62,7 +63,7 @@ def list_my_keys(user: CurrentUser, session: SessionDep) -> dict:
 @router.post("/user/api_keys/{key_id}/revoke")
 def revoke_my_key(key_id: IdPath, user: CurrentUser, session: SessionDep) -> dict:
     """Revoke one of the signed-in user's keys."""
-    public = apikeys.revoke_key(session, key_id=key_id, owner_id=user.id, actor=f"user:{user.username}")
+    public = apikeys.revoke_key(session, key_id=key_id, owner_id=user.id, actor=actor_of(user))
     session.commit()
     return envelope.ok("API key revoked", api_key=public.as_dict())
 
@@ -74,7 +75,7 @@ def revoke_my_key(key_id: IdPath, user: CurrentUser, session: SessionDep) -> dic
 def admin_create_key(body: AdminApiKeyCreate, admin: CurrentAdmin, session: SessionDep) -> dict:
     """Create a key for any user."""
     owner = _owner(session, body.user_id, body.username)
-    return _create_key(session, body, user_id=owner.id, actor=f"admin:{admin.name}")
+    return _create_key(session, body, user_id=owner.id, actor=actor_of(admin))
 
 
 @router.get("/admin/api_keys")
@@ -93,6 +94,6 @@ def admin_list_keys(
 @router.post("/admin/api_keys/{key_id}/revoke")
 def admin_revoke_key(key_id: IdPath, admin: CurrentAdmin, session: SessionDep) -> dict:
     """Revoke anyone's key."""
-    public = apikeys.revoke_key(session, key_id=key_id, actor=f"admin:{admin.name}")
+    public = apikeys.revoke_key(session, key_id=key_id, actor=actor_of(admin))
     session.commit()
     return envelope.ok("API key revoked", api_key=public.as_dict())

@@ -31,8 +31,8 @@ from sqlalchemy import select
 
 from backend.accounts import rate_limits
 from backend.accounts import service as accounts
+from backend.accounts.identity import actor_of
 from backend.api import envelope
-from backend.api.admin import actor_name
 from backend.api.deps import CurrentAdmin, SessionDep
 from backend.api.schemas import seed000
 from backend.billing import allowances, pricing
@@ -93,7 +93,7 @@ def list_allowances(admin: CurrentAdmin, session: SessionDep) -> dict:
 
 @router.post("/admin/allowances")
 def create_allowance(body: AllowanceIn, admin: CurrentAdmin, session: SessionDep) -> dict:
-    row = allowances.create(session, actor=actor_name(admin), **_fields(body))
+    row = allowances.create(session, actor=actor_of(admin), **_fields(body))
     session.commit()
     return envelope.ok("创建成功", id=row.id)
 
@@ -103,14 +103,14 @@ def modify_allowance(allowance_id: int, body: AllowancePatch, admin: CurrentAdmi
     fields = _fields(body)
     if fields.pop("clear_carry_caps"):
         fields["clear_carry_cap_tokens"] = fields["clear_carry_cap_pic_times"] = True
-    allowances.modify(session, allowance_id, actor=actor_name(admin), **fields)
+    allowances.modify(session, allowance_id, actor=actor_of(admin), **fields)
     session.commit()
     return envelope.ok("修改成功")
 
 
 @router.delete("/admin/allowances/{allowance_id}")
 def delete_allowance(allowance_id: int, admin: CurrentAdmin, session: SessionDep) -> dict:
-    allowances.delete(session, allowance_id, actor=actor_name(admin))
+    allowances.delete(session, allowance_id, actor=actor_of(admin))
     session.commit()
     return envelope.ok("删除成功")
 
@@ -128,9 +128,9 @@ def run_allowance(allowance_id: int, admin: CurrentAdmin, session: SessionDep, r
     """Apply the current period now, chunk by chunk (each its own transaction)."""
     session.close()  # the run opens its own short transactions
     maker = request.app.state.sessionmaker
-    result = allowances.run_period(maker, allowance_id, actor=actor_name(admin))
+    result = allowances.run_period(maker, allowance_id, actor=actor_of(admin))
     with maker.begin() as s:
-        allowances.record_run(s, result, actor=actor_name(admin))
+        allowances.record_run(s, result, actor=actor_of(admin))
     return envelope.ok("执行成功", data=asdict(result))
 
 
@@ -176,7 +176,7 @@ def set_model_price(body: ModelPriceIn, admin: CurrentAdmin, session: SessionDep
     if model_id is None:
         raise ServiceError(pricing.ERROR, "name the model with model_id or model_name", 404)
     price = pricing.set_model_price(
-        session, model_id, prompt=body.prompt_price, completion=body.completion_price, actor=actor_name(admin)
+        session, model_id, prompt=body.prompt_price, completion=body.completion_price, actor=actor_of(admin)
     )
     session.commit()
     return envelope.ok("修改成功", data={"model_id": model_id, **asdict(price)})
@@ -184,7 +184,7 @@ def set_model_price(body: ModelPriceIn, admin: CurrentAdmin, session: SessionDep
 
 @router.post("/admin/prices/engine")
 def set_engine_price(body: EnginePriceIn, admin: CurrentAdmin, session: SessionDep) -> dict:
-    pricing.set_engine_price(session, body.kind, body.engine, price=body.price, actor=actor_name(admin))
+    pricing.set_engine_price(session, body.kind, body.engine, price=body.price, actor=actor_of(admin))
     session.commit()
     return envelope.ok("修改成功")
 
@@ -216,7 +216,7 @@ def set_rate_limit(body: RateLimitIn, admin: CurrentAdmin, session: SessionDep) 
     if subject is None:
         raise ServiceError(rate_limits.ERROR, "name the subject (or for a user, the username)", 422)
     row = rate_limits.set_limit(
-        session, scope=body.scope, subject=subject, rpm=body.rpm, tpm=body.tpm, actor=actor_name(admin)
+        session, scope=body.scope, subject=subject, rpm=body.rpm, tpm=body.tpm, actor=actor_of(admin)
     )
     session.commit()
     return envelope.ok("修改成功", data=row)
@@ -245,7 +245,7 @@ def set_route(body: RouteIn, admin: CurrentAdmin, session: SessionDep) -> dict:
         connection_id=body.connection_id,
         priority=body.priority,
         weight=body.weight,
-        actor=actor_name(admin),
+        actor=actor_of(admin),
     )
     session.commit()
     return envelope.ok("修改成功")
@@ -253,7 +253,7 @@ def set_route(body: RouteIn, admin: CurrentAdmin, session: SessionDep) -> dict:
 
 @router.delete("/admin/model_routes/{model_id}/{connection_id}")
 def remove_route(model_id: int, connection_id: int, admin: CurrentAdmin, session: SessionDep) -> dict:
-    routing.remove_route(session, model_id=model_id, connection_id=connection_id, actor=actor_name(admin))
+    routing.remove_route(session, model_id=model_id, connection_id=connection_id, actor=actor_of(admin))
     session.commit()
     return envelope.ok("删除成功")
 
@@ -266,6 +266,6 @@ def connections_health(admin: CurrentAdmin, session: SessionDep) -> dict:
 
 @router.post("/admin/connections/{connection_id}/enable")
 def enable_connection(connection_id: int, admin: CurrentAdmin, session: SessionDep) -> dict:
-    routing.enable(session, connection_id, actor=actor_name(admin))
+    routing.enable(session, connection_id, actor=actor_of(admin))
     session.commit()
     return envelope.ok("已恢复")

@@ -262,7 +262,7 @@ def create_connection(
         ai_type=1 if ai_type is None else _ai_type(ai_type),
         timeout=DEFAULT_TIMEOUT if timeout is None else _timeout(timeout),
         protocol=infer_protocol(api) if protocol is None else check_protocol(protocol),
-        created_by=viewer.actor,
+        created_by=viewer.stamp,
     )
     if _name_taken(session, name):
         raise _duplicate(name)
@@ -309,7 +309,7 @@ def update_connection(
         conn.timeout = _timeout(timeout)
     if protocol is not UNSET and protocol is not None:
         conn.protocol = check_protocol(protocol)
-    conn.updated_by = viewer.actor
+    conn.updated_by = viewer.stamp
     conn.updated_time = datetime.now(UTC)
     flush_unique(session, _duplicate(conn.ai_name))
     changed = given(

@@ -321,7 +321,7 @@ def create_model(
         localmodel_name=local,
         ollama_model_name=ollama,
         base_model_name=shown_base,
-        created_by=viewer.actor,
+        created_by=viewer.stamp,
     )
     session.add(model)
     flush_unique(session, _duplicate(name))
@@ -372,7 +372,7 @@ def update_model(
         model.aiol_id = None if aiol_id is None else _connection_for(session, viewer, aiol_id)
     elif model.link_type == 1 and model.aiol_id is None and model.ai_name:
         model.aiol_id = _connection_named(session, viewer, model.ai_name)
-    model.updated_by = viewer.actor
+    model.updated_by = viewer.stamp
     model.updated_time = datetime.now(UTC)
     flush_unique(session, _duplicate(model.model_name))
     changed = given(
@@ -568,7 +568,7 @@ def update_persona(session: Session, viewer: Viewer, body: dict[str, Any]) -> Mo
                     user_message=user_message, model_message=model_message, model_file_id=persona.model_file_id
                 )
             )
-    model.updated_by = viewer.actor
+    model.updated_by = viewer.stamp
     model.updated_time = datetime.now(UTC)
     session.flush()
     audit_admin_change(

@@ -51,6 +51,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend.accounts import rate_limits
+from backend.accounts.identity import Principal
 from backend.billing import pricing, quota, usage
 from backend.catalog import registry as model_registry
 from backend.catalog import routing
@@ -93,7 +94,9 @@ async def offload(fn: Callable[..., T], *args: Any) -> T:
 
 @dataclass(frozen=True)
 class Caller:
-    """Who pays: a user (charged) or an admin running a console test (charged to nobody)."""
+    """Who pays: a user (charged) or an admin running a console test (charged to nobody).
+    Not a second identity: what the gateway needs of a `Principal` (`Caller.of`) plus what a
+    request adds (the /v1 API key, for its rate limit); system callers (titles) have no account."""
 
     user_id: str | None = None
     academy: str | None = None
@@ -107,6 +110,12 @@ class Caller:
     @classmethod
     def for_admin(cls, admin: Any) -> Caller:
         return cls(admin_name=admin.name)
+
+    @classmethod
+    def of(cls, principal: Principal) -> Caller:
+        if principal.is_admin:
+            return cls(admin_name=principal.name)
+        return cls(user_id=principal.id, academy=principal.academy)
 
     @property
     def is_admin(self) -> bool:

@@ -4,6 +4,7 @@
   may be 100,000), the authenticator gets an `AccountDirectory`: a dict that loads the one
   account it is asked about — admins from `admins`, users from `users`, with their bcrypt
   hashes, which the authenticator checks as they are.
+- The signed-in account is an `accounts.identity.Principal`, as for the API and the playground.
 - The cookie (signed with `Settings.cookie_key`) also carries the account kind, its id,
   its identity stamp and its `token_version`, and is honoured only while the account with
   that id still has that stamp, that version and the cookie's name: a cookie never signs in
@@ -21,12 +22,13 @@
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import jwt
 
+from backend.accounts import identity
+from backend.accounts.identity import Principal
 from backend.errors import ServiceError
 
 if TYPE_CHECKING:
@@ -47,44 +49,7 @@ VERSION_KEY = "meteor_session_version"
 REISSUE_COOKIE_KEY = "meteor_reissue_cookie"
 
 
-@dataclass(frozen=True)
-class DashboardAccount:
-    """Who is signed in. `kind` is admin or user; `role` adds super admin."""
-
-    kind: str
-    id: str
-    name: str
-    is_super: bool
-    academy: str | None
-    status: str
-    token_version: int
-    identity: str = ""
-
-    @property
-    def role(self) -> str:
-        if self.kind == "user":
-            return "user"
-        return "super" if self.is_super else "admin"
-
-    @property
-    def actor(self) -> str:
-        """How this account appears in the audit log and ledger (same form as the API)."""
-        return f"{self.kind}:{self.name}"
-
-
-def _from_admin(admin: Any) -> DashboardAccount:
-    return DashboardAccount(
-        "admin", str(admin.id), admin.name, bool(admin.is_super), None, "active", admin.token_version, admin.identity
-    )
-
-
-def _from_user(user: Any) -> DashboardAccount:
-    return DashboardAccount(
-        "user", user.id, user.username, False, user.academy, user.status, user.token_version, user.identity
-    )
-
-
-def find_account(session: Session, kind: str, login_name: str) -> tuple[DashboardAccount, str] | None:
+def find_account(session: Session, kind: str, login_name: str) -> tuple[Principal, str] | None:
     """The account signing in as `login_name` and its password hash. The authenticator
     lower-cases what was typed, so an exact match is tried first, then a unique
     case-insensitive one."""
@@ -102,22 +67,12 @@ def find_account(session: Session, kind: str, login_name: str) -> tuple[Dashboar
     if row is None:
         return None
     assert isinstance(row, (Admin, User))  # select(model) over either model is typed as their Base
-    account = _from_admin(row) if kind == "admin" else _from_user(row)
-    return account, row.password_hash
+    return Principal.of(row), row.password_hash
 
 
-def load_account(session: Session, kind: str, account_id: str) -> DashboardAccount | None:
-    """The current state of an account by id (one primary-key read)."""
-    from db.models import Admin, User
-
-    if kind == "admin":
-        try:
-            admin = session.get(Admin, int(account_id))
-        except ValueError:
-            return None
-        return None if admin is None else _from_admin(admin)
-    user = session.get(User, account_id)
-    return None if user is None else _from_user(user)
+def load_account(session: Session, kind: str, account_id: str) -> Principal | None:
+    """The current state of an account by id (one primary-key read), whatever its status."""
+    return identity.load_principal(session, kind, account_id)
 
 
 def failed_logins(session: Session, settings: Settings, kind: str, name: str) -> int:
@@ -221,7 +176,7 @@ def encode_cookie(
     return jwt.encode(claims, settings.secret("cookie_key"), algorithm="HS256")
 
 
-def verify_cookie(session: Session, settings: Settings, claims: dict[str, Any] | None) -> DashboardAccount | None:
+def verify_cookie(session: Session, settings: Settings, claims: dict[str, Any] | None) -> Principal | None:
     """The account a decoded cookie still stands for, or None when it was revoked (version
     behind the database), names a disabled, deleted, renamed or different account (the id
     and identity stamp must match, not only the name), or lacks Meteor's claims."""
@@ -271,7 +226,7 @@ class RevocableCookie:
         entry = self.directory.get(self.state.get("username"))
         if entry is None:
             return
-        account: DashboardAccount = entry["meteor_account"]
+        account: Principal = entry["meteor_account"]
         token = encode_cookie(
             self.directory.settings,
             username=self.state["username"],
@@ -337,7 +292,7 @@ def signed_in(maker: sessionmaker, kind: str, name: str) -> None:
         ratelimit.clear_account(session, subject)
 
 
-def check_session(session: Session, kind: str, account_id: str, version: int) -> DashboardAccount | None:
+def check_session(session: Session, kind: str, account_id: str, version: int) -> Principal | None:
     """The account if the session's version still matches the database and it may sign in."""
     account = load_account(session, kind, account_id)
     if account is None or account.token_version != version or account.status != "active":
@@ -345,7 +300,7 @@ def check_session(session: Session, kind: str, account_id: str, version: int) ->
     return account
 
 
-def revoke(session: Session, account: DashboardAccount) -> None:
+def revoke(session: Session, account: Principal) -> None:
     """Sign-out: every session, cookie and API token of this account issued so far stops working."""
     from backend.accounts import service as accounts
 
@@ -356,7 +311,7 @@ def revoke(session: Session, account: DashboardAccount) -> None:
 
 
 def change_password(
-    maker: sessionmaker, settings: Settings, account: DashboardAccount, *, old_password: str, new_password: str
+    maker: sessionmaker, settings: Settings, account: Principal, *, old_password: str, new_password: str
 ) -> int:
     """Change the signed-in account's own password; returns the new token version (every
     earlier session and token is revoked). A read, the bcrypt work with no transaction open
@@ -391,7 +346,7 @@ def change_password(
         return admin.token_version
 
 
-def playground_token(settings: Settings, account: DashboardAccount) -> str:
+def playground_token(settings: Settings, account: Principal) -> str:
     """A short-lived signed token that signs the playground in as this account."""
     from backend import security
 

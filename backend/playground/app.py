@@ -22,6 +22,7 @@ import gradio as gr
 from fastapi import FastAPI
 from sqlalchemy.orm import sessionmaker
 
+from backend.accounts.identity import Principal
 from backend.config import Settings
 from backend.errors import ServiceError
 from backend.i18n import normalize
@@ -29,7 +30,7 @@ from backend.playground import logs
 from backend.playground import session as playground
 from backend.playground.gate import LANG_PARAM, PlaygroundAuth, PlaygroundGate
 from backend.playground.labels import label
-from backend.playground.session import ChatProgress, PlaygroundAccount
+from backend.playground.session import ChatProgress
 
 log = logging.getLogger("meteor.playground")
 
@@ -42,7 +43,7 @@ footer { display: none !important; }
 """
 
 
-def _account(maker: sessionmaker, request: gr.Request) -> PlaygroundAccount:
+def _account(maker: sessionmaker, request: gr.Request) -> Principal:
     """The signed-in account of this event; a gone or disabled account is a visible error."""
     try:
         with maker() as session:
@@ -57,7 +58,7 @@ def _balance_line(balance, language: str) -> str:
     return label("balance", language, tokens=balance.tokens, pic_times=balance.pic_times)
 
 
-def _who_line(account: PlaygroundAccount, balance, language: str) -> str:
+def _who_line(account: Principal, balance, language: str) -> str:
     who = label("who.admin" if account.is_admin else "who.user", language, name=account.name)
     money = _balance_line(balance, language)
     return f"{who} · {money}" if money else who

@@ -39,11 +39,12 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from backend.accounts import identity
+from backend.accounts.identity import Principal
 from backend.config import Settings
 from backend.playground import files, links, origins
 from backend.playground import session as playground
 from backend.playground.labels import label
-from backend.playground.session import PlaygroundAccount
 
 log = logging.getLogger("meteor.playground")
 
@@ -58,8 +59,7 @@ MAX_JSON_BODY = 8 * 1024 * 1024  # far above any event's inputs (files travel by
 
 
 def bearer(request: Request) -> str | None:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    return token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    return identity.bearer_token(request.headers.get("authorization"))
 
 
 def is_https(scope: Scope, request: Request) -> bool:
@@ -74,7 +74,7 @@ class PlaygroundAuth:
         self.settings = settings
         self.maker = maker
 
-    def account(self, request: Request) -> PlaygroundAccount | None:
+    def account(self, request: Request) -> Principal | None:
         token, cookie = bearer(request), request.cookies.get(COOKIE_NAME)
         if not token and not cookie:
             return None
@@ -163,9 +163,7 @@ class PlaygroundGate:
 
     # --- sign-in links ------------------------------------------------------------------
 
-    def _link_outcome(
-        self, token: str, cookie: str | None
-    ) -> tuple[str, PlaygroundAccount | None, PlaygroundAccount | None]:
+    def _link_outcome(self, token: str, cookie: str | None) -> tuple[str, Principal | None, Principal | None]:
         """What a link does in this browser: ("signed_in", account) after using it up,
         ("kept", account) when it was used before by this same account's browser, ("ask",
         current, link's account) when the browser is signed in as someone else, ("denied",)."""
@@ -182,7 +180,7 @@ class PlaygroundGate:
             account = playground.redeem_link(session, self.settings, token)
             return ("signed_in", account, None) if account is not None else ("denied", None, None)
 
-    def _redeem(self, token: str) -> PlaygroundAccount | None:
+    def _redeem(self, token: str) -> Principal | None:
         with self.maker.begin() as session:
             return playground.redeem_link(session, self.settings, token)
 
@@ -206,7 +204,7 @@ class PlaygroundGate:
             )
         return self._signed_in(scope, request, "?" + urlencode(rest), account if outcome == "signed_in" else None)
 
-    def _signed_in(self, scope: Scope, request: Request, location: str, account: PlaygroundAccount | None) -> Response:
+    def _signed_in(self, scope: Scope, request: Request, location: str, account: Principal | None) -> Response:
         """303 to the playground, with a new session cookie for `account` (None: keep the
         browser's own)."""
         response = RedirectResponse(location, status_code=303)
@@ -244,7 +242,7 @@ class PlaygroundGate:
 
     # --- files ---------------------------------------------------------------------------
 
-    def _refusal(self, request: Request, account: PlaygroundAccount | None, status: int, what: str, detail) -> Response:
+    def _refusal(self, request: Request, account: Principal | None, status: int, what: str, detail) -> Response:
         """A generic translated refusal; what was asked for goes to the server log only."""
         log.warning(
             "playground %s refused for %s: %s %s",
@@ -261,7 +259,7 @@ class PlaygroundGate:
         the caller (an anonymous caller owns no file; Gradio itself refuses it the rest)."""
         request = Request(scope)
 
-        async def caller() -> PlaygroundAccount | None:
+        async def caller() -> Principal | None:
             return await anyio.to_thread.run_sync(self.auth.account, request)
 
         if rest.startswith(REFUSED_ROUTES):
@@ -304,7 +302,7 @@ class PlaygroundGate:
                 return
         await self.app(scope, _replay(body, receive), send)
 
-    async def _upload(self, scope: Scope, receive: Receive, send: Send, account: PlaygroundAccount) -> None:
+    async def _upload(self, scope: Scope, receive: Receive, send: Send, account: Principal) -> None:
         """Gradio's upload, then each file moved into the caller's folder: the answer names
         the caller's copies."""
         start: Message | None = None

@@ -5,8 +5,9 @@ Who may use it. Only signed-in Meteor accounts, identified on every request by o
 - the playground session cookie, a signed token of type `playground_session` that
   `session_token` issues after a sign-in link was checked;
 - a sign-in link `?token=…`: the dashboard's short-lived token of type `playground`
-  (`dashboard_auth.playground_token`), exchanged for the cookie exactly once
+  (`dashboard.auth.playground_token`), exchanged for the cookie exactly once
   (`redeem_link`: its JWT id goes into `playground_links`, so every API server agrees).
+Tokens become a `Principal` in `accounts.identity` (as for the API and the dashboard).
 Every check compares the token's version with the account's `token_version` in the
 database, so a logout or password change on the dashboard or the API ends the playground
 session too; a disabled user is refused.
@@ -39,112 +40,54 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from backend import security
+from backend.accounts import identity
+from backend.accounts.identity import Principal
 from backend.billing import quota
 from backend.chat import gateway
 from backend.chat.gateway import Caller, ChatCall, ChatResult
 from backend.config import Settings
 from backend.errors import ServiceError
 from backend.media import recognize as media
-from db.models import Admin, ModelInfo, PlaygroundLink, UsageRecord, User
+from db.models import ModelInfo, PlaygroundLink, UsageRecord
 
 log = logging.getLogger("meteor.playground")
 
 SESSION_KIND = "playground_session"
 LINK_KIND = "playground"
-KINDS = ("user", "admin")
 VOICE_SUFFIXES = {".wav", ".pcm", ".raw"}
 
 
 # --- who is signed in --------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class PlaygroundAccount:
-    """The signed-in account: a user (charged) or an admin (console tests, charged to no one)."""
-
-    kind: str  # user | admin
-    id: str
-    name: str
-    token_version: int
-    academy: str | None = None
-    identity: str = ""  # the account's identity stamp: a token of a deleted namesake never fits
-
-    @property
-    def subject(self) -> str:
-        """What the auth dependency hands Gradio as the user name: `user:<id>` / `admin:<id>`."""
-        return f"{self.kind}:{self.id}"
-
-    @property
-    def is_admin(self) -> bool:
-        return self.kind == "admin"
-
-    @property
-    def caller(self) -> Caller:
-        """Who the gateway charges."""
-        if self.is_admin:
-            return Caller(admin_name=self.name)
-        return Caller(user_id=self.id, academy=self.academy)
-
-
-def _load(session: Session, kind: str, account_id: str) -> PlaygroundAccount | None:
+def _load(session: Session, kind: str, account_id: str) -> Principal | None:
     """The account as it is now; None when it is gone or (a user) not active."""
-    if kind == "admin":
-        try:
-            admin = session.get(Admin, int(account_id))
-        except (TypeError, ValueError):
-            return None
-        if admin is None:
-            return None
-        return PlaygroundAccount("admin", str(admin.id), admin.name, admin.token_version, identity=admin.identity)
-    if kind != "user":
-        return None
-    user = session.get(User, str(account_id))
-    if user is None or user.status != "active":
-        return None
-    return PlaygroundAccount("user", user.id, user.username, user.token_version, user.academy, user.identity)
-
-
-def _from_token(session: Session, settings: Settings, token: str, kind: str) -> PlaygroundAccount | None:
-    for role in KINDS:
-        try:
-            claims = security.decode_token(settings, token, role=role, kind=kind)
-        except security.TokenError:
-            continue
-        account = _load(session, role, str(claims["sub"]))
-        if account is not None and security.same_account(claims, account):
-            return account
-        return None
-    return None
+    return identity.load_principal(session, kind, account_id, active=True)
 
 
 def authenticate(
     session: Session, settings: Settings, *, bearer: str | None = None, cookie: str | None = None
-) -> PlaygroundAccount | None:
+) -> Principal | None:
     """The account behind a request's Bearer access token or playground session cookie
     (a valid, unrevoked token of an active account), or None: no anonymous use."""
     if bearer:
-        account = _from_token(session, settings, bearer, "access")
+        account = identity.resolve_token(session, settings, bearer, purpose="access")
         if account is not None:
             return account
     if cookie:
-        return _from_token(session, settings, cookie, SESSION_KIND)
+        return identity.resolve_token(session, settings, cookie, purpose=SESSION_KIND)
     return None
 
 
-def _link(session: Session, settings: Settings, token: str) -> tuple[PlaygroundAccount, dict[str, Any]] | None:
-    for role in KINDS:
-        try:
-            claims = security.decode_token(settings, token, role=role, kind=LINK_KIND)
-        except security.TokenError:
-            continue
-        account = _load(session, role, str(claims["sub"]))
-        if account is None or not security.same_account(claims, account) or not claims.get("jti"):
-            return None
-        return account, claims
-    return None
+def _link(session: Session, settings: Settings, token: str) -> tuple[Principal, dict[str, Any]] | None:
+    try:
+        account, claims = identity.verify_token(session, settings, token, purpose=LINK_KIND)
+    except ServiceError:
+        return None
+    return (account, claims) if claims.get("jti") else None
 
 
-def check_link_token(session: Session, settings: Settings, token: str) -> PlaygroundAccount | None:
+def check_link_token(session: Session, settings: Settings, token: str) -> Principal | None:
     """The account a dashboard sign-in link (`?token=`, type `playground`) signs in, or None
     (forged, expired, revoked, or already used). Does not use the link up: see `redeem_link`."""
     found = _link(session, settings, token)
@@ -153,14 +96,14 @@ def check_link_token(session: Session, settings: Settings, token: str) -> Playgr
     return found[0]
 
 
-def link_account(session: Session, settings: Settings, token: str) -> PlaygroundAccount | None:
+def link_account(session: Session, settings: Settings, token: str) -> Principal | None:
     """The account a genuine, unexpired, unrevoked link is for, used or not (so a browser
     already signed in by it can be told apart from one replaying it)."""
     found = _link(session, settings, token)
     return found[0] if found is not None else None
 
 
-def redeem_link(session: Session, settings: Settings, token: str) -> PlaygroundAccount | None:
+def redeem_link(session: Session, settings: Settings, token: str) -> Principal | None:
     """Use a sign-in link up and return the account it signs in; None when it is not valid or
     was already used, here or on another API server (the link's JWT id is inserted into
     `playground_links`; a second insert of the same id fails on its primary key, whichever
@@ -189,7 +132,7 @@ def redeem_link(session: Session, settings: Settings, token: str) -> PlaygroundA
     return account
 
 
-def session_token(settings: Settings, account: PlaygroundAccount) -> str:
+def session_token(settings: Settings, account: Principal) -> str:
     """The playground session cookie's value: signed, bound to the account's token version,
     valid as long as an access token."""
     return security.issue_token(
@@ -203,7 +146,7 @@ def session_token(settings: Settings, account: PlaygroundAccount) -> str:
     )
 
 
-def account_for(session: Session, subject: str | None) -> PlaygroundAccount:
+def account_for(session: Session, subject: str | None) -> Principal:
     """The account behind the subject the auth dependency handed Gradio; 401 when it is
     missing or the account is gone or disabled."""
     kind, _, account_id = (subject or "").partition(":")
@@ -222,7 +165,7 @@ class ModelChoices:
     default: str | None
 
 
-def model_choices(session: Session, account: PlaygroundAccount) -> ModelChoices:
+def model_choices(session: Session, account: Principal) -> ModelChoices:
     """The enabled models (`model_info.disable = 0`) the account may chat with, by name:
     shared ones and a user's own; an admin sees every enabled model. The default model
     (`is_default`) is preselected, else the first."""
@@ -235,7 +178,7 @@ def model_choices(session: Session, account: PlaygroundAccount) -> ModelChoices:
     return ModelChoices(names, default)
 
 
-def balance(session: Session, account: PlaygroundAccount) -> quota.Balance | None:
+def balance(session: Session, account: Principal) -> quota.Balance | None:
     """A user's balance; None for an admin (charged to no one)."""
     return None if account.is_admin else quota.balance(session, account.id)
 
@@ -303,7 +246,7 @@ class LiveChat:
     cancelled never did, and is not kept."""
 
     maker: sessionmaker
-    account: PlaygroundAccount
+    account: Principal
     call: ChatCall
     user_text: str
     conversation_id: int | None
@@ -360,9 +303,7 @@ class LiveChat:
         return None  # not reached: nothing cancels this shielded scope, so its exit swallows nothing
 
 
-def _after_stop(
-    maker: sessionmaker, account: PlaygroundAccount, call: ChatCall, user_text: str, delivered: str
-) -> StopOutcome:
+def _after_stop(maker: sessionmaker, account: Principal, call: ChatCall, user_text: str, delivered: str) -> StopOutcome:
     conversation_id = call.conversation_id
     with maker.begin() as s:
         row = s.scalars(select(UsageRecord).where(UsageRecord.request_id == call.request_id)).first()
@@ -404,7 +345,7 @@ async def stream_chat(
     maker: sessionmaker,
     settings: Settings,
     *,
-    account: PlaygroundAccount,
+    account: Principal,
     model_name: str | None,
     message: str,
     history: list[dict[str, Any]] | None,
@@ -431,7 +372,7 @@ async def stream_chat(
         call = await gateway.start_chat(
             maker,
             settings,
-            caller=account.caller,
+            caller=Caller.of(account),
             dialog=dialog,
             model_name=model_name or None,
             conversation_id=conversation_id,
@@ -486,7 +427,7 @@ async def stream_chat(
                 del _live[key]
 
 
-def current_balance(maker: sessionmaker, account: PlaygroundAccount) -> quota.Balance | None:
+def current_balance(maker: sessionmaker, account: Principal) -> quota.Balance | None:
     """The account's balance read now in a short session (None for an admin)."""
     with maker() as s:
         return balance(s, account)
@@ -499,7 +440,7 @@ def _empty_message() -> ServiceError:
 # --- voice and pictures ------------------------------------------------------------------
 
 
-def _users_only(account: PlaygroundAccount, what: str) -> None:
+def _users_only(account: Principal, what: str) -> None:
     if account.is_admin:
         raise ServiceError(
             "PERMISSION_DENIED",
@@ -522,7 +463,7 @@ def _read_upload(path: str | Path | None, what: str, limit: int) -> tuple[bytes,
 
 
 async def transcribe(
-    maker: sessionmaker, settings: Settings, *, account: PlaygroundAccount, audio_path: str | Path | None
+    maker: sessionmaker, settings: Settings, *, account: Principal, audio_path: str | Path | None
 ) -> media.Recognition:
     """Transcribe a recorded or uploaded clip (WAV or 16 kHz PCM) with the media service:
     free unless voice costs quota, one usage row. Users only (403 for an admin)."""
@@ -535,7 +476,7 @@ async def transcribe(
 
 
 async def recognise_picture(
-    maker: sessionmaker, settings: Settings, *, account: PlaygroundAccount, image_path: str | Path | None
+    maker: sessionmaker, settings: Settings, *, account: Principal, image_path: str | Path | None
 ) -> media.Recognition:
     """Read the text in an uploaded picture with the media service: one picTime reserved,
     charged on success (PIC_TIMES_NOT_ENOUGH, 402, when none is left). Users only."""
@@ -549,7 +490,7 @@ async def attachments_text(
     maker: sessionmaker,
     settings: Settings,
     *,
-    account: PlaygroundAccount,
+    account: Principal,
     files: list[str] | None,
     describe: Callable[[str, str], str],
 ) -> str:

@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import func, select
 
 from backend import i18n, security
+from backend.accounts.identity import Principal
 from backend.billing import quota, vouchers
 from backend.dashboard import admin as dashboard
 from backend.dashboard import auth
@@ -325,14 +326,14 @@ def test_account_directory_loads_one_account_on_demand(maker, settings):
 
 
 def test_playground_token_and_url(settings):
-    account = auth.DashboardAccount("user", "ab" * 16, "alice", False, "CS", "active", 3)
+    account = Principal("user", "ab" * 16, "alice", False, "CS", "active", 3)
     token = auth.playground_token(settings, account)
     claims = security.decode_token(settings, token, role="user", kind="playground")
     assert claims["sub"] == account.id and claims["ver"] == 3
     assert claims["exp"] - claims["iat"] == settings.playground_token_seconds
     url = auth.playground_url(settings, token, "en")
     assert url.startswith(f"http://127.0.0.1:{settings.api_port}/playground/?token=")
-    admin = auth.DashboardAccount("admin", "7", "root", True, None, "active", 0)
+    admin = Principal("admin", "7", "root", True, None, "active", 0)
     assert security.decode_token(settings, auth.playground_token(settings, admin), role="admin", kind="playground")
 
 

@@ -13,8 +13,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import sessionmaker
 
 from backend import bootstrap
+from backend.accounts.identity import Principal
 from backend.config import Settings
-from backend.dashboard.auth import DashboardAccount, playground_token
+from backend.dashboard.auth import playground_token
 from db.models import Admin, ModelFile, ModelInfo, User
 
 EMBEDDED = bootstrap.EMBEDDED_BASE_MODEL
@@ -54,12 +55,12 @@ def link_token(settings: Settings, maker: sessionmaker, kind: str, account_id: s
     with maker() as s:
         if kind == "user":
             user = s.get(User, account_id)
-            account = DashboardAccount(
+            account = Principal(
                 "user", user.id, user.username, False, user.academy, user.status, user.token_version, user.identity
             )
         else:
             admin = s.scalar(select(Admin).where(Admin.id == int(account_id)))
-            account = DashboardAccount(
+            account = Principal(
                 "admin",
                 str(admin.id),
                 admin.name,

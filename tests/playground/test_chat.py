@@ -8,6 +8,7 @@ import asyncio
 import pytest
 from sqlalchemy import select
 
+from backend.accounts.identity import Principal
 from backend.playground import session as playground
 from db.models import ModelConversation, ModelMessage, QuotaLedger, UsageRecord
 from tests.factories import make_admin, make_user
@@ -17,7 +18,7 @@ from tests.playground.helpers import add_embedded_model
 pytestmark = pytest.mark.slow
 
 
-def _account(maker, kind: str, account_id: str) -> playground.PlaygroundAccount:
+def _account(maker, kind: str, account_id: str) -> Principal:
     with maker() as s:
         return playground.account_for(s, f"{kind}:{account_id}")
 

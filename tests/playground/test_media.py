@@ -8,6 +8,7 @@ import asyncio
 import pytest
 from sqlalchemy import select
 
+from backend.accounts.identity import Principal
 from backend.billing import quota
 from backend.errors import ServiceError
 from backend.playground import session as playground
@@ -18,7 +19,7 @@ from tests.media.samples import ENGLISH_LINES, SENTENCE, character_accuracy, esp
 pytestmark = pytest.mark.slow
 
 
-def _account(maker, kind: str, account_id: str) -> playground.PlaygroundAccount:
+def _account(maker, kind: str, account_id: str) -> Principal:
     with maker() as s:
         return playground.account_for(s, f"{kind}:{account_id}")
 

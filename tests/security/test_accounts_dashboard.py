@@ -10,6 +10,7 @@ import jwt
 from sqlalchemy import select
 
 from backend.accounts import service as accounts
+from backend.accounts.identity import Principal
 from backend.dashboard import auth
 from db.models import Admin, User
 from tests.factories import PASSWORD, make_admin, make_user
@@ -19,7 +20,7 @@ def _decode(settings, token: str) -> dict:
     return jwt.decode(token, settings.cookie_key.get_secret_value(), algorithms=["HS256"])
 
 
-def _cookie(settings, account: auth.DashboardAccount) -> dict:
+def _cookie(settings, account: Principal) -> dict:
     token = auth.encode_cookie(
         settings,
         username=account.name,
@@ -38,7 +39,7 @@ def _name_only_cookie(settings, kind: str, name: str, version: int = 0) -> dict:
     return _decode(settings, jwt.encode(claims, settings.cookie_key.get_secret_value(), algorithm="HS256"))
 
 
-def _account(maker, kind: str, name: str) -> auth.DashboardAccount:
+def _account(maker, kind: str, name: str) -> Principal:
     with maker() as s:
         found = auth.find_account(s, kind, name)
     assert found is not None
