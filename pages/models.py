@@ -151,7 +151,9 @@ if picked:
         st.caption(t("models.enable_toggle"))
         if st.button(t("common.disable") if enabled else t("common.enable"), key="models_toggle"):
             run_action(
-                lambda s: model_admin.update_model(s, viewer, picked, disable=1 if enabled else 0),
+                lambda s: model_admin.update_model(
+                    s, viewer, picked, model_admin.ModelUpdate(disable=1 if enabled else 0)
+                ),
                 success=t(
                     "models.toggled",
                     name=form.model_name,

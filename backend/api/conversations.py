@@ -42,7 +42,7 @@ from backend.api.envelope import success
 from backend.api.schemas import json_body
 from backend.api.schemas.seed003 import (
     ConversationIn,
-    ConversationUpdate,
+    ConversationUpdateIn,
     MessageIn,
     PageNumQuery,
     PageSizeQuery,
@@ -87,11 +87,6 @@ def parse_body(model: type[BaseModel], body: Any) -> Any:
             where = ".".join(str(x) for x in err.get("loc", ())) or "body"
             parts.append(f"{where}: {err.get('msg', 'invalid')}")
         raise bad_request("invalid request: " + "; ".join(parts)) from None
-
-
-def given(data: BaseModel, *names: str) -> dict[str, Any]:
-    """The fields the client actually sent, by Python name."""
-    return {name: getattr(data, name) for name in names if name in data.model_fields_set}
 
 
 # --- conversations -----------------------------------------------------------------------
@@ -224,11 +219,11 @@ def create_conversation(session: SessionDep, viewer: ViewerDep, body: Annotated[
     return _create_conversation(session, viewer, body if body is not None else {})
 
 
-@router.put("/model/message", openapi_extra=json_body(ConversationUpdate))
-@router.put("/model/conversation", openapi_extra=json_body(ConversationUpdate))
+@router.put("/model/message", openapi_extra=json_body(ConversationUpdateIn))
+@router.put("/model/conversation", openapi_extra=json_body(ConversationUpdateIn))
 def update_conversation(session: SessionDep, viewer: ViewerDep, body: Annotated[Any, Body()] = None) -> dict[str, Any]:
-    data = parse_body(ConversationUpdate, body)
-    conv = conversations.update_conversation(session, viewer, data.id, **given(data, "title", "ai_name"))
+    data = parse_body(ConversationUpdateIn, body)
+    conv = conversations.update_conversation(session, viewer, data.id, data.changes())
     session.commit()
     return success(conversations.conversation_public(conv))
 

@@ -28,23 +28,24 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request
 
-from backend.accounts.viewer import bad_request, make_page, parse_ids, shape_listing
+from backend.accounts.viewer import make_page, parse_ids, shape_listing
 from backend.api.bounds import OptIntQuery
-from backend.api.conversations import BARE_LIST_LIMIT, ViewerDep, given, parse_body
+from backend.api.conversations import BARE_LIST_LIMIT, ViewerDep, parse_body
 from backend.api.deps import SessionDep, SettingsDep
 from backend.api.envelope import success
 from backend.api.schemas import json_body
 from backend.api.schemas.seed003 import (
     ConnectionFilter,
     ConnectionIn,
-    ConnectionUpdate,
+    ConnectionUpdateIn,
     ModelIn,
-    ModelUpdate,
+    ModelUpdateIn,
     PageNumQuery,
     PageSizeQuery,
     ProbeIn,
     errors,
     persona_schema,
+    persona_update,
 )
 from backend.catalog import connections, model_admin
 from backend.config import Settings
@@ -90,9 +91,7 @@ def list_models(
 @router.put("/model/manage/detail", openapi_extra=json_body(persona_schema()))
 @router.put("/model/manage/detail/", include_in_schema=False)
 def update_persona(session: SessionDep, viewer: ViewerDep, body: Annotated[Any, Body()] = None) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise bad_request("the request body must be a JSON object")
-    model = model_admin.update_persona(session, viewer, body)
+    model = model_admin.update_persona(session, viewer, persona_update(body))
     session.commit()
     return success({"modelId": model.model_id, "modelFileId": model.model_file_id})
 
@@ -137,26 +136,11 @@ def create_model(session: SessionDep, viewer: ViewerDep, body: Annotated[Any, Bo
     return success(model_admin.model_public(model))
 
 
-@router.put("/model/manage", openapi_extra=json_body(ModelUpdate))
+@router.put("/model/manage", openapi_extra=json_body(ModelUpdateIn))
 @router.put("/model/manage/", include_in_schema=False)
 def update_model(session: SessionDep, viewer: ViewerDep, body: Annotated[Any, Body()] = None) -> dict[str, Any]:
-    data = parse_body(ModelUpdate, body)
-    changes = given(
-        data,
-        "model_name",
-        "ai_name",
-        "link_type",
-        "disable",
-        "description",
-        "model_version",
-        "aiol_id",
-        "localmodel_name",
-        "ollama_model_name",
-        "base_model_name",
-    )
-    if "aiol_id" not in changes and "ai_id" in data.model_fields_set:
-        changes["aiol_id"] = data.ai_id
-    model = model_admin.update_model(session, viewer, data.model_id, **changes)
+    data = parse_body(ModelUpdateIn, body)
+    model = model_admin.update_model(session, viewer, data.model_id, data.changes())
     session.commit()
     return success(model_admin.model_public(model))
 
@@ -211,7 +195,7 @@ def list_connections(
 
 @router.put(
     "/model/ol/manage",
-    openapi_extra=json_body(ConnectionUpdate, ConnectionFilter, description="an update, or a list (createdTime*)"),
+    openapi_extra=json_body(ConnectionUpdateIn, ConnectionFilter, description="an update, or a list (createdTime*)"),
 )
 @router.put("/model/ol/manage/", include_in_schema=False)
 def update_connection(
@@ -234,11 +218,8 @@ def update_connection(
             created_start=f.createdTimeStart,
             created_end=f.createdTimeEnd,
         )
-    data = parse_body(ConnectionUpdate, body)
-    changes = given(data, "ai_name", "ai_version", "ai_token", "ai_api", "ai_type", "timeout", "protocol")
-    if "timeout" not in changes and "time_out" in data.model_fields_set:
-        changes["timeout"] = data.time_out
-    conn = connections.update_connection(session, settings, viewer, data.ai_id, **changes)
+    data = parse_body(ConnectionUpdateIn, body)
+    conn = connections.update_connection(session, settings, viewer, data.ai_id, data.changes())
     session.commit()
     return success(connections.connection_public(settings, conn))
 

@@ -23,17 +23,17 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+from pydantic import BaseModel
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from backend import security
+from backend.accounts.changes import Change, save_changes
 from backend.accounts.viewer import (
-    UNSET,
     Page,
     Viewer,
     audit_admin_change,
@@ -41,7 +41,6 @@ from backend.accounts.viewer import (
     created_range,
     flush_unique,
     fmt,
-    given,
     name_taken,
     not_found,
     optional_text,
@@ -272,56 +271,59 @@ def create_connection(
     return conn
 
 
+class ConnectionUpdate(BaseModel):
+    """The fields of a connection to change (only those set). None clears aiVersion and
+    keeps aiToken, aiType, timeout and protocol; aiName and aiApi cannot be cleared."""
+
+    ai_name: str | None = None
+    ai_api: str | None = None
+    ai_token: str | None = None  # the masked value answers show keeps the stored key; "" clears it
+    ai_version: str | None = None
+    ai_type: int | None = None
+    timeout: int | None = None
+    protocol: str | None = None
+
+
+def _keeps_token(value: str | None) -> bool:
+    return value is None or MASK_MARK in value
+
+
 def update_connection(
-    session: Session,
-    settings: Settings,
-    viewer: Viewer,
-    ai_id: int,
-    *,
-    ai_name: Any = UNSET,
-    ai_api: Any = UNSET,
-    ai_token: Any = UNSET,
-    ai_version: Any = UNSET,
-    ai_type: Any = UNSET,
-    timeout: Any = UNSET,
-    protocol: Any = UNSET,
+    session: Session, settings: Settings, viewer: Viewer, ai_id: int, update: ConnectionUpdate
 ) -> ModelAiOnline:
-    """Change the given fields. An aiToken that is null, absent, or the masked value shown
-    by this server keeps the stored key; an empty string clears it."""
+    """Change the fields `update` was given. An aiToken that is null, absent, or the masked
+    value shown by this server keeps the stored key; an empty string clears it."""
     conn = get_connection(session, viewer, ai_id, for_change=True)
-    if ai_name is not UNSET:
-        name = required_text(ai_name, "aiName", 50)
+
+    def unique_name(value: Any) -> str:
+        name = required_text(value, "aiName", 50)
         if _name_taken(session, name, exclude=conn.ai_id):
             raise _duplicate(name)
-        conn.ai_name = name
-    if ai_api is not UNSET:
-        conn.ai_api = _check_api(settings, ai_api, allow_private=reaches_private(conn))
-    if ai_token is not UNSET and ai_token is not None:
-        if not isinstance(ai_token, str):
-            raise bad_request("aiToken must be a string")
-        if MASK_MARK not in ai_token:
-            conn.ai_token_encrypted = security.encrypt_secret(settings, check_token(ai_token))
-    if ai_version is not UNSET:
-        conn.ai_version = optional_text(ai_version, "aiVersion", 50)
-    if ai_type is not UNSET and ai_type is not None:
-        conn.ai_type = _ai_type(ai_type)
-    if timeout is not UNSET and timeout is not None:
-        conn.timeout = _timeout(timeout)
-    if protocol is not UNSET and protocol is not None:
-        conn.protocol = check_protocol(protocol)
-    conn.updated_by = viewer.actor
-    conn.updated_time = datetime.now(UTC)
-    flush_unique(session, _duplicate(conn.ai_name))
-    changed = given(
-        aiName=ai_name,
-        aiApi=ai_api,
-        aiToken=ai_token,
-        aiVersion=ai_version,
-        aiType=ai_type,
-        timeout=timeout,
-        protocol=protocol,
+        return name
+
+    rules = {
+        "ai_name": Change("aiName", unique_name),
+        "ai_api": Change("aiApi", lambda v: _check_api(settings, v, allow_private=reaches_private(conn))),
+        "ai_token": Change(
+            "aiToken",
+            lambda v: security.encrypt_secret(settings, check_token(v)),
+            attr="ai_token_encrypted",
+            keeps=_keeps_token,
+        ),
+        "ai_version": Change("aiVersion", lambda v: optional_text(v, "aiVersion", 50)),
+        "ai_type": Change.unless_none("aiType", _ai_type),
+        "timeout": Change.unless_none("timeout", _timeout),
+        "protocol": Change.unless_none("protocol", check_protocol),
+    }
+    save_changes(
+        session,
+        viewer,
+        conn,
+        update,
+        rules,
+        duplicate=lambda: _duplicate(conn.ai_name),
+        audit=("modify_connection", "connection", conn.ai_id),
     )
-    audit_admin_change(session, viewer, "modify_connection", "connection", conn.ai_id, fields=changed)
     return conn
 
 

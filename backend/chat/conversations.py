@@ -13,11 +13,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import BaseModel
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from backend.accounts.changes import Change, apply_changes
 from backend.accounts.viewer import (
-    UNSET,
     Page,
     Viewer,
     bad_request,
@@ -189,15 +190,23 @@ def create_conversation(
     return conv
 
 
+class ConversationUpdate(BaseModel):
+    """The fields of a conversation to change (only those set); None clears either."""
+
+    title: str | None = None
+    ai_name: str | None = None
+
+
 def update_conversation(
-    session: Session, viewer: Viewer, conversation_id: int, *, title: Any = UNSET, ai_name: Any = UNSET
+    session: Session, viewer: Viewer, conversation_id: int, update: ConversationUpdate
 ) -> ModelConversation:
     """Change the title and/or aiName of a conversation the viewer may see."""
     conv = get_conversation(session, viewer, conversation_id)
-    if title is not UNSET:
-        conv.title = _check_text(title, "title", TITLE_MAX)
-    if ai_name is not UNSET:
-        conv.ai_name = _check_text(ai_name, "aiName", AI_NAME_MAX)
+    rules = {
+        "title": Change("title", lambda v: _check_text(v, "title", TITLE_MAX)),
+        "ai_name": Change("aiName", lambda v: _check_text(v, "aiName", AI_NAME_MAX)),
+    }
+    apply_changes(conv, update, rules)
     conv.updated_time = datetime.now(UTC)
     session.flush()
     return conv

@@ -2,8 +2,8 @@
 models and of connections by field name, the form's values by parameter name, each
 parameter's range, save (create or update, persona included), clone.
 
-The seed-003 camelCase shape (`model_admin.model_detail`, the body of
-`model_admin.update_persona`) stays behind these functions: the page reads and passes
+The seed-003 camelCase shape (`model_admin.model_detail`) stays behind these functions
+(changes go in as the catalog's typed `ModelUpdate` / `PersonaUpdate`): the page reads and passes
 PersonaParams' field names. Like every service, nothing here commits.
 """
 
@@ -138,13 +138,8 @@ def _set_persona(
     params: dict[str, Any],
     examples: list[tuple[str, str]],
 ) -> None:
-    body = {
-        "modelId": model_id,
-        "system": system,
-        **params,
-        "modelFileEmessageList": [{"userMessage": u, "modelMessage": m} for u, m in examples],
-    }
-    model_admin.update_persona(session, viewer, body)
+    update = model_admin.PersonaUpdate(model_id=model_id, system=system, params=params, examples=examples)
+    model_admin.update_persona(session, viewer, update)
 
 
 def save_model(
@@ -164,7 +159,7 @@ def save_model(
 ) -> ModelInfo:
     """Create (`model_id` None) or update a model, then set its whole persona: the system
     prompt, every parameter in `params` (None: the backend's default), the examples."""
-    fields = dict(
+    fields: dict[str, Any] = dict(
         model_name=model_name,
         ai_name=ai_name,
         link_type=link_type,
@@ -173,7 +168,7 @@ def save_model(
         aiol_id=aiol_id,
     )
     if model_id:
-        model = model_admin.update_model(session, viewer, model_id, **fields)
+        model = model_admin.update_model(session, viewer, model_id, model_admin.ModelUpdate(**fields))
     else:
         model = model_admin.create_model(session, viewer, **fields)
     _set_persona(session, viewer, model.model_id, system, params, examples)

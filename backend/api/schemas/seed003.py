@@ -17,8 +17,9 @@ from fastapi import Query
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from backend import security
+from backend.accounts.viewer import bad_request
 from backend.api.bounds import INT32_MAX
-from backend.api.schemas import NewPasswordText, SignInPassword, documented, model_schema
+from backend.api.schemas import NewPasswordText, SignInPassword, documented, model_schema, sent_as
 from backend.catalog import connections, model_admin
 from backend.chat import conversations
 from backend.providers.params import PersonaParams
@@ -94,8 +95,13 @@ class ModelIn(BaseModel):
     base_model_name: Text100 = Field(default=None, alias="baseModelName")
 
 
-class ModelUpdate(ModelIn):
+class ModelUpdateIn(ModelIn):
+    """A model's change: the fields sent change (`aiId` counts as `aiolId` when that is absent)."""
+
     model_id: Id = Field(alias="modelId")
+
+    def changes(self) -> model_admin.ModelUpdate:
+        return sent_as(self, model_admin.ModelUpdate, aiol_id="ai_id")
 
 
 class Example(BaseModel):
@@ -128,6 +134,103 @@ def persona_schema() -> dict[str, Any]:
     return schema
 
 
+# Accepted persona keys: the camelCase names, `mirostatEta` (the spelling fixed), snake_case.
+PERSONA_FIELDS: dict[str, str] = {camel: name for name, camel in model_admin.CAMEL_OF.items()}
+PERSONA_FIELDS.update({name: name for name in model_admin.CAMEL_OF} | {"mirostatEta": "mirostat_eta"})
+EXAMPLE_KEYS = ("modelFileEgmessageList", "modelFileEmessageList")  # the original code's, the document's
+
+
+def _int_id(value: Any, field: str) -> int:
+    if isinstance(value, bool):
+        raise bad_request(f"{field} must be a number")
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value.strip())
+    if not isinstance(value, int):
+        raise bad_request(f"{field} must be a number")
+    return value
+
+
+def _persona_values(body: dict[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    sources = [body]
+    if isinstance(body.get("modelFile"), dict):
+        sources.append(body["modelFile"])
+    for source in sources:
+        for key, value in source.items():
+            name = PERSONA_FIELDS.get(key)
+            if name is None or (key == "mirostatEta" and "mirostatEat" in source):
+                continue  # both spellings sent: the document's (and the frontend's) mirostatEat wins
+            if isinstance(value, str) and not value.strip() and name != "stop":
+                value = None  # an empty form field means "the backend's default"
+            values[name] = value
+    return values
+
+
+def _raw_examples(body: dict[str, Any], nested: dict[str, Any]) -> Any:
+    """The example list a body carries, under either spelling (None when none).
+
+    Both spellings in one body: `modelFileEgmessageList` wins, unless it is empty while
+    `modelFileEmessageList` is not. That is the StrangeLoop frontend saving a persona: it
+    deletes its own list from the object it sends and puts an empty one in its place, beside
+    the unchanged copy of the stored examples it was answered — taking the empty list would
+    delete every stored example on each save of a parameter."""
+    found: dict[str, Any] = {}
+    for key in EXAMPLE_KEYS:
+        for source in (body, nested):
+            if key in source and source[key] is not None:
+                found.setdefault(key, source[key])
+    original, document = found.get(EXAMPLE_KEYS[0]), found.get(EXAMPLE_KEYS[1])
+    if original is None:
+        return document
+    if document is not None and original == [] and isinstance(document, list) and document:
+        return document
+    return original
+
+
+def _examples(raw: Any) -> list[tuple[str, str]]:
+    if not isinstance(raw, list):
+        raise bad_request("modelFileEmessageList must be a list")
+    if len(raw) > model_admin.MAX_EXAMPLES:
+        raise bad_request(f"at most {model_admin.MAX_EXAMPLES} examples")
+    pairs: list[tuple[str, str]] = []
+    for index, item in enumerate(raw):
+        if not isinstance(item, dict):
+            raise bad_request(f"modelFileEmessageList[{index}] must be an object")
+        user_message, model_message = item.get("userMessage"), item.get("modelMessage")
+        for field, value in (("userMessage", user_message), ("modelMessage", model_message)):
+            if not isinstance(value, str):
+                raise bad_request(f"modelFileEmessageList[{index}].{field} is required")
+            model_admin.check_example(index, field, value)
+        pairs.append((str(user_message), str(model_message)))
+    return pairs
+
+
+def persona_update(body: Any) -> model_admin.PersonaUpdate:
+    """A `PUT /model/manage/detail` body as the catalog's PersonaUpdate: the persona's id,
+    the parameters under any of their spellings (top level or nested in `modelFile`; a blank
+    string is None), `system` when present, the example list when present (either spelling,
+    see _raw_examples). A `modelAiOnline` in the body is ignored (the original updated the
+    connection from it; connections change at /model/ol/manage only)."""
+    if not isinstance(body, dict):
+        raise bad_request("the request body must be a JSON object")
+    nested: dict[str, Any] = body["modelFile"] if isinstance(body.get("modelFile"), dict) else {}
+    changes: dict[str, Any] = {"params": _persona_values(body)}
+    file_ref = body.get("modelFileId", nested.get("modelFileId"))
+    if file_ref is not None:
+        changes["model_file_id"] = _int_id(file_ref, "modelFileId")
+    elif body.get("modelId") is not None:
+        changes["model_id"] = _int_id(body["modelId"], "modelId")
+    for source in (nested, body):
+        if "system" in source:
+            changes["system"] = source["system"]
+    if changes.get("system") is not None and not isinstance(changes["system"], str):
+        raise bad_request("system must be a string")
+    raw_examples = _raw_examples(body, nested)
+    if raw_examples is not None:
+        changes["examples"] = _examples(raw_examples)
+    return model_admin.PersonaUpdate(**changes)
+
+
 # --- online connections ------------------------------------------------------------------
 
 Protocol = Annotated[
@@ -154,8 +257,13 @@ class ConnectionIn(BaseModel):
     protocol: Protocol | None = None
 
 
-class ConnectionUpdate(ConnectionIn):
+class ConnectionUpdateIn(ConnectionIn):
+    """A connection's change: the fields sent change (`timeOut` counts as `timeout` when that is absent)."""
+
     ai_id: Id = Field(alias="aiId")
+
+    def changes(self) -> connections.ConnectionUpdate:
+        return sent_as(self, connections.ConnectionUpdate, timeout="time_out")
 
 
 class ConnectionFilter(BaseModel):
@@ -205,8 +313,13 @@ class ConversationIn(BaseModel):
         return self.model_id if self.model_id is not None else self.model_info_id
 
 
-class ConversationUpdate(ConversationIn):
+class ConversationUpdateIn(ConversationIn):
+    """A conversation's change: its title and / or aiName, when sent."""
+
     id: Id
+
+    def changes(self) -> conversations.ConversationUpdate:
+        return sent_as(self, conversations.ConversationUpdate)
 
 
 class MessageIn(BaseModel):
