@@ -122,7 +122,9 @@ def model_public(m: ModelInfo) -> dict[str, Any]:
     }
 
 
-def _stored_params(mf: ModelFile) -> dict[str, Any]:
+def stored_params(mf: ModelFile) -> dict[str, Any]:
+    """The persona's sampling parameters by PersonaParams name (a stored stop that no longer
+    reads as a list is None)."""
     try:
         return PersonaParams.from_model_file(mf).model_dump()
     except ValidationError:
@@ -132,7 +134,7 @@ def _stored_params(mf: ModelFile) -> dict[str, Any]:
 def persona_public(mf: ModelFile | None, model_file_id: int | None = None) -> dict[str, Any]:
     """The document's `modelFile` object, with the examples as `modelFileEmessageList` (the
     document) and `modelFileEgmessageList` (the original code)."""
-    params = _stored_params(mf) if mf is not None else dict.fromkeys(PersonaParams.model_fields)
+    params = stored_params(mf) if mf is not None else dict.fromkeys(PersonaParams.model_fields)
     body: dict[str, Any] = {
         "system": mf.system if mf else None,
         "modelFileId": mf.model_file_id if mf else model_file_id,
@@ -480,7 +482,7 @@ def update_persona(session: Session, viewer: Viewer, update: PersonaUpdate) -> M
     PersonaParams), the system prompt when set, and the example list when set. Everything
     is checked before anything is written."""
     model, persona = _persona_owner(session, viewer, update)
-    merged = _stored_params(persona) | update.params
+    merged = stored_params(persona) | update.params
     try:
         params = PersonaParams.model_validate(merged)
     except ValidationError as exc:

@@ -137,16 +137,21 @@ def get_conversation(session: Session, viewer: Viewer, conversation_id: int) -> 
     return conv
 
 
+def _messages(session: Session, conv: ModelConversation) -> list[ModelMessage]:
+    query = select(ModelMessage).where(ModelMessage.conversation_id == conv.id)
+    return list(session.scalars(query.order_by(ModelMessage.created_time, ModelMessage.id)))
+
+
+def conversation_messages(session: Session, viewer: Viewer, conversation_id: int) -> list[ModelMessage]:
+    """The messages of a conversation the viewer may see (404 otherwise), oldest first."""
+    return _messages(session, get_conversation(session, viewer, conversation_id))
+
+
 def conversation_detail(session: Session, viewer: Viewer, conversation_id: int) -> dict[str, Any]:
     """The conversation with its messages, oldest first, as `modelMessageList` (the
     document) and `modelMessageArrayList` (the original code)."""
     conv = get_conversation(session, viewer, conversation_id)
-    messages = session.scalars(
-        select(ModelMessage)
-        .where(ModelMessage.conversation_id == conv.id)
-        .order_by(ModelMessage.created_time, ModelMessage.id)
-    )
-    listed = [message_public(m) for m in messages]
+    listed = [message_public(m) for m in _messages(session, conv)]
     return {**conversation_public(conv), "modelMessageList": listed, "modelMessageArrayList": listed}
 
 

@@ -2,9 +2,10 @@
 models and of connections by field name, the form's values by parameter name, each
 parameter's range, save (create or update, persona included), clone.
 
-The seed-003 camelCase shape (`model_admin.model_detail`) stays behind these functions
-(changes go in as the catalog's typed `ModelUpdate` / `PersonaUpdate`): the page reads and passes
-PersonaParams' field names. Like every service, nothing here commits.
+The seed-003 camelCase shape of the listings (`model_admin.list_models`,
+`connections.list_connections`) stays behind these functions; a form is read from the
+model's rows and saved as the catalog's typed `ModelUpdate` / `PersonaUpdate`, so the page
+reads and passes PersonaParams' field names. Like every service, nothing here commits.
 """
 
 from __future__ import annotations
@@ -112,21 +113,21 @@ class ModelForm:
 
 def model_form(session: Session, settings: Settings, viewer: Viewer, model_id: int) -> ModelForm:
     """The model's current values (404 for a model the viewer may not see)."""
-    detail = model_admin.model_detail(session, settings, viewer, model_id)
-    persona: dict[str, Any] = detail.get("modelFile") or {}
+    model = model_admin.get_model(session, viewer, model_id)
+    persona = model.model_file
     return ModelForm(
-        model_id=detail["modelId"],
-        model_name=detail["modelName"],
-        model_version=detail.get("modelVersion"),
-        ai_name=detail.get("aiName"),
-        link_type=int(detail.get("linkType") or 0),
-        aiol_id=detail.get("aiolId"),
-        description=detail.get("description"),
-        disabled=bool(detail.get("disable")),
-        user_id=detail.get("userId"),
-        system=persona.get("system"),
-        params={name: persona.get(model_admin.CAMEL_OF.get(name, name)) for name in PARAM_NAMES},
-        examples=[(e["userMessage"], e["modelMessage"]) for e in persona.get("modelFileEmessageList", [])],
+        model_id=model.model_id,
+        model_name=model.model_name,
+        model_version=model.model_version,
+        ai_name=model.ai_name,
+        link_type=int(model.link_type or 0),
+        aiol_id=model.aiol_id,
+        description=model.description,
+        disabled=bool(model.disable),
+        user_id=model.user_id,
+        system=persona.system if persona else None,
+        params=model_admin.stored_params(persona) if persona else dict.fromkeys(PARAM_NAMES),
+        examples=[(e.user_message, e.model_message) for e in persona.examples] if persona else [],
     )
 
 
