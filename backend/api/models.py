@@ -72,7 +72,7 @@ def list_models(
     pageSize: PageSizeQuery = None,  # noqa: N803
 ) -> dict[str, Any]:
     page = make_page(pageNum, pageSize, max_size=settings.query_page_size_max)
-    items, total = model_admin.list_models(
+    found, total = model_admin.find_models(
         session,
         viewer,
         model_name=modelName,
@@ -85,7 +85,7 @@ def list_models(
         page=page,
         bare_limit=BARE_LIST_LIMIT,
     )
-    return success(shape_listing(items, total))
+    return success(shape_listing([model_admin.model_public(m) for m in found], total))
 
 
 @router.put("/model/manage/detail", openapi_extra=json_body(persona_schema()))
@@ -157,10 +157,8 @@ def delete_models(ids: str, session: SessionDep, viewer: ViewerDep) -> dict[str,
 
 def _list_connections(session, settings, viewer, page_num=None, page_size=None, **filters) -> dict[str, Any]:
     page = make_page(page_num, page_size, max_size=settings.query_page_size_max)
-    items, total = connections.list_connections(
-        session, settings, viewer, page=page, bare_limit=BARE_LIST_LIMIT, **filters
-    )
-    return success(shape_listing(items, total))
+    found, total = connections.find_connections(session, viewer, page=page, bare_limit=BARE_LIST_LIMIT, **filters)
+    return success(shape_listing([connections.connection_public(settings, c) for c in found], total))
 
 
 @router.get("/model/ol/manage")

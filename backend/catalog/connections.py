@@ -148,9 +148,8 @@ def connection_public(settings: Settings, conn: ModelAiOnline) -> dict[str, Any]
 # --- queries -----------------------------------------------------------------------------
 
 
-def list_connections(
+def find_connections(
     session: Session,
-    settings: Settings,
     viewer: Viewer,
     *,
     ai_id: int | None = None,
@@ -161,9 +160,9 @@ def list_connections(
     created_end: str | None = None,
     page: Page | None = None,
     bare_limit: int = 1000,
-) -> tuple[list[dict[str, Any]], int | None]:
+) -> tuple[list[ModelAiOnline], int | None]:
     """The connections the viewer may see, newest first, filtered by any subset of aiId,
-    aiName, aiVersion, aiType and an inclusive created range."""
+    aiName, aiVersion, aiType and an inclusive created range; and, when paged, their total."""
     query = _visible(select(ModelAiOnline), viewer)
     if ai_id is not None:
         query = query.where(ModelAiOnline.ai_id == ai_id)
@@ -174,8 +173,7 @@ def list_connections(
     if ai_type is not None:
         query = query.where(ModelAiOnline.ai_type == ai_type)
     query = query.where(*created_range(ModelAiOnline.created_time, created_start, created_end))
-    rows, total = run_listing(session, query.order_by(ModelAiOnline.ai_id.desc()), page, bare_limit=bare_limit)
-    return [connection_public(settings, c) for c in rows], total
+    return run_listing(session, query.order_by(ModelAiOnline.ai_id.desc()), page, bare_limit=bare_limit)
 
 
 # --- changes -----------------------------------------------------------------------------

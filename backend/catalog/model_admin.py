@@ -184,7 +184,7 @@ def model_detail(
 # --- queries -----------------------------------------------------------------------------
 
 
-def list_models(
+def find_models(
     session: Session,
     viewer: Viewer,
     *,
@@ -197,10 +197,10 @@ def list_models(
     disable: int | None = None,
     page: Page | None = None,
     bare_limit: int = 1000,
-) -> tuple[list[dict[str, Any]], int | None]:
+) -> tuple[list[ModelInfo], int | None]:
     """The models the viewer may see (their own and the shared ones; admins: all), oldest
     first, filtered by any subset of modelName (substring), aiName, an inclusive created
-    range, userId, linkType and disable."""
+    range, userId, linkType and disable; and, when paged, their total."""
     query = _visible(select(ModelInfo), viewer)
     if model_name:
         query = query.where(ModelInfo.model_name.ilike(f"%{escape_like(model_name)}%", escape="\\"))
@@ -214,8 +214,7 @@ def list_models(
         query = query.where(ModelInfo.disable == disable)
     query = query.where(*created_range(ModelInfo.created_time, created_start, created_end))
     # oldest first: the StrangeLoop frontend opens the last card as the model it just created
-    rows, total = run_listing(session, query.order_by(ModelInfo.model_id.asc()), page, bare_limit=bare_limit)
-    return [model_public(m) for m in rows], total
+    return run_listing(session, query.order_by(ModelInfo.model_id.asc()), page, bare_limit=bare_limit)
 
 
 # --- models ------------------------------------------------------------------------------

@@ -2,10 +2,9 @@
 models and of connections by field name, the form's values by parameter name, each
 parameter's range, save (create or update, persona included), clone.
 
-The seed-003 camelCase shape of the listings (`model_admin.list_models`,
-`connections.list_connections`) stays behind these functions; a form is read from the
-model's rows and saved as the catalog's typed `ModelUpdate` / `PersonaUpdate`, so the page
-reads and passes PersonaParams' field names. Like every service, nothing here commits.
+Everything is read from the catalog's rows and saved as its typed `ModelUpdate` /
+`PersonaUpdate`: the page reads and passes field names, never seed-003 camelCase. Like
+every service, nothing here commits.
 """
 
 from __future__ import annotations
@@ -25,44 +24,26 @@ PARAM_NAMES: tuple[str, ...] = tuple(PersonaParams.model_fields)
 JS_SAFE = 2**53 - 1  # the browser's number inputs hold at most this
 
 
-# the rows' field names -> the seed-003 names the listing services answer with
-MODEL_FIELDS = {
-    "model_id": "modelId",
-    "model_name": "modelName",
-    "model_version": "modelVersion",
-    "ai_name": "aiName",
-    "link_type": "linkType",
-    "aiol_id": "aiolId",
-    "disable": "disable",
-    "is_default": "isDefault",
-}
-CONNECTION_FIELDS = {
-    "ai_id": "aiId",
-    "ai_name": "aiName",
-    "ai_api": "aiApi",
-    "ai_token": "aiToken",  # masked
-    "protocol": "protocol",
-    "ai_type": "aiType",
-    "timeout": "timeout",
-    "shared": "shared",
-}
+# the columns of the models' and the connections' lists
+MODEL_FIELDS = ("model_id", "model_name", "model_version", "ai_name", "link_type", "aiol_id", "disable", "is_default")
+CONNECTION_FIELDS = ("ai_id", "ai_name", "ai_api", "ai_token", "protocol", "ai_type", "timeout", "shared")
 LIST_LIMIT = 1000
-
-
-def _rows(items: list[dict[str, Any]], fields: dict[str, str]) -> list[dict[str, Any]]:
-    return [{name: item.get(wire) for name, wire in fields.items()} for item in items]
 
 
 def model_rows(session: Session, viewer: Viewer) -> list[dict[str, Any]]:
     """The models the viewer sees (at most LIST_LIMIT), one dict of MODEL_FIELDS each."""
-    models, _ = model_admin.list_models(session, viewer, bare_limit=LIST_LIMIT)
-    return _rows(models, MODEL_FIELDS)
+    models, _ = model_admin.find_models(session, viewer, bare_limit=LIST_LIMIT)
+    return [{name: getattr(m, name) for name in MODEL_FIELDS} | {"is_default": bool(m.is_default)} for m in models]
 
 
 def connection_rows(session: Session, settings: Settings, viewer: Viewer) -> list[dict[str, Any]]:
     """The connections the viewer sees, keys masked, one dict of CONNECTION_FIELDS each."""
-    found, _ = connections.list_connections(session, settings, viewer, bare_limit=LIST_LIMIT)
-    return _rows(found, CONNECTION_FIELDS)
+    found, _ = connections.find_connections(session, viewer, bare_limit=LIST_LIMIT)
+    return [
+        {name: getattr(c, name) for name in CONNECTION_FIELDS if name not in ("ai_token", "shared")}
+        | {"ai_token": connections.masked_token(settings, c), "shared": connections.is_shared(c)}
+        for c in found
+    ]
 
 
 @dataclass(frozen=True)
