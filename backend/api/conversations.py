@@ -46,7 +46,11 @@ from backend.api.schemas.seed003 import (
     MessageIn,
     PageNumQuery,
     PageSizeQuery,
+    conversation_detail_public,
+    conversation_public,
     errors,
+    listed_conversation_public,
+    message_public,
 )
 from backend.chat import conversations
 from backend.errors import unauthorized
@@ -106,7 +110,7 @@ def _list_conversations(
     pageSize: int | None,  # noqa: N803
 ) -> dict[str, Any]:
     page = make_page(pageNum, pageSize, max_size=settings.query_page_size_max)
-    items, total = conversations.list_conversations(
+    found, total = conversations.find_conversations(
         session,
         viewer,
         title=title,
@@ -119,7 +123,7 @@ def _list_conversations(
         oldest_first=original,
         with_total=original,
     )
-    return success(shape_listing(items, total))
+    return success(shape_listing([listed_conversation_public(c, m) for c, m in found], total))
 
 
 @router.get("/model/message/list")
@@ -164,7 +168,7 @@ def list_conversations_original(
 @router.get("/model/message/detail/{conversation_id}")
 @router.get("/model/conversation/detail/{conversation_id}")
 def conversation_detail(conversation_id: int, session: SessionDep, viewer: ViewerDep) -> dict[str, Any]:
-    return success(conversations.conversation_detail(session, viewer, conversation_id))
+    return success(conversation_detail_public(*conversations.conversation_detail(session, viewer, conversation_id)))
 
 
 def _create_conversation(session, viewer: Viewer, body: Any) -> dict[str, Any]:
@@ -178,7 +182,7 @@ def _create_conversation(session, viewer: Viewer, body: Any) -> dict[str, Any]:
         model_id=data.model,
     )
     session.commit()
-    return success(conversations.conversation_public(conv))
+    return success(conversation_public(conv))
 
 
 def _add_message(session, viewer: Viewer, body: Any, *, id_only: bool = False) -> dict[str, Any]:
@@ -195,7 +199,7 @@ def _add_message(session, viewer: Viewer, body: Any, *, id_only: bool = False) -
         completion_tokens=data.completion_tokens,
     )
     session.commit()
-    return success(message.id if id_only else conversations.message_public(message))
+    return success(message.id if id_only else message_public(message))
 
 
 @router.post(
@@ -225,7 +229,7 @@ def update_conversation(session: SessionDep, viewer: ViewerDep, body: Annotated[
     data = parse_body(ConversationUpdateIn, body)
     conv = conversations.update_conversation(session, viewer, data.id, data.changes())
     session.commit()
-    return success(conversations.conversation_public(conv))
+    return success(conversation_public(conv))
 
 
 # --- messages (the more specific paths first) --------------------------------------------

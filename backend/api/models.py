@@ -43,9 +43,13 @@ from backend.api.schemas.seed003 import (
     PageNumQuery,
     PageSizeQuery,
     ProbeIn,
+    connection_public,
     errors,
+    model_detail_public,
+    model_public,
     persona_schema,
     persona_update,
+    probe_public,
 )
 from backend.catalog import connections, model_admin
 from backend.config import Settings
@@ -85,7 +89,7 @@ def list_models(
         page=page,
         bare_limit=BARE_LIST_LIMIT,
     )
-    return success(shape_listing([model_admin.model_public(m) for m in found], total))
+    return success(shape_listing([model_public(m) for m in found], total))
 
 
 @router.put("/model/manage/detail", openapi_extra=json_body(persona_schema()))
@@ -107,10 +111,10 @@ def model_detail(
     model_id: int, request: Request, session: SessionDep, settings: SettingsDep, viewer: ViewerDep
 ) -> dict[str, Any]:
     """One model. For a user, an online model's `modelAiOnline` carries Meteor's /v1 chat URL and
-    a short-lived key of the user's for this model, never the provider's (model_admin.model_detail)."""
-    detail = model_admin.model_detail(session, settings, viewer, model_id, chat_url=chat_url(request, settings))
+    a short-lived key of the user's for this model, never the provider's (model_detail_public)."""
+    detail = model_admin.model_detail(session, settings, viewer, model_id, browser_key=True)
     session.commit()  # the browser key
-    return success(detail)
+    return success(model_detail_public(settings, detail, chat_url=chat_url(request, settings)))
 
 
 @router.post("/model/manage", openapi_extra=json_body(ModelIn))
@@ -133,7 +137,7 @@ def create_model(session: SessionDep, viewer: ViewerDep, body: Annotated[Any, Bo
         base_model_name=data.base_model_name,
     )
     session.commit()
-    return success(model_admin.model_public(model))
+    return success(model_public(model))
 
 
 @router.put("/model/manage", openapi_extra=json_body(ModelUpdateIn))
@@ -142,7 +146,7 @@ def update_model(session: SessionDep, viewer: ViewerDep, body: Annotated[Any, Bo
     data = parse_body(ModelUpdateIn, body)
     model = model_admin.update_model(session, viewer, data.model_id, data.changes())
     session.commit()
-    return success(model_admin.model_public(model))
+    return success(model_public(model))
 
 
 @router.delete("/model/manage/{ids}")
@@ -158,7 +162,7 @@ def delete_models(ids: str, session: SessionDep, viewer: ViewerDep) -> dict[str,
 def _list_connections(session, settings, viewer, page_num=None, page_size=None, **filters) -> dict[str, Any]:
     page = make_page(page_num, page_size, max_size=settings.query_page_size_max)
     found, total = connections.find_connections(session, viewer, page=page, bare_limit=BARE_LIST_LIMIT, **filters)
-    return success(shape_listing([connections.connection_public(settings, c) for c in found], total))
+    return success(shape_listing([connection_public(settings, c) for c in found], total))
 
 
 @router.get("/model/ol/manage")
@@ -219,7 +223,7 @@ def update_connection(
     data = parse_body(ConnectionUpdateIn, body)
     conn = connections.update_connection(session, settings, viewer, data.ai_id, data.changes())
     session.commit()
-    return success(connections.connection_public(settings, conn))
+    return success(connection_public(settings, conn))
 
 
 @router.post("/model/ol/manage", openapi_extra=json_body(ConnectionIn))
@@ -241,7 +245,7 @@ def create_connection(
         protocol=data.protocol,
     )
     session.commit()
-    return success(connections.connection_public(settings, conn))
+    return success(connection_public(settings, conn))
 
 
 @router.post("/model/ol/manage/test", openapi_extra=json_body(ProbeIn))
@@ -258,19 +262,19 @@ def test_unsaved_connection(
         token=data.ai_token,
         allow_private=viewer.is_admin,  # loopback / private addresses are for admins only
     )
-    return success(connections.probe(target, settings).public())
+    return success(probe_public(connections.probe(target, settings)))
 
 
 @router.post("/model/ol/manage/{ai_id}/test")
 def test_connection(ai_id: int, session: SessionDep, settings: SettingsDep, viewer: ViewerDep) -> dict[str, Any]:
     target = connections.connection_target(session, settings, viewer, ai_id)
     session.rollback()  # hold no transaction (on SQLite: no write lock) during the network call
-    return success(connections.probe(target, settings).public())
+    return success(probe_public(connections.probe(target, settings)))
 
 
 @router.get("/model/ol/manage/{ai_id}")
 def connection_detail(ai_id: int, session: SessionDep, settings: SettingsDep, viewer: ViewerDep) -> dict[str, Any]:
-    return success(connections.connection_public(settings, connections.get_connection(session, viewer, ai_id)))
+    return success(connection_public(settings, connections.get_connection(session, viewer, ai_id)))
 
 
 @router.delete("/model/ol/manage/{ids}")

@@ -40,7 +40,6 @@ from backend.accounts.viewer import (
     bad_request,
     created_range,
     flush_unique,
-    fmt,
     name_taken,
     not_found,
     optional_text,
@@ -124,25 +123,6 @@ def masked_token(settings: Settings, conn: ModelAiOnline) -> str | None:
         return security.mask_secret(security.decrypt_secret(settings, conn.ai_token_encrypted))
     except ValueError:
         return MASK_MARK
-
-
-def connection_public(settings: Settings, conn: ModelAiOnline) -> dict[str, Any]:
-    return {
-        "aiId": conn.ai_id,
-        "aiName": conn.ai_name,
-        "aiVersion": conn.ai_version,
-        "aiType": conn.ai_type,
-        "aiToken": masked_token(settings, conn),
-        "aiApi": conn.ai_api,
-        "protocol": conn.protocol,
-        "timeout": conn.timeout,
-        "timeOut": conn.timeout,
-        "shared": is_shared(conn),
-        "createdBy": conn.created_by,
-        "createdTime": fmt(conn.created_time),
-        "updatedBy": conn.updated_by,
-        "updatedTime": fmt(conn.updated_time),
-    }
 
 
 # --- queries -----------------------------------------------------------------------------
@@ -367,16 +347,6 @@ class ProbeResult:
     models: list[str]
     error: str | None = None
     url: str | None = None
-
-    def public(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "latencyMs": self.latency_ms,
-            "models": self.models,
-            "modelCount": len(self.models),
-            "error": self.error,
-            "url": self.url,
-        }
 
 
 def connection_target(session: Session, settings: Settings, viewer: Viewer, ai_id: int) -> ProbeTarget:

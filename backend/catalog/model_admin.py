@@ -13,6 +13,7 @@ changes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -30,7 +31,6 @@ from backend.accounts.viewer import (
     created_range,
     escape_like,
     flush_unique,
-    fmt,
     name_taken,
     not_found,
     optional_text,
@@ -92,36 +92,6 @@ def get_model(session: Session, viewer: Viewer, model_id: int, *, for_change: bo
     return model
 
 
-# --- answers -----------------------------------------------------------------------------
-
-
-def model_public(m: ModelInfo) -> dict[str, Any]:
-    return {
-        "modelId": m.model_id,
-        "modelName": m.model_name,
-        "modelVersion": m.model_version,
-        "modelFileId": m.model_file_id,
-        "disable": m.disable,
-        "description": m.description,
-        "linkType": m.link_type,
-        "aiName": m.ai_name,
-        "aiolId": m.aiol_id,
-        # the StrangeLoop frontend's fields
-        "localmodelName": m.localmodel_name,
-        "ollamaModelName": m.ollama_model_name,
-        "baseModelName": base_model_name(m),
-        "userId": m.user_id,
-        "isDefault": bool(m.is_default),
-        "createdTime": fmt(m.created_time),
-        "createdBy": m.created_by,
-        "updatedTime": fmt(m.updated_time),
-        "updatedBy": m.updated_by,
-        # the document's example spells these two without the "d"
-        "updateTime": fmt(m.updated_time),
-        "updateBy": m.updated_by,
-    }
-
-
 def stored_params(mf: ModelFile) -> dict[str, Any]:
     """The persona's sampling parameters by PersonaParams name (a stored stop that no longer
     reads as a list is None)."""
@@ -131,54 +101,34 @@ def stored_params(mf: ModelFile) -> dict[str, Any]:
         return {name: getattr(mf, name) for name in PersonaParams.model_fields if name != "stop"} | {"stop": None}
 
 
-def persona_public(mf: ModelFile | None, model_file_id: int | None = None) -> dict[str, Any]:
-    """The document's `modelFile` object, with the examples as `modelFileEmessageList` (the
-    document) and `modelFileEgmessageList` (the original code)."""
-    params = stored_params(mf) if mf is not None else dict.fromkeys(PersonaParams.model_fields)
-    body: dict[str, Any] = {
-        "system": mf.system if mf else None,
-        "modelFileId": mf.model_file_id if mf else model_file_id,
-    }
-    for name, value in params.items():
-        body[CAMEL_OF.get(name, name)] = value
-    # No `mirostatEta` beside `mirostatEat`: the StrangeLoop frontend sends every field back,
-    # and a stale second spelling would overwrite the user's edit of the first.
-    examples = [
-        {
-            "messageId": e.message_id,
-            "userMessage": e.user_message,
-            "modelMessage": e.model_message,
-            "modelFileId": e.model_file_id,
-        }
-        for e in (mf.examples if mf else [])
-    ]
-    body["modelFileEmessageList"] = examples  # the document's spelling
-    body["modelFileEgmessageList"] = [dict(e) for e in examples]  # the original code's
-    return body
+@dataclass(frozen=True)
+class ModelDetail:
+    """One model as its detail shows it: the model (with its persona), its connection when
+    it is online, and a browser key of the user's for it (see model_detail)."""
+
+    model: ModelInfo
+    connection: ModelAiOnline | None = None
+    browser_key: str | None = None
 
 
 def model_detail(
-    session: Session, settings: Settings, viewer: Viewer, model_id: int, *, chat_url: str | None = None
-) -> dict[str, Any]:
-    """The model with `modelFile` (and its examples) and, when online, `modelAiOnline`.
+    session: Session, settings: Settings, viewer: Viewer, model_id: int, *, browser_key: bool = False
+) -> ModelDetail:
+    """The model with its persona and, when online, its connection.
 
-    An admin sees the connection as it is, key masked. A user (given `chat_url`, Meteor's own
-    `/v1/chat/completions`) sees `aiApi = chat_url` and `aiToken` = a fresh browser key of
+    With `browser_key`, a user asking about an online model also gets a fresh browser key of
     theirs for this model (apikeys.mint_browser_key): the StrangeLoop frontend posts its chat
-    to `aiApi` with `aiToken`, so it goes through Meteor and is charged to the user. The
-    provider's address and key never reach the user's browser. The caller commits."""
+    to the answer's `aiApi` (Meteor's own /v1 chat URL) with it, so it goes through Meteor and
+    is charged to the user; the provider's address and key never reach the user's browser.
+    The caller commits."""
     model = get_model(session, viewer, model_id)
-    body = model_public(model)
-    if model.link_type == 1:
-        conn = model.ai_online
-        body["modelAiOnline"] = connections.connection_public(settings, conn) if conn else None
-        if conn is not None and not viewer.is_admin and chat_url:
-            key = apikeys.mint_browser_key(
-                session, user_id=str(viewer.user_id), model=model, minutes=settings.browser_key_minutes
-            )
-            body["modelAiOnline"] |= {"aiApi": chat_url, "aiToken": key, "protocol": "openai"}
-    body["modelFile"] = persona_public(model.model_file, model.model_file_id)
-    return body
+    conn = model.ai_online if model.link_type == 1 else None
+    key = None
+    if conn is not None and not viewer.is_admin and browser_key:
+        key = apikeys.mint_browser_key(
+            session, user_id=str(viewer.user_id), model=model, minutes=settings.browser_key_minutes
+        )
+    return ModelDetail(model, conn, key)
 
 
 # --- queries -----------------------------------------------------------------------------

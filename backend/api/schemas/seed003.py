@@ -17,12 +17,14 @@ from fastapi import Query
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from backend import security
-from backend.accounts.viewer import bad_request
+from backend.accounts.viewer import bad_request, fmt
 from backend.api.bounds import INT32_MAX
 from backend.api.schemas import NewPasswordText, SignInPassword, documented, model_schema, sent_as
 from backend.catalog import connections, model_admin
 from backend.chat import conversations
+from backend.config import Settings
 from backend.providers.params import PersonaParams
+from db.models import ModelAiOnline, ModelConversation, ModelFile, ModelInfo, ModelMessage
 
 
 class Seed003Error(BaseModel):
@@ -384,3 +386,160 @@ class NowLoginUserAnswer(BaseModel):
     code: Literal[200] = 200
     message: str
     data: SignedInUser
+
+
+# --- answers: the catalog's rows in the document's camelCase (backend/api/models.py) -----
+
+
+def model_public(m: ModelInfo) -> dict[str, Any]:
+    return {
+        "modelId": m.model_id,
+        "modelName": m.model_name,
+        "modelVersion": m.model_version,
+        "modelFileId": m.model_file_id,
+        "disable": m.disable,
+        "description": m.description,
+        "linkType": m.link_type,
+        "aiName": m.ai_name,
+        "aiolId": m.aiol_id,
+        # the StrangeLoop frontend's fields
+        "localmodelName": m.localmodel_name,
+        "ollamaModelName": m.ollama_model_name,
+        "baseModelName": model_admin.base_model_name(m),
+        "userId": m.user_id,
+        "isDefault": bool(m.is_default),
+        "createdTime": fmt(m.created_time),
+        "createdBy": m.created_by,
+        "updatedTime": fmt(m.updated_time),
+        "updatedBy": m.updated_by,
+        # the document's example spells these two without the "d"
+        "updateTime": fmt(m.updated_time),
+        "updateBy": m.updated_by,
+    }
+
+
+def persona_public(mf: ModelFile | None, model_file_id: int | None = None) -> dict[str, Any]:
+    """The document's `modelFile` object, with the examples as `modelFileEmessageList` (the
+    document) and `modelFileEgmessageList` (the original code)."""
+    params = model_admin.stored_params(mf) if mf is not None else dict.fromkeys(PersonaParams.model_fields)
+    body: dict[str, Any] = {
+        "system": mf.system if mf else None,
+        "modelFileId": mf.model_file_id if mf else model_file_id,
+    }
+    for name, value in params.items():
+        body[model_admin.CAMEL_OF.get(name, name)] = value
+    # No `mirostatEta` beside `mirostatEat`: the StrangeLoop frontend sends every field back,
+    # and a stale second spelling would overwrite the user's edit of the first.
+    examples = [
+        {
+            "messageId": e.message_id,
+            "userMessage": e.user_message,
+            "modelMessage": e.model_message,
+            "modelFileId": e.model_file_id,
+        }
+        for e in (mf.examples if mf else [])
+    ]
+    body["modelFileEmessageList"] = examples  # the document's spelling
+    body["modelFileEgmessageList"] = [dict(e) for e in examples]  # the original code's
+    return body
+
+
+def connection_public(settings: Settings, conn: ModelAiOnline) -> dict[str, Any]:
+    return {
+        "aiId": conn.ai_id,
+        "aiName": conn.ai_name,
+        "aiVersion": conn.ai_version,
+        "aiType": conn.ai_type,
+        "aiToken": connections.masked_token(settings, conn),
+        "aiApi": conn.ai_api,
+        "protocol": conn.protocol,
+        "timeout": conn.timeout,
+        "timeOut": conn.timeout,
+        "shared": connections.is_shared(conn),
+        "createdBy": conn.created_by,
+        "createdTime": fmt(conn.created_time),
+        "updatedBy": conn.updated_by,
+        "updatedTime": fmt(conn.updated_time),
+    }
+
+
+def probe_public(result: connections.ProbeResult) -> dict[str, Any]:
+    """A "test connection" answer: the upstream's models and the latency (never the key)."""
+    return {
+        "ok": result.ok,
+        "latencyMs": result.latency_ms,
+        "models": result.models,
+        "modelCount": len(result.models),
+        "error": result.error,
+        "url": result.url,
+    }
+
+
+def model_detail_public(settings: Settings, detail: model_admin.ModelDetail, *, chat_url: str) -> dict[str, Any]:
+    """The model with `modelFile` (and its examples) and, when online, `modelAiOnline`: as it
+    is (key masked) for an admin; for a user given a browser key, `aiApi` is `chat_url`
+    (Meteor's own `/v1/chat/completions`) and `aiToken` that key, never the provider's."""
+    model = detail.model
+    body = model_public(model)
+    if model.link_type == 1:
+        conn = detail.connection
+        body["modelAiOnline"] = connection_public(settings, conn) if conn else None
+        if conn is not None and detail.browser_key is not None:
+            body["modelAiOnline"] |= {"aiApi": chat_url, "aiToken": detail.browser_key, "protocol": "openai"}
+    body["modelFile"] = persona_public(model.model_file, model.model_file_id)
+    return body
+
+
+# --- answers: conversations and messages (backend/api/conversations.py) ------------------
+
+
+def conversation_public(c: ModelConversation) -> dict[str, Any]:
+    """The document's fields, and `modelInfoId` (the original code's name for `modelId`)."""
+    return {
+        "id": c.id,
+        "userId": c.user_id,
+        "title": c.title,
+        "aiName": c.ai_name,
+        "modelId": c.model_id,
+        "modelInfoId": c.model_id,
+        "createdTime": fmt(c.created_time),
+        "updatedTime": fmt(c.updated_time),
+    }
+
+
+def model_info_brief(model: ModelInfo | None) -> dict[str, Any] | None:
+    """What the original list put beside each conversation: the model's name and base model
+    (the linked connection's aiName for an online model, the local model's name otherwise)."""
+    if model is None:
+        return None
+    return {
+        "modelId": model.model_id,
+        "modelName": model.model_name,
+        "baseModelName": model_admin.base_model_name(model),
+        "linkType": model.link_type,
+        "aiolId": model.aiol_id,
+    }
+
+
+def message_public(m: ModelMessage) -> dict[str, Any]:
+    return {
+        "id": m.id,
+        "role": m.role,
+        "content": m.content,
+        "conversationId": m.conversation_id,
+        "promptTokens": m.prompt_tokens,
+        "completionTokens": m.completion_tokens,
+        "createdTime": fmt(m.created_time),
+    }
+
+
+def conversation_detail_public(conv: ModelConversation, messages: list[ModelMessage]) -> dict[str, Any]:
+    """The conversation with its messages, oldest first, as `modelMessageList` (the
+    document) and `modelMessageArrayList` (the original code)."""
+    listed = [message_public(m) for m in messages]
+    return {**conversation_public(conv), "modelMessageList": listed, "modelMessageArrayList": listed}
+
+
+def listed_conversation_public(conv: ModelConversation, model: ModelInfo | None) -> dict[str, Any]:
+    """A conversation in a list, with `modelInfo` (see model_info_brief)."""
+    return conversation_public(conv) | {"modelInfo": model_info_brief(model)}
