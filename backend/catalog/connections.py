@@ -218,13 +218,13 @@ def create_connection(
     settings: Settings,
     viewer: Viewer,
     *,
-    ai_name: Any,
-    ai_api: Any,
-    ai_token: Any = None,
-    ai_version: Any = None,
-    ai_type: Any = None,
-    timeout: Any = None,
-    protocol: Any = None,
+    ai_name: str | None,
+    ai_api: str | None,
+    ai_token: str | None = None,
+    ai_version: str | None = None,
+    ai_type: int | None = None,
+    timeout: int | None = None,
+    protocol: str | None = None,
 ) -> ModelAiOnline:
     """A new connection owned by the viewer (a user) or shared (an admin). aiName is
     unique (409); aiApi must pass the SSRF guard (400); the key is stored encrypted."""
