@@ -65,10 +65,9 @@ def main(argv: list[str] | None = None) -> int:
     from backend.server import create_app
     from db import migrate
     from db.session import get_sessionmaker
-    from tests.conftest import make_settings
-    from tests.factories import PASSWORD, make_user
-    from tests.media.conftest import add_connection
+    from tests.factories import PASSWORD, make_settings, make_user
     from tests.media.fakes import FAKE_KEYS, FAKE_OPENAI_KEY, OCR_PATH, IatServer, ocr_app, openai_app, serve_asgi
+    from tests.media.helpers import add_connection
     from tests.media.samples import ENGLISH_LINES, render_lines, speech_pcm
 
     pcm = speech_pcm()

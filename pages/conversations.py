@@ -38,13 +38,13 @@ if ids:
         key="conv_pick",
     )
     try:
-        detail = read(lambda s: conversations.conversation_detail(s, viewer, picked))
+        messages = read(lambda s: conversations.conversation_messages(s, viewer, picked))
     except ServiceError as exc:
         st.error(error_text(exc))
         st.stop()
     st.subheader(t("conv.messages"))
-    if not detail["modelMessageList"]:
+    if not messages:
         st.info(t("conv.empty"))
-    for message in detail["modelMessageList"]:
-        with st.chat_message("user" if message["role"] == "user" else "assistant"):
-            st.markdown(message["content"])
+    for message in messages:
+        with st.chat_message("user" if message.role == "user" else "assistant"):
+            st.markdown(message.content)

@@ -105,13 +105,13 @@ with st.form(f"models_form_{picked}"):
 
     st.markdown(f"**{t('models.examples')}**")
     examples = st.data_editor(
-        pd.DataFrame(form.examples, columns=["userMessage", "modelMessage"]),
+        pd.DataFrame(form.examples, columns=["user_message", "model_message"]),
         num_rows="dynamic",
         width="stretch",
         hide_index=True,
         column_config={
-            "userMessage": st.column_config.TextColumn(t("models.example.user"), required=True),
-            "modelMessage": st.column_config.TextColumn(t("models.example.model"), required=True),
+            "user_message": st.column_config.TextColumn(t("models.example.user"), required=True),
+            "model_message": st.column_config.TextColumn(t("models.example.model"), required=True),
         },
         key=f"models_examples_{picked}",
     )
@@ -119,9 +119,9 @@ with st.form(f"models_form_{picked}"):
 
 if submitted:
     pairs = [
-        (str(r["userMessage"]), str(r["modelMessage"]))
+        (str(r["user_message"]), str(r["model_message"]))
         for r in examples.to_dict("records")
-        if isinstance(r.get("userMessage"), str) and isinstance(r.get("modelMessage"), str)
+        if isinstance(r.get("user_message"), str) and isinstance(r.get("model_message"), str)
     ]
     run_action(
         lambda s: (
@@ -151,7 +151,9 @@ if picked:
         st.caption(t("models.enable_toggle"))
         if st.button(t("common.disable") if enabled else t("common.enable"), key="models_toggle"):
             run_action(
-                lambda s: model_admin.update_model(s, viewer, picked, disable=1 if enabled else 0),
+                lambda s: model_admin.update_model(
+                    s, viewer, picked, model_admin.ModelUpdate(disable=1 if enabled else 0)
+                ),
                 success=t(
                     "models.toggled",
                     name=form.model_name,

@@ -33,6 +33,7 @@ from db import migrate
 from db import session as session_module
 from db.models import Base
 from db.session import dispose_all, get_engine, get_sessionmaker, normalize_url
+from tests.factories import Actor, admin_headers, make_admin, make_settings, make_user, user_headers
 
 BACKENDS = {
     "sqlite": None,
@@ -41,7 +42,6 @@ BACKENDS = {
 }
 
 ROOT_TESTS = Path(__file__).resolve().parent
-TEST_SECRET_KEY = "q0o1oPJuBcSz3-yXYXq5tTQW6H5t0VsDDbBD9y0yTUE="
 
 
 def _create_server_database(base_url: str) -> tuple[str, callable]:
@@ -95,21 +95,6 @@ def db_url(request, _databases, tmp_path_factory) -> str:
         migrate.upgrade(url)
         created[backend] = url
     return created[backend]
-
-
-def make_settings(db_url: str, data_dir: Path, **overrides) -> Settings:
-    values = dict(
-        database_url=db_url,
-        data_dir=data_dir,
-        jwt_secret="jwt-" + "k" * 40,
-        secret_key=TEST_SECRET_KEY,
-        cookie_key="cookie-" + "c" * 40,
-        bcrypt_rounds=4,
-        sweeper_interval_seconds=3600,
-        model_titles=False,  # background title jobs would outlive their test; tests/gateway/test_titles.py turns it on
-    )
-    values.update(overrides)
-    return Settings(**values)
 
 
 @pytest.fixture
@@ -204,3 +189,52 @@ def client(app) -> Iterator[TestClient]:
 def scratch_dir() -> Iterator[Path]:
     with tempfile.TemporaryDirectory() as d:
         yield Path(d)
+
+
+# --- the seed-003 accounts (tests/seed003, tests/clients): two users and an admin, signed in
+
+
+@pytest.fixture
+def alice(client, maker, settings) -> Actor:
+    user = make_user(maker, settings, username="alice")
+    return Actor(user.id, user.username, user_headers(client, user.username))
+
+
+@pytest.fixture
+def bob(client, maker, settings) -> Actor:
+    user = make_user(maker, settings, username="bob")
+    return Actor(user.id, user.username, user_headers(client, user.username))
+
+
+@pytest.fixture
+def admin(client, maker, settings) -> Actor:
+    a = make_admin(maker, settings, name="root")
+    return Actor(str(a.id), a.name, admin_headers(client, a.name))
+
+
+# --- the API server with the playground mounted (tests/playground, tests/security), built
+# once per database (Gradio's Blocks take seconds to build)
+
+_playground_apps: dict[str, object] = {}
+
+
+@pytest.fixture
+def pg_app(db_url, settings, tmp_path_factory):
+    """create_app(settings) with the playground, one per database URL."""
+    from backend.server import create_app
+
+    if db_url not in _playground_apps:
+        _playground_apps[db_url] = create_app(make_settings(db_url, tmp_path_factory.mktemp("playground")))
+    return _playground_apps[db_url]
+
+
+@pytest.fixture(scope="module")
+def pg_server(db_url, tmp_path_factory) -> Iterator[tuple[str, object]]:
+    """The app on a real uvicorn server (Gradio's queue runs in its lifespan), per database."""
+    from backend.server import create_app
+    from tests.gateway.helpers import live_server
+
+    settings = make_settings(db_url, tmp_path_factory.mktemp("playground-live"))
+    app = create_app(settings)
+    with live_server(app) as base:
+        yield base, app

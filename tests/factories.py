@@ -1,8 +1,10 @@
-"""Test data factories: real rows through the real services, committed."""
+"""Test data factories: the test Settings, and real rows through the real services, committed."""
 
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
+from pathlib import Path
 
 from fastapi.testclient import TestClient
 from sqlalchemy.orm import sessionmaker
@@ -13,6 +15,22 @@ from backend.config import Settings
 from db.models import Admin, User
 
 PASSWORD = "correct-horse-1"
+TEST_SECRET_KEY = "q0o1oPJuBcSz3-yXYXq5tTQW6H5t0VsDDbBD9y0yTUE="
+
+
+def make_settings(db_url: str, data_dir: Path, **overrides) -> Settings:
+    values = dict(
+        database_url=db_url,
+        data_dir=data_dir,
+        jwt_secret="jwt-" + "k" * 40,
+        secret_key=TEST_SECRET_KEY,
+        cookie_key="cookie-" + "c" * 40,
+        bcrypt_rounds=4,
+        sweeper_interval_seconds=3600,
+        model_titles=False,  # background title jobs would outlive their test; tests/gateway/test_titles.py turns it on
+    )
+    values.update(overrides)
+    return Settings(**values)
 
 
 def make_user(
@@ -68,3 +86,12 @@ def user_headers(client: TestClient, username: str, password: str = PASSWORD) ->
 def super_admin_headers(client: TestClient, maker: sessionmaker, settings: Settings) -> dict[str, str]:
     admin = make_admin(maker, settings, is_super=True)
     return admin_headers(client, admin.name)
+
+
+@dataclass
+class Actor:
+    """A signed-in account of the seed-003 tests: its id, its name, its Bearer headers."""
+
+    id: str
+    name: str
+    headers: dict[str, str]

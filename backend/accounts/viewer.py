@@ -116,14 +116,6 @@ class Viewer:
         return cls(admin_name=name)
 
 
-UNSET: Any = object()  # "not given" in an update, as opposed to None ("clear it")
-
-
-def given(**values: Any) -> list[str]:
-    """The names of the fields an update was given (whose value is not UNSET)."""
-    return [name for name, value in values.items() if value is not UNSET]
-
-
 def audit_admin_change(
     session: Session, viewer: Viewer, action: str, target_type: str, target_id: Any, **detail: Any
 ) -> None:

@@ -42,11 +42,15 @@ from backend.api.envelope import success
 from backend.api.schemas import json_body
 from backend.api.schemas.seed003 import (
     ConversationIn,
-    ConversationUpdate,
+    ConversationUpdateIn,
     MessageIn,
     PageNumQuery,
     PageSizeQuery,
+    conversation_detail_public,
+    conversation_public,
     errors,
+    listed_conversation_public,
+    message_public,
 )
 from backend.chat import conversations
 
@@ -80,11 +84,6 @@ def parse_body(model: type[BaseModel], body: Any) -> Any:
         raise bad_request("invalid request: " + "; ".join(parts)) from None
 
 
-def given(data: BaseModel, *names: str) -> dict[str, Any]:
-    """The fields the client actually sent, by Python name."""
-    return {name: getattr(data, name) for name in names if name in data.model_fields_set}
-
-
 # --- conversations -----------------------------------------------------------------------
 
 
@@ -102,7 +101,7 @@ def _list_conversations(
     pageSize: int | None,  # noqa: N803
 ) -> dict[str, Any]:
     page = make_page(pageNum, pageSize, max_size=settings.query_page_size_max)
-    items, total = conversations.list_conversations(
+    found, total = conversations.find_conversations(
         session,
         viewer,
         title=title,
@@ -115,7 +114,7 @@ def _list_conversations(
         oldest_first=original,
         with_total=original,
     )
-    return success(shape_listing(items, total))
+    return success(shape_listing([listed_conversation_public(c, m) for c, m in found], total))
 
 
 @router.get("/model/message/list")
@@ -160,7 +159,7 @@ def list_conversations_original(
 @router.get("/model/message/detail/{conversation_id}")
 @router.get("/model/conversation/detail/{conversation_id}")
 def conversation_detail(conversation_id: int, session: SessionDep, viewer: ViewerDep) -> dict[str, Any]:
-    return success(conversations.conversation_detail(session, viewer, conversation_id))
+    return success(conversation_detail_public(*conversations.conversation_detail(session, viewer, conversation_id)))
 
 
 def _create_conversation(session, viewer: Viewer, body: Any) -> dict[str, Any]:
@@ -174,7 +173,7 @@ def _create_conversation(session, viewer: Viewer, body: Any) -> dict[str, Any]:
         model_id=data.model,
     )
     session.commit()
-    return success(conversations.conversation_public(conv))
+    return success(conversation_public(conv))
 
 
 def _add_message(session, viewer: Viewer, body: Any, *, id_only: bool = False) -> dict[str, Any]:
@@ -191,7 +190,7 @@ def _add_message(session, viewer: Viewer, body: Any, *, id_only: bool = False) -
         completion_tokens=data.completion_tokens,
     )
     session.commit()
-    return success(message.id if id_only else conversations.message_public(message))
+    return success(message.id if id_only else message_public(message))
 
 
 @router.post(
@@ -215,13 +214,13 @@ def create_conversation(session: SessionDep, viewer: ViewerDep, body: Annotated[
     return _create_conversation(session, viewer, body if body is not None else {})
 
 
-@router.put("/model/message", openapi_extra=json_body(ConversationUpdate))
-@router.put("/model/conversation", openapi_extra=json_body(ConversationUpdate))
+@router.put("/model/message", openapi_extra=json_body(ConversationUpdateIn))
+@router.put("/model/conversation", openapi_extra=json_body(ConversationUpdateIn))
 def update_conversation(session: SessionDep, viewer: ViewerDep, body: Annotated[Any, Body()] = None) -> dict[str, Any]:
-    data = parse_body(ConversationUpdate, body)
-    conv = conversations.update_conversation(session, viewer, data.id, **given(data, "title", "ai_name"))
+    data = parse_body(ConversationUpdateIn, body)
+    conv = conversations.update_conversation(session, viewer, data.id, data.changes())
     session.commit()
-    return success(conversations.conversation_public(conv))
+    return success(conversation_public(conv))
 
 
 # --- messages (the more specific paths first) --------------------------------------------

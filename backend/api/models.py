@@ -28,23 +28,28 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Query, Request
 
-from backend.accounts.viewer import bad_request, make_page, parse_ids, shape_listing
+from backend.accounts.viewer import make_page, parse_ids, shape_listing
 from backend.api.bounds import OptIntQuery
-from backend.api.conversations import BARE_LIST_LIMIT, ViewerDep, given, parse_body
+from backend.api.conversations import BARE_LIST_LIMIT, ViewerDep, parse_body
 from backend.api.deps import SessionDep, SettingsDep
 from backend.api.envelope import success
 from backend.api.schemas import json_body
 from backend.api.schemas.seed003 import (
     ConnectionFilter,
     ConnectionIn,
-    ConnectionUpdate,
+    ConnectionUpdateIn,
     ModelIn,
-    ModelUpdate,
+    ModelUpdateIn,
     PageNumQuery,
     PageSizeQuery,
     ProbeIn,
+    connection_public,
     errors,
+    model_detail_public,
+    model_public,
     persona_schema,
+    persona_update,
+    probe_public,
 )
 from backend.catalog import connections, model_admin
 from backend.config import Settings
@@ -71,7 +76,7 @@ def list_models(
     pageSize: PageSizeQuery = None,  # noqa: N803
 ) -> dict[str, Any]:
     page = make_page(pageNum, pageSize, max_size=settings.query_page_size_max)
-    items, total = model_admin.list_models(
+    found, total = model_admin.find_models(
         session,
         viewer,
         model_name=modelName,
@@ -84,15 +89,13 @@ def list_models(
         page=page,
         bare_limit=BARE_LIST_LIMIT,
     )
-    return success(shape_listing(items, total))
+    return success(shape_listing([model_public(m) for m in found], total))
 
 
 @router.put("/model/manage/detail", openapi_extra=json_body(persona_schema()))
 @router.put("/model/manage/detail/", include_in_schema=False)
 def update_persona(session: SessionDep, viewer: ViewerDep, body: Annotated[Any, Body()] = None) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise bad_request("the request body must be a JSON object")
-    model = model_admin.update_persona(session, viewer, body)
+    model = model_admin.update_persona(session, viewer, persona_update(body))
     session.commit()
     return success({"modelId": model.model_id, "modelFileId": model.model_file_id})
 
@@ -108,10 +111,10 @@ def model_detail(
     model_id: int, request: Request, session: SessionDep, settings: SettingsDep, viewer: ViewerDep
 ) -> dict[str, Any]:
     """One model. For a user, an online model's `modelAiOnline` carries Meteor's /v1 chat URL and
-    a short-lived key of the user's for this model, never the provider's (model_admin.model_detail)."""
-    detail = model_admin.model_detail(session, settings, viewer, model_id, chat_url=chat_url(request, settings))
+    a short-lived key of the user's for this model, never the provider's (model_detail_public)."""
+    detail = model_admin.model_detail(session, settings, viewer, model_id, browser_key=True)
     session.commit()  # the browser key
-    return success(detail)
+    return success(model_detail_public(settings, detail, chat_url=chat_url(request, settings)))
 
 
 @router.post("/model/manage", openapi_extra=json_body(ModelIn))
@@ -134,31 +137,16 @@ def create_model(session: SessionDep, viewer: ViewerDep, body: Annotated[Any, Bo
         base_model_name=data.base_model_name,
     )
     session.commit()
-    return success(model_admin.model_public(model))
+    return success(model_public(model))
 
 
-@router.put("/model/manage", openapi_extra=json_body(ModelUpdate))
+@router.put("/model/manage", openapi_extra=json_body(ModelUpdateIn))
 @router.put("/model/manage/", include_in_schema=False)
 def update_model(session: SessionDep, viewer: ViewerDep, body: Annotated[Any, Body()] = None) -> dict[str, Any]:
-    data = parse_body(ModelUpdate, body)
-    changes = given(
-        data,
-        "model_name",
-        "ai_name",
-        "link_type",
-        "disable",
-        "description",
-        "model_version",
-        "aiol_id",
-        "localmodel_name",
-        "ollama_model_name",
-        "base_model_name",
-    )
-    if "aiol_id" not in changes and "ai_id" in data.model_fields_set:
-        changes["aiol_id"] = data.ai_id
-    model = model_admin.update_model(session, viewer, data.model_id, **changes)
+    data = parse_body(ModelUpdateIn, body)
+    model = model_admin.update_model(session, viewer, data.model_id, data.changes())
     session.commit()
-    return success(model_admin.model_public(model))
+    return success(model_public(model))
 
 
 @router.delete("/model/manage/{ids}")
@@ -173,10 +161,8 @@ def delete_models(ids: str, session: SessionDep, viewer: ViewerDep) -> dict[str,
 
 def _list_connections(session, settings, viewer, page_num=None, page_size=None, **filters) -> dict[str, Any]:
     page = make_page(page_num, page_size, max_size=settings.query_page_size_max)
-    items, total = connections.list_connections(
-        session, settings, viewer, page=page, bare_limit=BARE_LIST_LIMIT, **filters
-    )
-    return success(shape_listing(items, total))
+    found, total = connections.find_connections(session, viewer, page=page, bare_limit=BARE_LIST_LIMIT, **filters)
+    return success(shape_listing([connection_public(settings, c) for c in found], total))
 
 
 @router.get("/model/ol/manage")
@@ -211,7 +197,7 @@ def list_connections(
 
 @router.put(
     "/model/ol/manage",
-    openapi_extra=json_body(ConnectionUpdate, ConnectionFilter, description="an update, or a list (createdTime*)"),
+    openapi_extra=json_body(ConnectionUpdateIn, ConnectionFilter, description="an update, or a list (createdTime*)"),
 )
 @router.put("/model/ol/manage/", include_in_schema=False)
 def update_connection(
@@ -234,13 +220,10 @@ def update_connection(
             created_start=f.createdTimeStart,
             created_end=f.createdTimeEnd,
         )
-    data = parse_body(ConnectionUpdate, body)
-    changes = given(data, "ai_name", "ai_version", "ai_token", "ai_api", "ai_type", "timeout", "protocol")
-    if "timeout" not in changes and "time_out" in data.model_fields_set:
-        changes["timeout"] = data.time_out
-    conn = connections.update_connection(session, settings, viewer, data.ai_id, **changes)
+    data = parse_body(ConnectionUpdateIn, body)
+    conn = connections.update_connection(session, settings, viewer, data.ai_id, data.changes())
     session.commit()
-    return success(connections.connection_public(settings, conn))
+    return success(connection_public(settings, conn))
 
 
 @router.post("/model/ol/manage", openapi_extra=json_body(ConnectionIn))
@@ -262,7 +245,7 @@ def create_connection(
         protocol=data.protocol,
     )
     session.commit()
-    return success(connections.connection_public(settings, conn))
+    return success(connection_public(settings, conn))
 
 
 @router.post("/model/ol/manage/test", openapi_extra=json_body(ProbeIn))
@@ -279,19 +262,19 @@ def test_unsaved_connection(
         token=data.ai_token,
         allow_private=viewer.is_admin,  # loopback / private addresses are for admins only
     )
-    return success(connections.probe(target, settings).public())
+    return success(probe_public(connections.probe(target, settings)))
 
 
 @router.post("/model/ol/manage/{ai_id}/test")
 def test_connection(ai_id: int, session: SessionDep, settings: SettingsDep, viewer: ViewerDep) -> dict[str, Any]:
     target = connections.connection_target(session, settings, viewer, ai_id)
     session.rollback()  # hold no transaction (on SQLite: no write lock) during the network call
-    return success(connections.probe(target, settings).public())
+    return success(probe_public(connections.probe(target, settings)))
 
 
 @router.get("/model/ol/manage/{ai_id}")
 def connection_detail(ai_id: int, session: SessionDep, settings: SettingsDep, viewer: ViewerDep) -> dict[str, Any]:
-    return success(connections.connection_public(settings, connections.get_connection(session, viewer, ai_id)))
+    return success(connection_public(settings, connections.get_connection(session, viewer, ai_id)))
 
 
 @router.delete("/model/ol/manage/{ids}")

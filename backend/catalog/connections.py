@@ -23,25 +23,23 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import httpx
+from pydantic import BaseModel
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from backend import security
+from backend.accounts.changes import Change, save_changes
 from backend.accounts.viewer import (
-    UNSET,
     Page,
     Viewer,
     audit_admin_change,
     bad_request,
     created_range,
     flush_unique,
-    fmt,
-    given,
     name_taken,
     not_found,
     optional_text,
@@ -127,31 +125,11 @@ def masked_token(settings: Settings, conn: ModelAiOnline) -> str | None:
         return MASK_MARK
 
 
-def connection_public(settings: Settings, conn: ModelAiOnline) -> dict[str, Any]:
-    return {
-        "aiId": conn.ai_id,
-        "aiName": conn.ai_name,
-        "aiVersion": conn.ai_version,
-        "aiType": conn.ai_type,
-        "aiToken": masked_token(settings, conn),
-        "aiApi": conn.ai_api,
-        "protocol": conn.protocol,
-        "timeout": conn.timeout,
-        "timeOut": conn.timeout,
-        "shared": is_shared(conn),
-        "createdBy": conn.created_by,
-        "createdTime": fmt(conn.created_time),
-        "updatedBy": conn.updated_by,
-        "updatedTime": fmt(conn.updated_time),
-    }
-
-
 # --- queries -----------------------------------------------------------------------------
 
 
-def list_connections(
+def find_connections(
     session: Session,
-    settings: Settings,
     viewer: Viewer,
     *,
     ai_id: int | None = None,
@@ -162,9 +140,9 @@ def list_connections(
     created_end: str | None = None,
     page: Page | None = None,
     bare_limit: int = 1000,
-) -> tuple[list[dict[str, Any]], int | None]:
+) -> tuple[list[ModelAiOnline], int | None]:
     """The connections the viewer may see, newest first, filtered by any subset of aiId,
-    aiName, aiVersion, aiType and an inclusive created range."""
+    aiName, aiVersion, aiType and an inclusive created range; and, when paged, their total."""
     query = _visible(select(ModelAiOnline), viewer)
     if ai_id is not None:
         query = query.where(ModelAiOnline.ai_id == ai_id)
@@ -175,8 +153,7 @@ def list_connections(
     if ai_type is not None:
         query = query.where(ModelAiOnline.ai_type == ai_type)
     query = query.where(*created_range(ModelAiOnline.created_time, created_start, created_end))
-    rows, total = run_listing(session, query.order_by(ModelAiOnline.ai_id.desc()), page, bare_limit=bare_limit)
-    return [connection_public(settings, c) for c in rows], total
+    return run_listing(session, query.order_by(ModelAiOnline.ai_id.desc()), page, bare_limit=bare_limit)
 
 
 # --- changes -----------------------------------------------------------------------------
@@ -241,13 +218,13 @@ def create_connection(
     settings: Settings,
     viewer: Viewer,
     *,
-    ai_name: Any,
-    ai_api: Any,
-    ai_token: Any = None,
-    ai_version: Any = None,
-    ai_type: Any = None,
-    timeout: Any = None,
-    protocol: Any = None,
+    ai_name: str | None,
+    ai_api: str | None,
+    ai_token: str | None = None,
+    ai_version: str | None = None,
+    ai_type: int | None = None,
+    timeout: int | None = None,
+    protocol: str | None = None,
 ) -> ModelAiOnline:
     """A new connection owned by the viewer (a user) or shared (an admin). aiName is
     unique (409); aiApi must pass the SSRF guard (400); the key is stored encrypted."""
@@ -272,56 +249,59 @@ def create_connection(
     return conn
 
 
+class ConnectionUpdate(BaseModel):
+    """The fields of a connection to change (only those set). None clears aiVersion and
+    keeps aiToken, aiType, timeout and protocol; aiName and aiApi cannot be cleared."""
+
+    ai_name: str | None = None
+    ai_api: str | None = None
+    ai_token: str | None = None  # the masked value answers show keeps the stored key; "" clears it
+    ai_version: str | None = None
+    ai_type: int | None = None
+    timeout: int | None = None
+    protocol: str | None = None
+
+
+def _keeps_token(value: str | None) -> bool:
+    return value is None or MASK_MARK in value
+
+
 def update_connection(
-    session: Session,
-    settings: Settings,
-    viewer: Viewer,
-    ai_id: int,
-    *,
-    ai_name: Any = UNSET,
-    ai_api: Any = UNSET,
-    ai_token: Any = UNSET,
-    ai_version: Any = UNSET,
-    ai_type: Any = UNSET,
-    timeout: Any = UNSET,
-    protocol: Any = UNSET,
+    session: Session, settings: Settings, viewer: Viewer, ai_id: int, update: ConnectionUpdate
 ) -> ModelAiOnline:
-    """Change the given fields. An aiToken that is null, absent, or the masked value shown
-    by this server keeps the stored key; an empty string clears it."""
+    """Change the fields `update` was given. An aiToken that is null, absent, or the masked
+    value shown by this server keeps the stored key; an empty string clears it."""
     conn = get_connection(session, viewer, ai_id, for_change=True)
-    if ai_name is not UNSET:
-        name = required_text(ai_name, "aiName", 50)
+
+    def unique_name(value: Any) -> str:
+        name = required_text(value, "aiName", 50)
         if _name_taken(session, name, exclude=conn.ai_id):
             raise _duplicate(name)
-        conn.ai_name = name
-    if ai_api is not UNSET:
-        conn.ai_api = _check_api(settings, ai_api, allow_private=reaches_private(conn))
-    if ai_token is not UNSET and ai_token is not None:
-        if not isinstance(ai_token, str):
-            raise bad_request("aiToken must be a string")
-        if MASK_MARK not in ai_token:
-            conn.ai_token_encrypted = security.encrypt_secret(settings, check_token(ai_token))
-    if ai_version is not UNSET:
-        conn.ai_version = optional_text(ai_version, "aiVersion", 50)
-    if ai_type is not UNSET and ai_type is not None:
-        conn.ai_type = _ai_type(ai_type)
-    if timeout is not UNSET and timeout is not None:
-        conn.timeout = _timeout(timeout)
-    if protocol is not UNSET and protocol is not None:
-        conn.protocol = check_protocol(protocol)
-    conn.updated_by = viewer.stamp
-    conn.updated_time = datetime.now(UTC)
-    flush_unique(session, _duplicate(conn.ai_name))
-    changed = given(
-        aiName=ai_name,
-        aiApi=ai_api,
-        aiToken=ai_token,
-        aiVersion=ai_version,
-        aiType=ai_type,
-        timeout=timeout,
-        protocol=protocol,
+        return name
+
+    rules = {
+        "ai_name": Change("aiName", unique_name),
+        "ai_api": Change("aiApi", lambda v: _check_api(settings, v, allow_private=reaches_private(conn))),
+        "ai_token": Change(
+            "aiToken",
+            lambda v: security.encrypt_secret(settings, check_token(v)),
+            attr="ai_token_encrypted",
+            keeps=_keeps_token,
+        ),
+        "ai_version": Change("aiVersion", lambda v: optional_text(v, "aiVersion", 50)),
+        "ai_type": Change.unless_none("aiType", _ai_type),
+        "timeout": Change.unless_none("timeout", _timeout),
+        "protocol": Change.unless_none("protocol", check_protocol),
+    }
+    save_changes(
+        session,
+        viewer,
+        conn,
+        update,
+        rules,
+        duplicate=lambda: _duplicate(conn.ai_name),
+        audit=("modify_connection", "connection", conn.ai_id),
     )
-    audit_admin_change(session, viewer, "modify_connection", "connection", conn.ai_id, fields=changed)
     return conn
 
 
@@ -367,16 +347,6 @@ class ProbeResult:
     models: list[str]
     error: str | None = None
     url: str | None = None
-
-    def public(self) -> dict[str, Any]:
-        return {
-            "ok": self.ok,
-            "latencyMs": self.latency_ms,
-            "models": self.models,
-            "modelCount": len(self.models),
-            "error": self.error,
-            "url": self.url,
-        }
 
 
 def connection_target(session: Session, settings: Settings, viewer: Viewer, ai_id: int) -> ProbeTarget:

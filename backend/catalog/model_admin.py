@@ -13,16 +13,17 @@ changes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from sqlalchemy import delete, or_, select
 from sqlalchemy.orm import Session
 
 from backend.accounts import apikeys
+from backend.accounts.changes import Change, save_changes
 from backend.accounts.viewer import (
-    UNSET,
     Page,
     Viewer,
     audit_admin_change,
@@ -30,8 +31,6 @@ from backend.accounts.viewer import (
     created_range,
     escape_like,
     flush_unique,
-    fmt,
-    given,
     name_taken,
     not_found,
     optional_text,
@@ -64,10 +63,6 @@ CAMEL_OF: dict[str, str] = {
     "min_p": "minP",
     "top_k": "topK",
 }
-# Accepted request keys: the camelCase names, `mirostatEta` (the spelling fixed), snake_case.
-PERSONA_FIELDS: dict[str, str] = {camel: name for name, camel in CAMEL_OF.items()}
-PERSONA_FIELDS.update({name: name for name in CAMEL_OF} | {"mirostatEta": "mirostat_eta"})
-
 
 # --- ownership ---------------------------------------------------------------------------
 
@@ -97,97 +92,49 @@ def get_model(session: Session, viewer: Viewer, model_id: int, *, for_change: bo
     return model
 
 
-# --- answers -----------------------------------------------------------------------------
-
-
-def model_public(m: ModelInfo) -> dict[str, Any]:
-    return {
-        "modelId": m.model_id,
-        "modelName": m.model_name,
-        "modelVersion": m.model_version,
-        "modelFileId": m.model_file_id,
-        "disable": m.disable,
-        "description": m.description,
-        "linkType": m.link_type,
-        "aiName": m.ai_name,
-        "aiolId": m.aiol_id,
-        # the StrangeLoop frontend's fields
-        "localmodelName": m.localmodel_name,
-        "ollamaModelName": m.ollama_model_name,
-        "baseModelName": base_model_name(m),
-        "userId": m.user_id,
-        "isDefault": bool(m.is_default),
-        "createdTime": fmt(m.created_time),
-        "createdBy": m.created_by,
-        "updatedTime": fmt(m.updated_time),
-        "updatedBy": m.updated_by,
-        # the document's example spells these two without the "d"
-        "updateTime": fmt(m.updated_time),
-        "updateBy": m.updated_by,
-    }
-
-
-def _stored_params(mf: ModelFile) -> dict[str, Any]:
+def stored_params(mf: ModelFile) -> dict[str, Any]:
+    """The persona's sampling parameters by PersonaParams name (a stored stop that no longer
+    reads as a list is None)."""
     try:
         return PersonaParams.from_model_file(mf).model_dump()
     except ValidationError:
         return {name: getattr(mf, name) for name in PersonaParams.model_fields if name != "stop"} | {"stop": None}
 
 
-def persona_public(mf: ModelFile | None, model_file_id: int | None = None) -> dict[str, Any]:
-    """The document's `modelFile` object, with the examples as `modelFileEmessageList` (the
-    document) and `modelFileEgmessageList` (the original code)."""
-    params = _stored_params(mf) if mf is not None else dict.fromkeys(PersonaParams.model_fields)
-    body: dict[str, Any] = {
-        "system": mf.system if mf else None,
-        "modelFileId": mf.model_file_id if mf else model_file_id,
-    }
-    for name, value in params.items():
-        body[CAMEL_OF.get(name, name)] = value
-    # No `mirostatEta` beside `mirostatEat`: the StrangeLoop frontend sends every field back,
-    # and a stale second spelling would overwrite the user's edit of the first.
-    examples = [
-        {
-            "messageId": e.message_id,
-            "userMessage": e.user_message,
-            "modelMessage": e.model_message,
-            "modelFileId": e.model_file_id,
-        }
-        for e in (mf.examples if mf else [])
-    ]
-    body["modelFileEmessageList"] = examples  # the document's spelling
-    body["modelFileEgmessageList"] = [dict(e) for e in examples]  # the original code's
-    return body
+@dataclass(frozen=True)
+class ModelDetail:
+    """One model as its detail shows it: the model (with its persona), its connection when
+    it is online, and a browser key of the user's for it (see model_detail)."""
+
+    model: ModelInfo
+    connection: ModelAiOnline | None = None
+    browser_key: str | None = None
 
 
 def model_detail(
-    session: Session, settings: Settings, viewer: Viewer, model_id: int, *, chat_url: str | None = None
-) -> dict[str, Any]:
-    """The model with `modelFile` (and its examples) and, when online, `modelAiOnline`.
+    session: Session, settings: Settings, viewer: Viewer, model_id: int, *, browser_key: bool = False
+) -> ModelDetail:
+    """The model with its persona and, when online, its connection.
 
-    An admin sees the connection as it is, key masked. A user (given `chat_url`, Meteor's own
-    `/v1/chat/completions`) sees `aiApi = chat_url` and `aiToken` = a fresh browser key of
+    With `browser_key`, a user asking about an online model also gets a fresh browser key of
     theirs for this model (apikeys.mint_browser_key): the StrangeLoop frontend posts its chat
-    to `aiApi` with `aiToken`, so it goes through Meteor and is charged to the user. The
-    provider's address and key never reach the user's browser. The caller commits."""
+    to the answer's `aiApi` (Meteor's own /v1 chat URL) with it, so it goes through Meteor and
+    is charged to the user; the provider's address and key never reach the user's browser.
+    The caller commits."""
     model = get_model(session, viewer, model_id)
-    body = model_public(model)
-    if model.link_type == 1:
-        conn = model.ai_online
-        body["modelAiOnline"] = connections.connection_public(settings, conn) if conn else None
-        if conn is not None and not viewer.is_admin and chat_url:
-            key = apikeys.mint_browser_key(
-                session, user_id=str(viewer.user_id), model=model, minutes=settings.browser_key_minutes
-            )
-            body["modelAiOnline"] |= {"aiApi": chat_url, "aiToken": key, "protocol": "openai"}
-    body["modelFile"] = persona_public(model.model_file, model.model_file_id)
-    return body
+    conn = model.ai_online if model.link_type == 1 else None
+    key = None
+    if conn is not None and not viewer.is_admin and browser_key:
+        key = apikeys.mint_browser_key(
+            session, user_id=str(viewer.user_id), model=model, minutes=settings.browser_key_minutes
+        )
+    return ModelDetail(model, conn, key)
 
 
 # --- queries -----------------------------------------------------------------------------
 
 
-def list_models(
+def find_models(
     session: Session,
     viewer: Viewer,
     *,
@@ -200,10 +147,10 @@ def list_models(
     disable: int | None = None,
     page: Page | None = None,
     bare_limit: int = 1000,
-) -> tuple[list[dict[str, Any]], int | None]:
+) -> tuple[list[ModelInfo], int | None]:
     """The models the viewer may see (their own and the shared ones; admins: all), oldest
     first, filtered by any subset of modelName (substring), aiName, an inclusive created
-    range, userId, linkType and disable."""
+    range, userId, linkType and disable; and, when paged, their total."""
     query = _visible(select(ModelInfo), viewer)
     if model_name:
         query = query.where(ModelInfo.model_name.ilike(f"%{escape_like(model_name)}%", escape="\\"))
@@ -217,8 +164,7 @@ def list_models(
         query = query.where(ModelInfo.disable == disable)
     query = query.where(*created_range(ModelInfo.created_time, created_start, created_end))
     # oldest first: the StrangeLoop frontend opens the last card as the model it just created
-    rows, total = run_listing(session, query.order_by(ModelInfo.model_id.asc()), page, bare_limit=bare_limit)
-    return [model_public(m) for m in rows], total
+    return run_listing(session, query.order_by(ModelInfo.model_id.asc()), page, bare_limit=bare_limit)
 
 
 # --- models ------------------------------------------------------------------------------
@@ -253,17 +199,17 @@ def create_model(
     session: Session,
     viewer: Viewer,
     *,
-    model_name: Any,
-    ai_name: Any,
-    link_type: Any = None,
-    description: Any = None,
-    model_version: Any = None,
-    disable: Any = None,
-    aiol_id: Any = None,
-    user_id: Any = None,
-    localmodel_name: Any = None,
-    ollama_model_name: Any = None,
-    base_model_name: Any = None,
+    model_name: str | None,
+    ai_name: str | None,
+    link_type: int | None = None,
+    description: str | None = None,
+    model_version: str | None = None,
+    disable: int | None = None,
+    aiol_id: int | None = None,
+    user_id: str | int | None = None,
+    localmodel_name: str | None = None,
+    ollama_model_name: str | None = None,
+    base_model_name: str | None = None,
 ) -> ModelInfo:
     """A new model and its empty persona, in the caller's transaction. A user's model is
     theirs; an admin's is shared unless the admin names a `userId`. modelName is unique
@@ -329,65 +275,63 @@ def create_model(
     return model
 
 
-def update_model(
-    session: Session,
-    viewer: Viewer,
-    model_id: int,
-    *,
-    model_name: Any = UNSET,
-    ai_name: Any = UNSET,
-    link_type: Any = UNSET,
-    disable: Any = UNSET,
-    description: Any = UNSET,
-    model_version: Any = UNSET,
-    aiol_id: Any = UNSET,
-    localmodel_name: Any = UNSET,
-    ollama_model_name: Any = UNSET,
-    base_model_name: Any = UNSET,
-) -> ModelInfo:
-    """Change the given fields of a model the viewer owns (admins: any)."""
+class ModelUpdate(BaseModel):
+    """The fields of a model to change (only those set). None clears an optional text or
+    the connection, and keeps linkType and disable; modelName and aiName cannot be cleared."""
+
+    model_name: str | None = None
+    ai_name: str | None = None
+    link_type: int | None = None
+    disable: int | None = None
+    description: str | None = None
+    model_version: str | None = None
+    aiol_id: int | None = None
+    # the StrangeLoop frontend's fields
+    localmodel_name: str | None = None
+    ollama_model_name: str | None = None
+    base_model_name: str | None = None
+
+
+def update_model(session: Session, viewer: Viewer, model_id: int, update: ModelUpdate) -> ModelInfo:
+    """Change the fields `update` was given, of a model the viewer owns (admins: any). An
+    online model given no connection is linked to the one its aiName names, if any."""
     model = get_model(session, viewer, model_id, for_change=True)
-    if localmodel_name is not UNSET:
-        model.localmodel_name = optional_text(localmodel_name, "localmodelName", 100)
-    if ollama_model_name is not UNSET:
-        model.ollama_model_name = optional_text(ollama_model_name, "ollamaModelName", 100)
-    if base_model_name is not UNSET:
-        model.base_model_name = optional_text(base_model_name, "baseModelName", 100)
-    if model_name is not UNSET:
-        name = required_text(model_name, "modelName", 50)
+
+    def unique_name(value: Any) -> str:
+        name = required_text(value, "modelName", 50)
         if _name_taken(session, name, exclude=model.model_id):
             raise _duplicate(name)
-        model.model_name = name
-    if ai_name is not UNSET:
-        model.ai_name = required_text(ai_name, "aiName", 50)
-    if link_type is not UNSET and link_type is not None:
-        model.link_type = _flag(link_type, "linkType")
-    if disable is not UNSET and disable is not None:
-        model.disable = _flag(disable, "disable")
-    if description is not UNSET:
-        model.description = optional_text(description, "description", 500)
-    if model_version is not UNSET:
-        model.model_version = optional_text(model_version, "modelVersion", 50)
-    if aiol_id is not UNSET:
-        model.aiol_id = None if aiol_id is None else _connection_for(session, viewer, aiol_id)
-    elif model.link_type == 1 and model.aiol_id is None and model.ai_name:
-        model.aiol_id = _connection_named(session, viewer, model.ai_name)
-    model.updated_by = viewer.stamp
-    model.updated_time = datetime.now(UTC)
-    flush_unique(session, _duplicate(model.model_name))
-    changed = given(
-        modelName=model_name,
-        aiName=ai_name,
-        linkType=link_type,
-        disable=disable,
-        description=description,
-        modelVersion=model_version,
-        aiolId=aiol_id,
-        localmodelName=localmodel_name,
-        ollamaModelName=ollama_model_name,
-        baseModelName=base_model_name,
+        return name
+
+    rules = {
+        "localmodel_name": Change("localmodelName", lambda v: optional_text(v, "localmodelName", 100)),
+        "ollama_model_name": Change("ollamaModelName", lambda v: optional_text(v, "ollamaModelName", 100)),
+        "base_model_name": Change("baseModelName", lambda v: optional_text(v, "baseModelName", 100)),
+        "model_name": Change("modelName", unique_name),
+        "ai_name": Change("aiName", lambda v: required_text(v, "aiName", 50)),
+        "link_type": Change.unless_none("linkType", lambda v: _flag(v, "linkType")),
+        "disable": Change.unless_none("disable", lambda v: _flag(v, "disable")),
+        "description": Change("description", lambda v: optional_text(v, "description", 500)),
+        "model_version": Change("modelVersion", lambda v: optional_text(v, "modelVersion", 50)),
+        "aiol_id": Change("aiolId", lambda v: None if v is None else _connection_for(session, viewer, v)),
+    }
+
+    def link_by_name() -> None:  # an online model given no connection: the one its aiName names
+        if "aiol_id" in update.model_fields_set:
+            return
+        if model.link_type == 1 and model.aiol_id is None and model.ai_name:
+            model.aiol_id = _connection_named(session, viewer, model.ai_name)
+
+    save_changes(
+        session,
+        viewer,
+        model,
+        update,
+        rules,
+        duplicate=lambda: _duplicate(model.model_name),
+        audit=("modify_model", "model", model.model_id),
+        then=link_by_name,
     )
-    audit_admin_change(session, viewer, "modify_model", "model", model.model_id, fields=changed)
     return model
 
 
@@ -421,30 +365,31 @@ def delete_models(session: Session, viewer: Viewer, ids: list[int]) -> int:
 # --- personas ----------------------------------------------------------------------------
 
 
-def _int_id(value: Any, field: str) -> int:
-    if isinstance(value, bool):
-        raise bad_request(f"{field} must be a number")
-    if isinstance(value, str) and value.strip().isdigit():
-        value = int(value.strip())
-    if not isinstance(value, int):
-        raise bad_request(f"{field} must be a number")
-    return value
+class PersonaUpdate(BaseModel):
+    """A persona update: the persona of `model_file_id` (or else of `model_id`); the
+    parameters given, by PersonaParams name (absent ones keep their value, None clears one);
+    the system prompt when set (None or "" clears it); the example list when set (it
+    replaces the stored one as a whole)."""
+
+    model_file_id: int | None = None
+    model_id: int | None = None
+    params: dict[str, Any] = Field(default_factory=dict)
+    system: str | None = None
+    examples: list[tuple[str, str]] | None = None
 
 
-def _persona_owner(session: Session, viewer: Viewer, body: dict[str, Any]) -> tuple[ModelInfo, ModelFile]:
-    """The model whose persona the body names (by modelFileId, else modelId)."""
-    nested: dict[str, Any] = body["modelFile"] if isinstance(body.get("modelFile"), dict) else {}
-    file_ref = body.get("modelFileId", nested.get("modelFileId"))
-    if file_ref is not None:
-        file_id = _int_id(file_ref, "modelFileId")
+def _persona_owner(session: Session, viewer: Viewer, update: PersonaUpdate) -> tuple[ModelInfo, ModelFile]:
+    """The model whose persona the update names (by model_file_id, else model_id)."""
+    if update.model_file_id is not None:
+        file_id = update.model_file_id
         model = session.scalars(
             select(ModelInfo).where(ModelInfo.model_file_id == file_id).order_by(ModelInfo.model_id).limit(1)
         ).first()
         if model is None:
             raise not_found("persona", file_id)
         model = get_model(session, viewer, model.model_id, for_change=True)
-    elif body.get("modelId") is not None:
-        model = get_model(session, viewer, _int_id(body["modelId"], "modelId"), for_change=True)
+    elif update.model_id is not None:
+        model = get_model(session, viewer, update.model_id, for_change=True)
     else:
         raise bad_request("modelFileId (or modelId) is required")
     persona = model.model_file
@@ -456,22 +401,6 @@ def _persona_owner(session: Session, viewer: Viewer, body: dict[str, Any]) -> tu
     return model, persona
 
 
-def _persona_values(body: dict[str, Any]) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    sources = [body]
-    if isinstance(body.get("modelFile"), dict):
-        sources.append(body["modelFile"])
-    for source in sources:
-        for key, value in source.items():
-            name = PERSONA_FIELDS.get(key)
-            if name is None or (key == "mirostatEta" and "mirostatEat" in source):
-                continue  # both spellings sent: the document's (and the frontend's) mirostatEat wins
-            if isinstance(value, str) and not value.strip() and name != "stop":
-                value = None  # an empty form field means "the backend's default"
-            values[name] = value
-    return values
-
-
 def _describe(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors()[:5]:
@@ -481,88 +410,49 @@ def _describe(exc: ValidationError) -> str:
     return "invalid persona: " + "; ".join(parts)
 
 
-EXAMPLE_KEYS = ("modelFileEgmessageList", "modelFileEmessageList")  # the original code's, the document's
+def check_example(index: int, field: str, value: str) -> None:
+    """One message of a few-shot example: not blank, at most TEXT_MAX characters (400)."""
+    if not value.strip():
+        raise bad_request(f"modelFileEmessageList[{index}].{field} is required")
+    if len(value) > TEXT_MAX:
+        raise bad_request(f"modelFileEmessageList[{index}].{field} must be at most {TEXT_MAX} characters")
 
 
-def _raw_examples(body: dict[str, Any], nested: dict[str, Any]) -> Any:
-    """The example list a body carries, under either spelling (UNSET when none).
-
-    Both spellings in one body: `modelFileEgmessageList` wins, unless it is empty while
-    `modelFileEmessageList` is not. That is the StrangeLoop frontend saving a persona: it
-    deletes its own list from the object it sends and puts an empty one in its place, beside
-    the unchanged copy of the stored examples it was answered — taking the empty list would
-    delete every stored example on each save of a parameter."""
-    found: dict[str, Any] = {}
-    for key in EXAMPLE_KEYS:
-        for source in (body, nested):
-            if key in source and source[key] is not None:
-                found.setdefault(key, source[key])
-    original, document = found.get(EXAMPLE_KEYS[0], UNSET), found.get(EXAMPLE_KEYS[1], UNSET)
-    if original is UNSET:
-        return document
-    if document is not UNSET and original == [] and isinstance(document, list) and document:
-        return document
-    return original
-
-
-def _examples(raw: Any) -> list[tuple[str, str]]:
-    if not isinstance(raw, list):
-        raise bad_request("modelFileEmessageList must be a list")
-    if len(raw) > MAX_EXAMPLES:
+def _check_examples(examples: list[tuple[str, str]]) -> None:
+    if len(examples) > MAX_EXAMPLES:
         raise bad_request(f"at most {MAX_EXAMPLES} examples")
-    pairs: list[tuple[str, str]] = []
-    for index, item in enumerate(raw):
-        if not isinstance(item, dict):
-            raise bad_request(f"modelFileEmessageList[{index}] must be an object")
-        user_message, model_message = item.get("userMessage"), item.get("modelMessage")
-        for field, value in (("userMessage", user_message), ("modelMessage", model_message)):
-            if not isinstance(value, str) or not value.strip():
-                raise bad_request(f"modelFileEmessageList[{index}].{field} is required")
-            if len(value) > TEXT_MAX:
-                raise bad_request(f"modelFileEmessageList[{index}].{field} must be at most {TEXT_MAX} characters")
-        pairs.append((str(user_message), str(model_message)))
-    return pairs
+    for index, (user_message, model_message) in enumerate(examples):
+        check_example(index, "userMessage", user_message)
+        check_example(index, "modelMessage", model_message)
 
 
-def update_persona(session: Session, viewer: Viewer, body: dict[str, Any]) -> ModelInfo:
-    """`PUT /model/manage/detail`: set the given parameters (absent ones keep their value,
-    null clears one), the system prompt, and — when an example list is present (either
-    spelling, see _raw_examples) — replace the examples as a whole. Everything is checked
-    before anything is written. A `modelAiOnline` in the body is ignored (the original
-    updated the connection from it; connections change at /model/ol/manage only)."""
-    if not isinstance(body, dict):
-        raise bad_request("the request body must be a JSON object")
-    model, persona = _persona_owner(session, viewer, body)
-    values = _persona_values(body)
-    merged = _stored_params(persona) | values
+def update_persona(session: Session, viewer: Viewer, update: PersonaUpdate) -> ModelInfo:
+    """Set the parameters `update` gives (merged with the stored ones and range-checked by
+    PersonaParams), the system prompt when set, and the example list when set. Everything
+    is checked before anything is written."""
+    model, persona = _persona_owner(session, viewer, update)
+    merged = stored_params(persona) | update.params
     try:
         params = PersonaParams.model_validate(merged)
     except ValidationError as exc:
         raise bad_request(_describe(exc)) from None
-    nested: dict[str, Any] = body["modelFile"] if isinstance(body.get("modelFile"), dict) else {}
-    system = UNSET
-    for source in (nested, body):
-        if "system" in source:
-            system = source["system"]
-    if system is not UNSET and system is not None:
-        if not isinstance(system, str):
-            raise bad_request("system must be a string")
-        if len(system) > TEXT_MAX:
-            raise bad_request(f"system must be at most {TEXT_MAX} characters")
-    raw_examples = _raw_examples(body, nested)
-    examples = None if raw_examples is UNSET else _examples(raw_examples)
+    system_set = "system" in update.model_fields_set
+    if update.system is not None and len(update.system) > TEXT_MAX:
+        raise bad_request(f"system must be at most {TEXT_MAX} characters")
+    if update.examples is not None:
+        _check_examples(update.examples)
 
     params.apply_to(persona)
-    if system is not UNSET:
-        persona.system = system or None
-    if examples is not None:
+    if system_set:
+        persona.system = update.system or None
+    if update.examples is not None:
         session.execute(
             delete(ModelFileEgMessage)
             .where(ModelFileEgMessage.model_file_id == persona.model_file_id)
             .execution_options(synchronize_session=False)
         )
         session.expire(persona, ["examples"])
-        for user_message, model_message in examples:
+        for user_message, model_message in update.examples:
             session.add(
                 ModelFileEgMessage(
                     user_message=user_message, model_message=model_message, model_file_id=persona.model_file_id
@@ -577,8 +467,8 @@ def update_persona(session: Session, viewer: Viewer, body: dict[str, Any]) -> Mo
         "modify_persona",
         "model",
         model.model_id,
-        parameters=sorted(values),
-        system=system is not UNSET,
-        examples=None if examples is None else len(examples),
+        parameters=sorted(update.params),
+        system=system_set,
+        examples=None if update.examples is None else len(update.examples),
     )
     return model

@@ -11,24 +11,22 @@ import logging
 import re
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any
 
+from pydantic import BaseModel
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from backend.accounts.changes import Change, apply_changes
 from backend.accounts.viewer import (
-    UNSET,
     Page,
     Viewer,
     bad_request,
     count_listing,
     created_range,
     escape_like,
-    fmt,
     not_found,
     run_listing,
 )
-from backend.catalog.model_admin import base_model_name
 from db.models import ModelConversation, ModelInfo, ModelMessage, User
 
 log = logging.getLogger("meteor.conversations")
@@ -42,46 +40,6 @@ DEFAULT_TITLE = "New conversation"
 # --- answers -----------------------------------------------------------------------------
 
 
-def conversation_public(c: ModelConversation) -> dict[str, Any]:
-    """The document's fields, and `modelInfoId` (the original code's name for `modelId`)."""
-    return {
-        "id": c.id,
-        "userId": c.user_id,
-        "title": c.title,
-        "aiName": c.ai_name,
-        "modelId": c.model_id,
-        "modelInfoId": c.model_id,
-        "createdTime": fmt(c.created_time),
-        "updatedTime": fmt(c.updated_time),
-    }
-
-
-def model_info_brief(model: ModelInfo | None) -> dict[str, Any] | None:
-    """What the original list put beside each conversation: the model's name and base model
-    (the linked connection's aiName for an online model, the local model's name otherwise)."""
-    if model is None:
-        return None
-    return {
-        "modelId": model.model_id,
-        "modelName": model.model_name,
-        "baseModelName": base_model_name(model),
-        "linkType": model.link_type,
-        "aiolId": model.aiol_id,
-    }
-
-
-def message_public(m: ModelMessage) -> dict[str, Any]:
-    return {
-        "id": m.id,
-        "role": m.role,
-        "content": m.content,
-        "conversationId": m.conversation_id,
-        "promptTokens": m.prompt_tokens,
-        "completionTokens": m.completion_tokens,
-        "createdTime": fmt(m.created_time),
-    }
-
-
 # --- conversations -----------------------------------------------------------------------
 
 
@@ -89,7 +47,7 @@ def _visible(query, viewer: Viewer):
     return query if viewer.is_admin else query.where(ModelConversation.user_id == viewer.user_id)
 
 
-def list_conversations(
+def find_conversations(
     session: Session,
     viewer: Viewer,
     *,
@@ -102,11 +60,11 @@ def list_conversations(
     bare_limit: int = 1000,
     oldest_first: bool = False,
     with_total: bool = False,
-) -> tuple[list[dict[str, Any]], int | None]:
+) -> tuple[list[tuple[ModelConversation, ModelInfo | None]], int | None]:
     """The viewer's conversations, newest first (or `oldest_first`, as the original code
     listed them), filtered by any subset of: title (substring), aiName (exact), an inclusive
     created range, and (admins) userId. Returns the rows and, when paged or `with_total`,
-    the total. Each row carries `modelInfo` (see model_info_brief)."""
+    the total. Each conversation comes with its model (None when it has none, or it is gone)."""
     query = _visible(select(ModelConversation), viewer)
     if title:
         query = query.where(ModelConversation.title.ilike(f"%{escape_like(title)}%", escape="\\"))
@@ -125,7 +83,7 @@ def list_conversations(
         if model_ids
         else {}
     )
-    return [conversation_public(c) | {"modelInfo": model_info_brief(models.get(c.model_id))} for c in rows], total
+    return [(c, models.get(c.model_id)) for c in rows], total
 
 
 def get_conversation(session: Session, viewer: Viewer, conversation_id: int) -> ModelConversation:
@@ -136,17 +94,22 @@ def get_conversation(session: Session, viewer: Viewer, conversation_id: int) -> 
     return conv
 
 
-def conversation_detail(session: Session, viewer: Viewer, conversation_id: int) -> dict[str, Any]:
-    """The conversation with its messages, oldest first, as `modelMessageList` (the
-    document) and `modelMessageArrayList` (the original code)."""
+def _messages(session: Session, conv: ModelConversation) -> list[ModelMessage]:
+    query = select(ModelMessage).where(ModelMessage.conversation_id == conv.id)
+    return list(session.scalars(query.order_by(ModelMessage.created_time, ModelMessage.id)))
+
+
+def conversation_messages(session: Session, viewer: Viewer, conversation_id: int) -> list[ModelMessage]:
+    """The messages of a conversation the viewer may see (404 otherwise), oldest first."""
+    return _messages(session, get_conversation(session, viewer, conversation_id))
+
+
+def conversation_detail(
+    session: Session, viewer: Viewer, conversation_id: int
+) -> tuple[ModelConversation, list[ModelMessage]]:
+    """The conversation the viewer may see (404 otherwise) and its messages, oldest first."""
     conv = get_conversation(session, viewer, conversation_id)
-    messages = session.scalars(
-        select(ModelMessage)
-        .where(ModelMessage.conversation_id == conv.id)
-        .order_by(ModelMessage.created_time, ModelMessage.id)
-    )
-    listed = [message_public(m) for m in messages]
-    return {**conversation_public(conv), "modelMessageList": listed, "modelMessageArrayList": listed}
+    return conv, _messages(session, conv)
 
 
 def _check_text(value: str | None, field: str, limit: int) -> str | None:
@@ -189,15 +152,23 @@ def create_conversation(
     return conv
 
 
+class ConversationUpdate(BaseModel):
+    """The fields of a conversation to change (only those set); None clears either."""
+
+    title: str | None = None
+    ai_name: str | None = None
+
+
 def update_conversation(
-    session: Session, viewer: Viewer, conversation_id: int, *, title: Any = UNSET, ai_name: Any = UNSET
+    session: Session, viewer: Viewer, conversation_id: int, update: ConversationUpdate
 ) -> ModelConversation:
     """Change the title and/or aiName of a conversation the viewer may see."""
     conv = get_conversation(session, viewer, conversation_id)
-    if title is not UNSET:
-        conv.title = _check_text(title, "title", TITLE_MAX)
-    if ai_name is not UNSET:
-        conv.ai_name = _check_text(ai_name, "aiName", AI_NAME_MAX)
+    rules = {
+        "title": Change("title", lambda v: _check_text(v, "title", TITLE_MAX)),
+        "ai_name": Change("aiName", lambda v: _check_text(v, "aiName", AI_NAME_MAX)),
+    }
+    apply_changes(conv, update, rules)
     conv.updated_time = datetime.now(UTC)
     session.flush()
     return conv

@@ -2,9 +2,9 @@
 models and of connections by field name, the form's values by parameter name, each
 parameter's range, save (create or update, persona included), clone.
 
-The seed-003 camelCase shape (`model_admin.model_detail`, the body of
-`model_admin.update_persona`) stays behind these functions: the page reads and passes
-PersonaParams' field names. Like every service, nothing here commits.
+Everything is read from the catalog's rows and saved as its typed `ModelUpdate` /
+`PersonaUpdate`: the page reads and passes field names, never seed-003 camelCase. Like
+every service, nothing here commits.
 """
 
 from __future__ import annotations
@@ -24,44 +24,26 @@ PARAM_NAMES: tuple[str, ...] = tuple(PersonaParams.model_fields)
 JS_SAFE = 2**53 - 1  # the browser's number inputs hold at most this
 
 
-# the rows' field names -> the seed-003 names the listing services answer with
-MODEL_FIELDS = {
-    "model_id": "modelId",
-    "model_name": "modelName",
-    "model_version": "modelVersion",
-    "ai_name": "aiName",
-    "link_type": "linkType",
-    "aiol_id": "aiolId",
-    "disable": "disable",
-    "is_default": "isDefault",
-}
-CONNECTION_FIELDS = {
-    "ai_id": "aiId",
-    "ai_name": "aiName",
-    "ai_api": "aiApi",
-    "ai_token": "aiToken",  # masked
-    "protocol": "protocol",
-    "ai_type": "aiType",
-    "timeout": "timeout",
-    "shared": "shared",
-}
+# the columns of the models' and the connections' lists
+MODEL_FIELDS = ("model_id", "model_name", "model_version", "ai_name", "link_type", "aiol_id", "disable", "is_default")
+CONNECTION_FIELDS = ("ai_id", "ai_name", "ai_api", "ai_token", "protocol", "ai_type", "timeout", "shared")
 LIST_LIMIT = 1000
-
-
-def _rows(items: list[dict[str, Any]], fields: dict[str, str]) -> list[dict[str, Any]]:
-    return [{name: item.get(wire) for name, wire in fields.items()} for item in items]
 
 
 def model_rows(session: Session, viewer: Viewer) -> list[dict[str, Any]]:
     """The models the viewer sees (at most LIST_LIMIT), one dict of MODEL_FIELDS each."""
-    models, _ = model_admin.list_models(session, viewer, bare_limit=LIST_LIMIT)
-    return _rows(models, MODEL_FIELDS)
+    models, _ = model_admin.find_models(session, viewer, bare_limit=LIST_LIMIT)
+    return [{name: getattr(m, name) for name in MODEL_FIELDS} | {"is_default": bool(m.is_default)} for m in models]
 
 
 def connection_rows(session: Session, settings: Settings, viewer: Viewer) -> list[dict[str, Any]]:
     """The connections the viewer sees, keys masked, one dict of CONNECTION_FIELDS each."""
-    found, _ = connections.list_connections(session, settings, viewer, bare_limit=LIST_LIMIT)
-    return _rows(found, CONNECTION_FIELDS)
+    found, _ = connections.find_connections(session, viewer, bare_limit=LIST_LIMIT)
+    return [
+        {name: getattr(c, name) for name in CONNECTION_FIELDS if name not in ("ai_token", "shared")}
+        | {"ai_token": connections.masked_token(settings, c), "shared": connections.is_shared(c)}
+        for c in found
+    ]
 
 
 @dataclass(frozen=True)
@@ -112,21 +94,21 @@ class ModelForm:
 
 def model_form(session: Session, settings: Settings, viewer: Viewer, model_id: int) -> ModelForm:
     """The model's current values (404 for a model the viewer may not see)."""
-    detail = model_admin.model_detail(session, settings, viewer, model_id)
-    persona: dict[str, Any] = detail.get("modelFile") or {}
+    model = model_admin.get_model(session, viewer, model_id)
+    persona = model.model_file
     return ModelForm(
-        model_id=detail["modelId"],
-        model_name=detail["modelName"],
-        model_version=detail.get("modelVersion"),
-        ai_name=detail.get("aiName"),
-        link_type=int(detail.get("linkType") or 0),
-        aiol_id=detail.get("aiolId"),
-        description=detail.get("description"),
-        disabled=bool(detail.get("disable")),
-        user_id=detail.get("userId"),
-        system=persona.get("system"),
-        params={name: persona.get(model_admin.CAMEL_OF.get(name, name)) for name in PARAM_NAMES},
-        examples=[(e["userMessage"], e["modelMessage"]) for e in persona.get("modelFileEmessageList", [])],
+        model_id=model.model_id,
+        model_name=model.model_name,
+        model_version=model.model_version,
+        ai_name=model.ai_name,
+        link_type=int(model.link_type or 0),
+        aiol_id=model.aiol_id,
+        description=model.description,
+        disabled=bool(model.disable),
+        user_id=model.user_id,
+        system=persona.system if persona else None,
+        params=model_admin.stored_params(persona) if persona else dict.fromkeys(PARAM_NAMES),
+        examples=[(e.user_message, e.model_message) for e in persona.examples] if persona else [],
     )
 
 
@@ -138,13 +120,8 @@ def _set_persona(
     params: dict[str, Any],
     examples: list[tuple[str, str]],
 ) -> None:
-    body = {
-        "modelId": model_id,
-        "system": system,
-        **params,
-        "modelFileEmessageList": [{"userMessage": u, "modelMessage": m} for u, m in examples],
-    }
-    model_admin.update_persona(session, viewer, body)
+    update = model_admin.PersonaUpdate(model_id=model_id, system=system, params=params, examples=examples)
+    model_admin.update_persona(session, viewer, update)
 
 
 def save_model(
@@ -164,7 +141,7 @@ def save_model(
 ) -> ModelInfo:
     """Create (`model_id` None) or update a model, then set its whole persona: the system
     prompt, every parameter in `params` (None: the backend's default), the examples."""
-    fields = dict(
+    fields: dict[str, Any] = dict(
         model_name=model_name,
         ai_name=ai_name,
         link_type=link_type,
@@ -173,7 +150,7 @@ def save_model(
         aiol_id=aiol_id,
     )
     if model_id:
-        model = model_admin.update_model(session, viewer, model_id, **fields)
+        model = model_admin.update_model(session, viewer, model_id, model_admin.ModelUpdate(**fields))
     else:
         model = model_admin.create_model(session, viewer, **fields)
     _set_persona(session, viewer, model.model_id, system, params, examples)

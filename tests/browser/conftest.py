@@ -10,87 +10,30 @@ answer limit (a chat takes seconds, not minutes). Every wait is bounded.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy import update
-from sqlalchemy.orm import sessionmaker
 
-from backend import i18n
 from backend.accounts import service as accounts
 from backend.billing import quota
 from backend.config import Settings
 from db.models import ModelFile
 from db.session import get_sessionmaker
-
-ROOT = Path(__file__).resolve().parents[2]
-ARTIFACTS = ROOT / "tests" / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
-ADMIN_PASSWORD = "browser-admin-pass-1"
-ALICE_PASSWORD = "alice-pass-123"
-ALICE_TOKENS = 1000
-ANSWER_TOKENS = 48
-START_TIMEOUT = 180  # seconds for a server to answer its health check (model packages import slowly)
-STOP_TIMEOUT = 15
-
-
-def zh(key: str, **values: object) -> str:
-    """A dashboard string as the default (zh-CN) page shows it."""
-    return i18n.translate(key, "zh-CN", **values)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_healthy(url: str, process: subprocess.Popen, log: Path, timeout: float = START_TIMEOUT) -> None:
-    """Poll `url` until it answers 200, the process dies, or `timeout` passes."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"{url}: the server exited ({process.returncode}):\n{log.read_text()[-3000:]}")
-        try:
-            if httpx.get(url, timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.25)
-    raise AssertionError(f"{url} did not become healthy in {timeout} s:\n{log.read_text()[-3000:]}")
-
-
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=STOP_TIMEOUT)
-
-
-@dataclass
-class Stack:
-    api_url: str
-    ui_url: str
-    settings: Settings
-    maker: sessionmaker
-    alice_id: str
+from tests.browser.stack import (
+    ADMIN_PASSWORD,
+    ALICE_PASSWORD,
+    ALICE_TOKENS,
+    ANSWER_TOKENS,
+    ARTIFACTS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    Stack,
+)
+from tests.servers import ROOT, START_TIMEOUT, free_port, stop, wait_healthy
 
 
 # Package scope: Playwright's sync API keeps an event loop running in the main thread

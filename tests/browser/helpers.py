@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from playwright.sync_api import FrameLocator, Page, expect
 
-from tests.browser.conftest import ARTIFACTS, zh
+from tests.browser.stack import ARTIFACTS, zh
 
 RUN_TIMEOUT = 60_000  # ms: one Streamlit run of a page on a busy 2-core machine
 CHAT_TIMEOUT = 180.0  # s: one answer of the embedded model, queue included

@@ -9,8 +9,8 @@ from sqlalchemy import select
 
 from backend.billing import quota
 from db.models import AuditLog, QuotaLedger
-from tests.browser.conftest import ADMIN_PASSWORD, ALICE_PASSWORD, zh
 from tests.browser.helpers import NAV, RUN_TIMEOUT, nav_links, no_exception, open_page, screenshot, settle, sign_in
+from tests.browser.stack import ADMIN_PASSWORD, ALICE_PASSWORD, zh
 
 pytestmark = pytest.mark.slow
 

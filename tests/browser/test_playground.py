@@ -10,8 +10,8 @@ from sqlalchemy import select
 
 from backend.billing import quota
 from db.models import ModelConversation, ModelMessage, UsageRecord
-from tests.browser.conftest import ADMIN_PASSWORD, ALICE_PASSWORD, zh
 from tests.browser.helpers import RUN_TIMEOUT, chat, open_page, playground_frame, screenshot, settle, sign_in
+from tests.browser.stack import ADMIN_PASSWORD, ALICE_PASSWORD, zh
 
 pytestmark = pytest.mark.slow
 

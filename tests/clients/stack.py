@@ -1,10 +1,15 @@
-"""A real serve-api, the built frontend on a static server of another origin, and a fake
-OpenAI upstream, for driving an original web client through its real pages."""
+"""The original clients against a real Meteor: `python -m backend serve-api` on a free
+loopback port over a fresh SQLite data dir, and the clients taken from
+../shared/clients/ into a temporary copy whose only edit is the server address (what a
+deployer changes). Nothing of the clients is copied into the project. For driving an
+original web client through its real pages: the built frontend on a static server of
+another origin, and a fake OpenAI upstream."""
 
 from __future__ import annotations
 
 import functools
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -14,9 +19,14 @@ from dataclasses import dataclass
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pytest
+from sqlalchemy import update
+from sqlalchemy.orm import sessionmaker
+
 from backend.config import Settings
+from db.models import ModelFile
 from db.session import get_sessionmaker
-from tests.browser.conftest import ROOT, free_port, stop, wait_healthy
+from tests.servers import ROOT, free_port, stop, wait_healthy
 
 ADMIN_PASSWORD = "clients-admin-pass-1"
 
@@ -104,3 +114,58 @@ def serve_api(data: Path, logs: Path, **settings: str) -> Iterator[Api]:
         yield Api(f"http://127.0.0.1:{port}", Settings(data_dir=data, bcrypt_rounds=4), logs / "api.log")
     finally:
         stop(process)
+
+
+# --- the original clients against a real Meteor
+
+ANSWER_TOKENS = 24  # the embedded model's answer limit: a chat takes seconds
+
+
+def clients_dir() -> Path:
+    """../shared/clients beside the project (a worktree's parent holds it too)."""
+    for base in (ROOT.parent, ROOT.parent.parent):  # a clone, or a worktree under <parent>/wt/
+        if (base / "shared" / "clients").is_dir():
+            return base / "shared" / "clients"
+    pytest.fail("../shared/clients is missing: the original clients are test fixtures kept beside the project")
+
+
+def copy_client(name: str, dest: Path, old_address: str, new_address: str, files: list[str]) -> Path:
+    """A copy of the client `name` with `old_address` replaced by `new_address` in `files`
+    (globs) and nowhere else; fails if the address is not where it is expected."""
+    target = dest / name
+    shutil.copytree(clients_dir() / name, target, ignore=shutil.ignore_patterns("node_modules", "dist", ".git"))
+    edited = 0
+    for pattern in files:
+        for path in target.glob(pattern):
+            text = path.read_text(encoding="utf-8")
+            if old_address in text:
+                path.write_text(text.replace(old_address, new_address), encoding="utf-8")
+                edited += 1
+    assert edited, f"{old_address} not found in {name}/{files}"
+    return target
+
+
+@dataclass
+class Meteor:
+    url: str
+    settings: Settings
+    maker: sessionmaker
+    log: Path
+
+
+def start_meteor(tmp: Path, **env_overrides: str) -> tuple[Meteor, subprocess.Popen]:
+    """Migrate a fresh data dir, shorten the embedded model's answers, then serve it."""
+    data = tmp / "data"
+    port = free_port()
+    env = api_env(data, port, **env_overrides)
+    log = tmp / "api.log"
+    prepared = subprocess.run(
+        [sys.executable, "-m", "backend", "migrate"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert prepared.returncode == 0, prepared.stderr[-3000:]
+    settings = Settings(data_dir=data, bcrypt_rounds=4)  # the secrets the server uses (data/secrets.json)
+    maker = get_sessionmaker(settings.resolved_database_url)
+    with maker.begin() as s:
+        s.execute(update(ModelFile).values(num_predict=ANSWER_TOKENS, temperature=0.3))
+    process = spawn_api(port, env, log, "--skip-prepare")
+    return Meteor(f"http://127.0.0.1:{port}", settings, maker, log), process

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 from backend.api.cors import ApiCors
 from backend.server import create_app
 from db import migrate
-from tests.conftest import make_settings
+from tests.factories import make_settings
 
 APP_ORIGIN = "http://app.example:5173"
 OTHER_ORIGIN = "http://evil.example"

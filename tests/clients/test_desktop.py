@@ -28,7 +28,7 @@ from sqlalchemy import select
 from backend.accounts import service as accounts
 from backend.billing import quota, vouchers
 from db.models import QuotaLedger, Redemption, UsageRecord, User
-from tests.clients.conftest import Meteor, copy_client
+from tests.clients.stack import Meteor, copy_client
 from tests.media.samples import (
     CHINESE_SPEECH,
     SENTENCE,

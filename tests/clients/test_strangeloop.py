@@ -32,7 +32,7 @@ from db.models import (
     UsageRecord,
     User,
 )
-from tests.browser.conftest import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+from tests.browser.stack import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
 from tests.clients.frontend_build import built_dist, clients_dir, dist_for
 from tests.clients.stack import serve_api, static_site
 from tests.fakes.openai_server import OpenAIServer

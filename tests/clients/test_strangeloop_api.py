@@ -378,7 +378,7 @@ def test_chat_url_follows_public_api_url(maker, settings, tmp_path, alice, clien
     from fastapi.testclient import TestClient
 
     from backend.server import create_app
-    from tests.conftest import make_settings
+    from tests.factories import make_settings
 
     with OpenAIServer() as upstream:
         model_id = add_online_model(maker, settings, url=upstream.url, name="m")

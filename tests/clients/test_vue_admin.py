@@ -29,8 +29,9 @@ import pytest
 from sqlalchemy import select
 
 from db.models import Admin
-from tests.browser.conftest import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS, free_port
-from tests.clients.conftest import ADMIN_PASSWORD, Meteor, clients_dir, start_meteor, stop
+from tests.browser.stack import ARTIFACTS, CHROMIUM, CHROMIUM_ARGS
+from tests.clients.stack import ADMIN_PASSWORD, Meteor, clients_dir, start_meteor
+from tests.servers import free_port, stop
 
 pytestmark = pytest.mark.slow
 

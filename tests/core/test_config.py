@@ -7,7 +7,7 @@ import pytest
 from pydantic import ValidationError
 
 from backend.config import Settings
-from tests.conftest import TEST_SECRET_KEY
+from tests.factories import TEST_SECRET_KEY
 
 
 def test_secrets_are_generated_once_into_the_data_dir(tmp_path, monkeypatch):

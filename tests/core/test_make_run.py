@@ -1,45 +1,16 @@
 """The README's promise: `make run` migrates, bootstraps the admin, serves both servers,
 and Ctrl-C stops both. Started here exactly as the Makefile starts it."""
 
-import os
 import re
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(url: str, proc: subprocess.Popen, timeout: float = 90) -> httpx.Response:
-    """Poll until `url` answers 200 (bounded), failing fast if the process died."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        assert proc.poll() is None, f"server exited with {proc.returncode}"
-        try:
-            r = httpx.get(url, timeout=2)
-            if r.status_code == 200:
-                return r
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise AssertionError(f"{url} did not come up in {timeout}s")
-
-
-def env_for(tmp_path: Path, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("METEOR_")}
-    env.update(METEOR_DATA_DIR=str(tmp_path / "data"), METEOR_BCRYPT_ROUNDS="4", **extra)
-    return env
+from tests.core.helpers import ROOT, env_for, free_port, wait_for
 
 
 def test_make_run_starts_both_servers_and_ctrl_c_stops_both(tmp_path):

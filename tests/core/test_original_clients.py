@@ -14,8 +14,7 @@ from backend.api.auth import APP_INFO
 from backend.billing import quota, vouchers
 from backend.server import create_app
 from db.models import Admin, QuotaLedger, Redemption, User
-from tests.conftest import make_settings
-from tests.factories import PASSWORD, make_admin, make_user, user_headers
+from tests.factories import PASSWORD, make_admin, make_settings, make_user, user_headers
 
 
 def legacy_client(db_url, tmp_path, **overrides) -> TestClient:
@@ -160,7 +159,7 @@ def test_desktop_redeem_names_the_user_by_user_id_alone(db_url, tmp_path, client
 def test_app_info_holds_no_provider_secret(client, maker, settings):
     """The original answered its iFlytek credentials in app_info; Meteor answers the three
     fields the admin app reads, none of them a stored secret."""
-    from tests.media.conftest import add_connection
+    from tests.media.helpers import add_connection
 
     add_connection(
         maker,

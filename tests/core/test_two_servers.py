@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from backend.billing import quota
-from tests.core.test_make_run import ROOT, env_for, free_port, wait_for
+from tests.core.helpers import ROOT, env_for, free_port, wait_for
 from tests.factories import PASSWORD, make_user
 from tests.fakes.openai_server import OpenAIServer
 from tests.gateway.helpers import add_online_model

@@ -18,8 +18,7 @@ from backend.reporting import browse
 from backend.reporting import rollup as usage_rollup
 from backend.reporting.demo import seed_demo
 from db.models import UsageDaily, UsageRecord, UsageRollupDay, UsageTopUsers, User
-from tests.conftest import make_settings
-from tests.factories import make_user
+from tests.factories import make_settings, make_user
 
 pytestmark = pytest.mark.committed  # two processes and the sweeper roll up at once
 

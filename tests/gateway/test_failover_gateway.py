@@ -20,8 +20,7 @@ from backend.chat import gateway
 from backend.chat.gateway import Caller, ChatResult, UpstreamBusy
 from backend.server import create_app
 from db.models import ConnectionHealth, QuotaLedger, UsageRecord
-from tests.conftest import make_settings
-from tests.factories import admin_headers, make_admin, make_user, user_headers
+from tests.factories import admin_headers, make_admin, make_settings, make_user, user_headers
 from tests.fakes.openai_server import OpenAIServer
 from tests.gateway.helpers import (
     add_connection,

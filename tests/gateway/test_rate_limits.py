@@ -19,8 +19,7 @@ from backend.playground import session as playground
 from backend.server import create_app
 from db.models import AuditLog, QuotaReservation, UsageRecord
 from db.session import _configure_sqlite, normalize_url
-from tests.conftest import make_settings
-from tests.factories import make_user, super_admin_headers, user_headers
+from tests.factories import make_settings, make_user, super_admin_headers, user_headers
 from tests.fakes.openai_server import OpenAIServer
 from tests.gateway.helpers import add_online_model, assert_ledger_consistent
 from tests.media.samples import small_picture

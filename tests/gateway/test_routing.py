@@ -8,8 +8,7 @@ from fastapi.testclient import TestClient
 
 from backend.server import create_app
 from db.models import ModelFile, ModelInfo
-from tests.conftest import make_settings
-from tests.factories import make_user, user_headers
+from tests.factories import make_settings, make_user, user_headers
 from tests.fakes.ollama_server import OllamaServer
 from tests.fakes.spark_server import SparkServer
 from tests.gateway.helpers import add_online_model, assert_ledger_consistent, parse_like_desktop_client

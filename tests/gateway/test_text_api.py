@@ -219,7 +219,7 @@ def test_legacy_uuid_and_username_when_switched_on(maker, settings, upstream, tm
     from fastapi.testclient import TestClient
 
     from backend.server import create_app
-    from tests.conftest import make_settings
+    from tests.factories import make_settings
 
     add_online_model(maker, settings, url=upstream.url)
     user = make_user(maker, settings, tokens=5_000)

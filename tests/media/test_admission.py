@@ -17,7 +17,7 @@ from sqlalchemy import func, select
 from backend.media import recognize as media
 from db.models import QuotaReservation
 from tests.factories import make_user, user_headers
-from tests.media.conftest import assert_books_balance, snapshot, usage_rows
+from tests.media.helpers import assert_books_balance, snapshot, usage_rows
 
 URL = "/PictureToTextModel/chat"
 

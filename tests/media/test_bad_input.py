@@ -13,9 +13,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from backend.server import create_app
-from tests.conftest import make_settings
-from tests.factories import make_user, user_headers
-from tests.media.conftest import snapshot
+from tests.factories import make_settings, make_user, user_headers
+from tests.media.helpers import snapshot
 from tests.media.samples import small_picture
 
 VOICE = "/voiceModel/chat"

@@ -12,8 +12,8 @@ import httpx
 import pytest
 
 from tests.factories import PASSWORD, make_user
-from tests.media.conftest import assert_books_balance, snapshot, usage_rows
 from tests.media.fakes import serve_asgi
+from tests.media.helpers import assert_books_balance, snapshot, usage_rows
 from tests.media.samples import render_lines
 
 pytestmark = pytest.mark.committed  # several connections at once, or a cached sessionmaker

@@ -12,10 +12,9 @@ from fastapi.testclient import TestClient
 from backend import security
 from backend.server import create_app
 from db.models import ModelAiOnline
-from tests.conftest import make_settings
-from tests.factories import make_user, user_headers
-from tests.media.conftest import add_connection, snapshot
+from tests.factories import make_settings, make_user, user_headers
 from tests.media.fakes import FAKE_KEYS, FAKE_OPENAI_KEY
+from tests.media.helpers import add_connection, snapshot
 from tests.media.samples import small_picture, speech_pcm
 from tests.outbound.servers import Listener, Resolver, free_port_on
 

@@ -9,9 +9,8 @@ from sqlalchemy import select
 
 from backend.server import create_app
 from db.models import QuotaLedger
-from tests.conftest import make_settings
-from tests.factories import make_user, user_headers
-from tests.media.conftest import assert_books_balance, snapshot, usage_rows
+from tests.factories import make_settings, make_user, user_headers
+from tests.media.helpers import assert_books_balance, snapshot, usage_rows
 from tests.media.samples import CHINESE_LINES, ENGLISH_LINES, character_accuracy, render_lines, small_picture
 
 URL = "/PictureToTextModel/chat"
@@ -159,8 +158,8 @@ def test_picture_needs_a_signed_in_user(client, maker, settings):
 
 
 def test_a_plain_openai_connection_serves_pictures_and_voice(client, maker, settings, openai_server):
-    from tests.media.conftest import add_connection
     from tests.media.fakes import FAKE_OPENAI_KEY
+    from tests.media.helpers import add_connection
 
     url, app = openai_server
     add_connection(maker, settings, name="gpt", protocol="openai", url=url, secret=FAKE_OPENAI_KEY, version="gpt-4o")

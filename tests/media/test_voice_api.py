@@ -9,9 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 
 from backend.server import create_app
-from tests.conftest import make_settings
-from tests.factories import make_user, user_headers
-from tests.media.conftest import add_connection, assert_books_balance, snapshot, usage_rows
+from tests.factories import make_settings, make_user, user_headers
+from tests.media.helpers import add_connection, assert_books_balance, snapshot, usage_rows
 from tests.media.samples import (
     CHINESE_SPEECH,
     SENTENCE,

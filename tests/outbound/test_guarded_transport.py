@@ -14,7 +14,7 @@ import pytest
 
 from backend.providers import netguard
 from backend.providers.netguard import UnsafeURL, guarded_transport, resolve_checked
-from tests.conftest import make_settings
+from tests.factories import make_settings
 from tests.outbound.servers import Listener, Resolver, free_port_on, self_signed
 
 ALLOWED_IP, FORBIDDEN_IP = "127.0.0.1", "127.0.0.2"

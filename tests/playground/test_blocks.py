@@ -6,7 +6,7 @@ import pytest
 
 from backend.playground import app as playground_app
 from backend.playground.labels import LABELS, label
-from tests.conftest import make_settings
+from tests.factories import make_settings
 
 MODEL_HANDLERS = {"on_chat", "on_transcribe", "on_recognise"}
 

@@ -13,7 +13,7 @@ from backend.providers.embedded_llama import EmbeddedEngine, default_model_path,
 from backend.providers.params import PersonaParams, to_llama_kwargs
 from backend.providers.registry import chat_provider, get_embedded
 from backend.providers.tokens import count_tokens
-from tests.conftest import make_settings
+from tests.factories import make_settings
 from tests.providers.aio import first_text, items, run
 
 pytestmark = pytest.mark.slow

@@ -12,7 +12,7 @@ from backend.providers.params import PersonaParams, to_ollama_options
 from backend.providers.registry import chat_provider
 from backend.providers.tokens import count_text_tokens, count_tokens
 from backend.providers.upstream import UpstreamHTTPError
-from tests.conftest import make_settings
+from tests.factories import make_settings
 from tests.fakes.ollama_server import OllamaServer
 from tests.providers.aio import first_text, items, run
 

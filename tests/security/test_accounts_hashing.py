@@ -24,8 +24,7 @@ from backend.dashboard import auth as dashboard_auth
 from backend.server import create_app
 from db.models import Admin, User
 from db.session import get_engine
-from tests.conftest import make_settings
-from tests.factories import PASSWORD, admin_headers, make_admin, make_user, user_headers
+from tests.factories import PASSWORD, admin_headers, make_admin, make_settings, make_user, user_headers
 
 pytestmark = pytest.mark.committed  # it watches the pool and the SQLite write lock while bcrypt runs
 

@@ -9,8 +9,7 @@ import socket
 from urllib.parse import urlsplit
 
 from backend.server import create_app
-from tests.conftest import make_settings
-from tests.factories import make_user, super_admin_headers, user_headers
+from tests.factories import make_settings, make_user, super_admin_headers, user_headers
 from tests.security.live import live_server
 
 # --- finding 13 --------------------------------------------------------------------------

@@ -24,8 +24,7 @@ from backend.cli import uvicorn_options
 from backend.server import create_app
 from db.models import LoginLimit, User
 from db.session import get_engine
-from tests.conftest import make_settings
-from tests.factories import PASSWORD, make_user
+from tests.factories import PASSWORD, make_settings, make_user
 from tests.security.live import live_server
 
 

@@ -13,8 +13,7 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
 from backend.server import create_app
-from tests.conftest import make_settings
-from tests.factories import PASSWORD, make_admin, make_user
+from tests.factories import PASSWORD, make_admin, make_settings, make_user
 from tests.security.live import live_server
 
 EXAMPLES_PER_MODE = 2

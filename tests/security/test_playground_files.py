@@ -21,7 +21,6 @@ import pytest
 from backend.playground import files
 from tests.factories import make_user
 from tests.media.samples import ENGLISH_LINES, SENTENCE, character_accuracy, espeak_wav, render_lines, word_error_rate
-from tests.playground.conftest import pg_server  # noqa: F401  (the live server fixture)
 from tests.playground.helpers import GradioSession, completed_output
 
 pytestmark = pytest.mark.slow

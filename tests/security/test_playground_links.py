@@ -23,10 +23,8 @@ from backend.playground import session as playground
 from backend.playground.gate import COOKIE_NAME
 from backend.server import create_app
 from db.models import PlaygroundLink
-from tests.conftest import make_settings
-from tests.factories import make_user
+from tests.factories import make_settings, make_user
 from tests.gateway.helpers import wait_for
-from tests.playground.conftest import pg_app  # noqa: F401  (the app with the playground, per database)
 from tests.playground.helpers import link_token
 
 pytestmark = pytest.mark.committed  # several connections at once, or a cached sessionmaker

@@ -14,7 +14,7 @@ from backend.accounts.viewer import Viewer
 from backend.catalog import connections
 from backend.server import create_app
 from db.models import ModelAiOnline, ModelInfo
-from tests.conftest import make_settings
+from tests.factories import make_settings
 from tests.fakes.ollama_server import OllamaServer
 from tests.fakes.openai_server import OpenAIServer
 from tests.seed003.helpers import count, err, ok

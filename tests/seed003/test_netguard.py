@@ -7,7 +7,7 @@ import socket
 import pytest
 
 from backend.providers.netguard import UnsafeURL, check_url
-from tests.conftest import make_settings
+from tests.factories import make_settings
 
 
 @pytest.fixture

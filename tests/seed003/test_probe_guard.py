@@ -13,8 +13,7 @@ from fastapi.testclient import TestClient
 from backend import security
 from backend.server import create_app
 from db.models import ModelAiOnline
-from tests.conftest import make_settings
-from tests.factories import admin_headers, make_admin, make_user, user_headers
+from tests.factories import admin_headers, make_admin, make_settings, make_user, user_headers
 from tests.outbound.servers import Listener, Resolver, closed_port, free_port_on
 from tests.seed003.helpers import count, err, ok
 

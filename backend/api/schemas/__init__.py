@@ -7,19 +7,22 @@ are the services' rules, and every route lists the 4xx it answers, in its family
 
 `documented(error_model, *statuses)` builds a route's `responses=`; `json_body(*models)` an
 `openapi_extra` for a body the route parses itself (so the schema still names the model);
-`finish` corrects what FastAPI adds on its own (see there).
+`sent_as` turns a request model into the service's typed update; `finish` corrects what
+FastAPI adds on its own (see there).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
 from backend import security
 from backend.accounts import service as accounts
+
+Update = TypeVar("Update", bound=BaseModel)
 
 # The account rules (backend/accounts/service.py) where every family states them:
 SignInPassword = Annotated[str, Field(min_length=1, max_length=128)]  # what a sign-in may try (imported accounts)
@@ -88,6 +91,17 @@ def json_body(
     if description:
         body["description"] = description
     return {"requestBody": body}
+
+
+def sent_as(data: BaseModel, update: type[Update], **spelled: str) -> Update:
+    """The fields the client sent in `data` as the service's update model (whose
+    `model_dump(exclude_unset=True)` is what changes); `spelled` names another spelling of a
+    field that counts when the field itself was not sent (`aiol_id="ai_id"`)."""
+    sent = {name: getattr(data, name) for name in data.model_fields_set if name in update.model_fields}
+    for name, other in spelled.items():
+        if name not in sent and other in data.model_fields_set:
+            sent[name] = getattr(data, other)
+    return update(**sent)
 
 
 def finish(spec: dict[str, Any], family_of: Callable[[str], str]) -> dict[str, Any]:
