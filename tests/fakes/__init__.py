@@ -143,6 +143,7 @@ class _Handler(BaseHTTPRequestHandler):
 class _FakeHTTPServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 1024  # socketserver's 5 drops connects when a classroom's chats arrive at once
     fake: FakeHTTPServer
 
 

@@ -60,6 +60,7 @@ def _fuzz(operation, mode: GenerationMode, url: str, headers: dict, failures: li
         pass
 
 
+@pytest.mark.committed  # the live server's threads would share the test's one connection
 @pytest.mark.parametrize("role", ["admin", "user"])
 def test_no_operation_answers_5xx(db_url, tmp_path, maker, role):
     settings = make_settings(db_url, tmp_path)
