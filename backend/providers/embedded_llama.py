@@ -477,6 +477,7 @@ class EmbeddedEngine:
         self._pending = 0  # the running jobs plus those queued behind them
         self._pending_lock = threading.Lock()
         self._worker: threading.Thread | None = None
+        self._scheduler: _Scheduler | None = None
 
     @property
     def loaded(self) -> bool:
@@ -527,7 +528,8 @@ class EmbeddedEngine:
         self._jobs.put(job)
 
     def _work(self) -> None:
-        _Scheduler(self).run()
+        self._scheduler = _Scheduler(self)  # kept for inspection (tests)
+        self._scheduler.run()
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
         """REQUEST_SENT (when its turn comes), text deltas, then one Usage. 503 "busy" when
