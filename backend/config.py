@@ -101,6 +101,8 @@ class Settings(BaseSettings):
     model_titles: bool = True  # new conversations get a title written by their model, in the background
     ollama_url: str = "http://127.0.0.1:11434"
     embedded_queue_size: int = 32
+    # requests the embedded llama.cpp engine decodes together in one batch (1: one at a time)
+    embedded_parallel: int = Field(default=8, ge=1, le=64)
     model_concurrency: int = 2
     # the gateway (issue 9): API worker processes (None: one per CPU core), and requests in
     # flight per upstream connection in each worker (0: unbounded) before UPSTREAM_BUSY 503

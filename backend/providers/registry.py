@@ -67,13 +67,18 @@ def chat_provider(
 
 def get_embedded(settings: Settings | None = None) -> EmbeddedEngine:
     """The process-wide embedded engine (created on first call; the model itself loads on
-    first use). `settings.embedded_queue_size` sets how many requests may wait."""
+    first use). `settings.embedded_parallel` sets how many requests decode together (read
+    when the model is first used), `settings.embedded_queue_size` how many more may wait."""
     global _embedded
     from backend.providers.embedded_llama import EmbeddedEngine
 
     with _lock:
         if _embedded is None:
-            _embedded = EmbeddedEngine(queue_size=settings.embedded_queue_size if settings is not None else 32)
+            if settings is None:
+                _embedded = EmbeddedEngine(queue_size=32, parallel=8)
+            else:
+                _embedded = EmbeddedEngine(queue_size=settings.embedded_queue_size, parallel=settings.embedded_parallel)
         elif settings is not None:
             _embedded.queue_size = settings.embedded_queue_size
+            _embedded.parallel = settings.embedded_parallel
         return _embedded

@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 
+import llama_cpp
 import pytest
 
 from backend.providers.base import ChatRequest, ProviderError, Usage, collect
@@ -186,3 +187,120 @@ def test_load_llama_finds_the_packaged_model():
     assert path.name.endswith(".gguf") and path.stat().st_size > 50_000_000
     vocab = load_llama(path, vocab_only=True, n_ctx=64)
     assert len(vocab.tokenize(b"hello world", add_bos=False)) == 2
+
+
+# --- batched decoding (issue 9): several streams in one llama_batch -----------------------
+
+STARS = [{"role": "user", "content": "Write a short paragraph about the stars."}]
+GREEDY = PersonaParams(temperature=0)
+
+
+def _cells_free(engine: EmbeddedEngine) -> bool:
+    """No sequence holds KV cells any more (every finished or cancelled one was removed)."""
+    scheduler = engine._scheduler
+    assert scheduler is not None and scheduler.ctx is not None
+    return not scheduler.active and all(
+        llama_cpp.llama_memory_seq_pos_max(scheduler.memory, seq) == -1 for seq in range(scheduler.slots)
+    )
+
+
+def test_concurrent_greedy_streams_write_what_a_lone_stream_writes():
+    # flash attention makes a sequence's logits independent of where its cells sit in the
+    # shared cache, and each prompt is decoded alone, so streams started together are
+    # bit-identical to one alone (see the module docstring for the interleaving that is not)
+    engine = EmbeddedEngine(parallel=4)
+    lone = run(engine.complete(_request(STARS, params=GREEDY, max_tokens=48)))
+
+    async def together() -> list[tuple[str, Usage]]:
+        return await asyncio.gather(*(engine.complete(_request(STARS, params=GREEDY, max_tokens=48)) for _ in range(4)))
+
+    answers = run(together())
+    assert lone[0].strip() and lone[1].completion_tokens == 48
+    assert answers == [lone] * 4
+    assert _wait_until(lambda: engine.waiting == 0) and _cells_free(engine)
+
+
+def test_cancelling_one_of_several_streams_stops_it_and_the_others_complete():
+    engine = EmbeddedEngine(parallel=3)
+
+    async def scenario() -> tuple[list[tuple[str, Usage]], int]:
+        streams = [engine.stream(_request(COUNTING, params=GREEDY, max_tokens=40)) for _ in range(3)]
+        firsts = [await first_text(s) for s in streams]  # all three are decoding together
+        assert all(isinstance(f, str) for f in firsts) and engine.waiting == 3
+        await streams[1].aclose()  # this client went away
+        assert _wait_until(lambda: engine.waiting == 2)  # its slot is free before the others end
+        late = await engine.complete(_request(params=GREEDY, max_tokens=4))  # and takes a newcomer
+        rest = [await collect(s) for s in (streams[0], streams[2])]
+        return [(firsts[0] + rest[0][0], rest[0][1]), (firsts[2] + rest[1][0], rest[1][1]), late], engine.waiting
+
+    (first, third, late), _ = run(scenario())
+    assert first == third and first[1].completion_tokens == 40 and late[0]
+    assert _wait_until(lambda: engine.waiting == 0) and _cells_free(engine)
+
+
+def test_parallel_one_is_the_old_engine_one_request_at_a_time_with_its_text():
+    engine = EmbeddedEngine(parallel=1, queue_size=1)
+    dialog = [{"role": "user", "content": "How do you say 'thank you' in Chinese, Japanese and Korean?"}]
+    llm = engine.load()
+
+    def reference(max_tokens: int) -> dict:
+        llm.reset()  # evaluate the whole prompt afresh (a reused prefix is decoded differently)
+        return llm.create_chat_completion(messages=dialog, temperature=0, max_tokens=max_tokens)  # type: ignore[return-value]
+
+    text, usage = run(engine.complete(_request(dialog, params=GREEDY, max_tokens=48)))
+    same = reference(48)
+    assert text == same["choices"][0]["message"]["content"]  # the same numerics, the same UTF-8 text
+    assert (usage.prompt_tokens, usage.completion_tokens) == (same["usage"]["prompt_tokens"], 48)
+    assert same["usage"]["completion_tokens"] == 48
+    assert any(ord(c) > 127 for c in text), "the answer should cross multi-byte characters"
+    # at 40 tokens the answer ends inside a character: llama-cpp-python samples one more token
+    # to finish it (41 for a max of 40); the engine stops at the cap and drops the half character
+    cut, cut_usage = run(engine.complete(_request(dialog, params=GREEDY, max_tokens=40)))
+    over = reference(40)
+    assert over["usage"]["completion_tokens"] == 41 and cut_usage.completion_tokens == 40
+    assert over["choices"][0]["message"]["content"].startswith(cut) and text.startswith(cut)
+
+    async def scenario() -> str:
+        running = engine.stream(_request(COUNTING, params=GREEDY, max_tokens=200))
+        assert isinstance(await first_text(running), str)
+        waiter = asyncio.ensure_future(engine.complete(_request(max_tokens=4)))
+        while engine.waiting < 2:
+            await asyncio.sleep(0.01)
+        with pytest.raises(ProviderError) as caught:  # one running + one waiting fills a queue of 1
+            await engine.complete(_request())
+        assert caught.value.status == 503
+        assert engine._scheduler is not None and len(engine._scheduler.active) == 1 and not waiter.done()
+        await running.aclose()
+        return (await asyncio.wait_for(waiter, 60))[0]
+
+    assert run(scenario())
+    assert _wait_until(lambda: engine.waiting == 0)
+
+
+def test_with_parallel_slots_only_a_full_queue_is_busy():
+    engine = EmbeddedEngine(parallel=2, queue_size=1)
+
+    async def scenario() -> str:
+        running = [engine.stream(_request(COUNTING, params=GREEDY, max_tokens=200)) for _ in range(2)]
+        for stream in running:
+            assert isinstance(await first_text(stream), str)  # both decode at once
+        waiter = asyncio.ensure_future(engine.complete(_request(max_tokens=4)))
+        while engine.waiting < 3:
+            await asyncio.sleep(0.01)
+        with pytest.raises(ProviderError) as caught:
+            await engine.complete(_request())
+        assert caught.value.status == 503 and "busy" in str(caught.value)
+        assert not waiter.done()  # the third waits for a slot; it is not refused
+        for stream in running:
+            await stream.aclose()
+        return (await asyncio.wait_for(waiter, 60))[0]
+
+    assert run(scenario())
+    assert _wait_until(lambda: engine.waiting == 0) and _cells_free(engine)
+
+
+def test_the_process_wide_engine_takes_embedded_parallel_from_settings(tmp_path):
+    engine = get_embedded(make_settings("sqlite://", tmp_path, embedded_parallel=3))
+    assert engine.parallel == 3
+    get_embedded(make_settings("sqlite://", tmp_path))
+    assert engine.parallel == 8
