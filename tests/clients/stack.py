@@ -26,6 +26,7 @@ from sqlalchemy.orm import sessionmaker
 from backend.config import Settings
 from db.models import ModelFile
 from db.session import get_sessionmaker
+from tests.clients import frontend_build
 from tests.servers import ROOT, free_port, stop, wait_healthy
 
 ADMIN_PASSWORD = "clients-admin-pass-1"
@@ -122,11 +123,11 @@ ANSWER_TOKENS = 24  # the embedded model's answer limit: a chat takes seconds
 
 
 def clients_dir() -> Path:
-    """../shared/clients beside the project (a worktree's parent holds it too)."""
-    for base in (ROOT.parent, ROOT.parent.parent):  # a clone, or a worktree under <parent>/wt/
-        if (base / "shared" / "clients").is_dir():
-            return base / "shared" / "clients"
-    pytest.fail("../shared/clients is missing: the original clients are test fixtures kept beside the project")
+    """../shared/clients beside the project, or METEOR_CLIENTS_DIR (`frontend_build.clients_dir`)."""
+    found = frontend_build.clients_dir()
+    if found is None:
+        pytest.fail("../shared/clients is missing (or set METEOR_CLIENTS_DIR): the original clients are test fixtures")
+    return found
 
 
 def copy_client(name: str, dest: Path, old_address: str, new_address: str, files: list[str]) -> Path:
