@@ -53,6 +53,26 @@ class TtlCache(Generic[T]):
             self._items.clear()
 
 
+def forget_on_write(cache: TtlCache, *, flushed: tuple[type, ...], executed: tuple[type, ...] = ()) -> None:
+    """Forget `cache` in this process whenever a flush adds, changes or deletes an instance
+    of `flushed`, or an ORM INSERT / UPDATE / DELETE statement targets a class of `executed`."""
+    from sqlalchemy import event
+    from sqlalchemy.orm import ORMExecuteState, Session
+
+    def after_flush(session: Session, _context: object) -> None:
+        if any(isinstance(obj, flushed) for obj in (*session.new, *session.dirty, *session.deleted)):
+            cache.forget()
+
+    def statement(state: ORMExecuteState) -> None:
+        writes = state.is_update or state.is_delete or state.is_insert
+        if writes and state.bind_mapper is not None and issubclass(state.bind_mapper.class_, executed):
+            cache.forget()
+
+    event.listen(Session, "after_flush", after_flush)
+    if executed:
+        event.listen(Session, "do_orm_execute", statement)
+
+
 def forget_all() -> None:
     """Empty every cache of this process (tests: each test starts from the database)."""
     for cache in _every:

@@ -125,6 +125,14 @@ def read_only(session: Session) -> None:
     session.connection(execution_options={READ_ONLY: True})
 
 
+def reading(session: Session) -> Session:
+    """`read_only` unless a transaction is already open: for code that reads only when a
+    cache misses, so a hit opens no transaction (no connection taken from the pool)."""
+    if not session.in_transaction():
+        read_only(session)
+    return session
+
+
 def rowcount(result: Result[Any]) -> int:
     """The rows an UPDATE or DELETE (without RETURNING) matched. `Session.execute` returns a
     `CursorResult` for those but is typed as returning a plain `Result` (SQLAlchemy #12913)."""

@@ -19,15 +19,17 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from backend import audit, security
 from backend.accounts import service as accounts
+from backend.cache import TtlCache, forget_on_write
 from backend.errors import ServiceError, forbidden, unauthorized
 from db.models import ApiKey, ModelInfo, User
+from db.session import reading
 
 MAX_KEYS_PER_USER = 50
 MAX_ALLOWED_MODELS = 100
@@ -199,19 +201,34 @@ def revoke_key(session: Session, *, key_id: int, actor: str, owner_id: str | Non
     return public(key)
 
 
+# Every /v1 request checks its key: a read per request otherwise. A write in this process
+# to a key or a user (revoke, expire, disable, delete) forgets the cache at once; other
+# worker processes see it within `cache.TTL_SECONDS` (2 s), the one delay a revocation has.
+_keys: TtlCache[tuple[User, ApiKey]] = TtlCache()
+forget_on_write(_keys, flushed=(ApiKey, User), executed=(ApiKey,))
+
+
 def authenticate(session: Session, plain: str) -> tuple[User, ApiKey]:
-    """The active user and key behind `sk-...`; 401 for an unknown, revoked or expired key."""
+    """The active user and key behind `sk-...`; 401 for an unknown, revoked or expired key.
+    Usually no query (`_keys`); else one read on the unique index of key_hash, the owner
+    joined in (a read-only transaction when none is open). The rows returned are detached
+    copies: read them, never change them."""
     if not plain.startswith(security.API_KEY_PREFIX) or len(plain) > 200:
         raise unauthorized("invalid API key")
-    # one read on the unique index of key_hash, the owner joined in
-    found = session.execute(
-        select(ApiKey, User)
-        .join(User, User.id == ApiKey.user_id)
-        .where(ApiKey.key_hash == security.hash_api_key(plain))
-    ).first()
+    digest = security.hash_api_key(plain)
+    cache_key = (session.get_bind().engine, digest)
+    found = _keys.peek(cache_key)
     if found is None:
-        raise unauthorized("invalid API key")
-    key, user = found
+        row = (
+            reading(session)
+            .execute(select(ApiKey, User).join(User, User.id == ApiKey.user_id).where(ApiKey.key_hash == digest))
+            .first()
+        )
+        if row is None:
+            raise unauthorized("invalid API key")
+        found = (_detached(session, row[1]), _detached(session, row[0]))
+        _keys.put(cache_key, found)
+    user, key = found
     now = datetime.now(UTC)
     if key.revoked_at is not None:
         raise unauthorized("this API key has been revoked")
@@ -222,6 +239,15 @@ def authenticate(session: Session, plain: str) -> tuple[User, ApiKey]:
     if key.last_used_at is None or now - key.last_used_at > LAST_USED_RESOLUTION:
         session.info[TOUCHED] = key.id
     return user, key
+
+
+T = TypeVar("T", User, ApiKey)
+
+
+def _detached(session: Session, row: T) -> T:
+    """A row taken out of its session, every column loaded: safe to share between requests."""
+    session.expunge(row)
+    return row
 
 
 def touch(session: Session, key_id: int) -> None:
@@ -276,7 +302,7 @@ def model_for_key(session: Session, key: ApiKey, requested: str) -> str:
     if key.scope != BROWSER_SCOPE:
         check_model_allowed(key, requested)
         return requested
-    model = session.get(ModelInfo, key.model_id) if key.model_id is not None else None
+    model = reading(session).get(ModelInfo, key.model_id) if key.model_id is not None else None
     if model is None or requested not in names_of_model(model):
         raise forbidden(f"this API key may not use model {requested!r}")
     return model.model_name

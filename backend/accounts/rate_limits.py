@@ -69,7 +69,7 @@ def buckets(session: Session, *, user_id: str, academy: str | None, api_key_id: 
     """The buckets a request counts against, with their limits (those without a limit are
     left out); cached for `cache.TTL_SECONDS` (a change through `set_limit` is seen at once
     here)."""
-    key = (str(session.get_bind().engine.url), user_id, academy, api_key_id)
+    key = (session.get_bind().engine, user_id, academy, api_key_id)
     return _limits.get(key, lambda: _read_buckets(session, user_id=user_id, academy=academy, api_key_id=api_key_id))
 
 

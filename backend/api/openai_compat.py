@@ -38,7 +38,7 @@ from backend.chat import gateway
 from backend.chat.gateway import Caller, ChatCall, ChatResult
 from backend.errors import ServiceError, unauthorized
 from db.models import ApiKey, User
-from db.session import read_only
+from db.session import reading
 
 router = APIRouter(tags=["openai"], responses=openai.errors(401, 403, 405, 413))
 
@@ -82,17 +82,16 @@ class ChatCompletionIn(BaseModel):
 
 
 def api_key_caller(request: Request, session: Session) -> tuple[User, ApiKey]:
-    """The user and key behind `Authorization: Bearer sk-...`: one indexed read (no write lock
-    on SQLite), ended before returning; then a short write of its own only when `last_used_at`
-    is a minute old. Start the next read with `read_only(session)` again."""
+    """The user and key behind `Authorization: Bearer sk-...` (`apikeys.authenticate`: usually
+    cached, else one indexed read, ended before returning); then a short write of its own only
+    when `last_used_at` is a minute old. Later reads start a read-only transaction again."""
     token = bearer_token(request)
     if token is None:
         raise unauthorized("missing API key: send Authorization: Bearer sk-...")
-    if not session.in_transaction():
-        read_only(session)
     user, key = apikeys.authenticate(session, token)
     touched = session.info.pop(apikeys.TOUCHED, None)
-    session.commit()  # the read ends (expire_on_commit is off: user and key stay loaded)
+    if session.in_transaction():
+        session.commit()  # the read ends
     if touched is not None:
         apikeys.touch(session, touched)
         session.commit()
@@ -141,17 +140,28 @@ def _chunk(call: ChatCall, created: int, delta: dict[str, Any], finish: str | No
     }
 
 
-def _sse(data: dict[str, Any] | str) -> str:
-    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n"
+def _sse(data: dict[str, Any] | str) -> bytes:
+    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n".encode()
 
 
-async def sse_chunks(call: ChatCall, include_usage: bool) -> AsyncIterator[str]:
+_MARK = "\x00delta\x00"
+
+
+def _delta_frame(call: ChatCall, created: int) -> tuple[bytes, bytes]:
+    """A delta's event is this prefix, the text as JSON, this suffix: built once per call
+    rather than a dict serialised per delta (a stream sends dozens)."""
+    prefix, _, suffix = _sse(_chunk(call, created, {"content": _MARK}, None)).partition(json.dumps(_MARK).encode())
+    return prefix, suffix
+
+
+async def sse_chunks(call: ChatCall, include_usage: bool) -> AsyncIterator[bytes]:
     """The chat as OpenAI `chat.completion.chunk` events, then `[DONE]`."""
     created = int(time.time())
+    prefix, suffix = _delta_frame(call, created)
     yield _sse(_chunk(call, created, {"role": "assistant", "content": ""}, None))
     async for event in events(call):
         if isinstance(event, str):
-            yield _sse(_chunk(call, created, {"content": event}, None))
+            yield prefix + json.dumps(event, ensure_ascii=False).encode() + suffix
         elif isinstance(event, ChatResult):
             yield _sse(_chunk(call, created, {}, event.finish_reason))
             if include_usage:
@@ -168,7 +178,7 @@ async def sse_chunks(call: ChatCall, include_usage: bool) -> AsyncIterator[str]:
 def list_models(request: Request, session: SessionDep) -> dict:
     """The models this key may call."""
     user, key = api_key_caller(request, session)
-    read_only(session)
+    reading(session)
     allowed = apikeys.allowed_models_of(key)
     rows = model_registry.usable_models(session, user_id=user.id)
     data = [
@@ -200,7 +210,6 @@ async def chat_completions(
     def plan() -> gateway.ChatPlan:  # one hop: the key, the model, then the prompt count
         with maker() as session:
             user, key = api_key_caller(request, session)
-            read_only(session)  # the rest of the hop only reads
             model_name = apikeys.model_for_key(session, key, body.model)  # a browser key names its one model
             caller = replace(Caller.for_user(user), api_key_id=key.id)  # quota policy: the key's rate limit
             target = gateway.find_target(
@@ -223,7 +232,7 @@ async def chat_completions(
             started=started,
         )
 
-    call = await gateway.open_chat(maker, settings, await gateway.offload(plan))
+    call = await gateway.open_chat(maker, settings, plan)
     headers = {"X-Request-Id": call.request_id}
     if conversation_id is not None:
         headers["X-Conversation-Id"] = str(conversation_id)

@@ -97,7 +97,7 @@ class ChatStreamResponse(StreamingResponse):
     """A streamed chat that, however the response ends (finished, client gone, cancelled),
     closes its call: what was not delivered is released."""
 
-    def __init__(self, content: AsyncIterator[str], call: ChatCall, **kwargs: Any) -> None:
+    def __init__(self, content: AsyncIterator[str] | AsyncIterator[bytes], call: ChatCall, **kwargs: Any) -> None:
         super().__init__(content, **kwargs)
         self.call = call
 
@@ -221,7 +221,7 @@ async def _user_call(
             started=started,
         )
 
-    return await gateway.open_chat(maker, settings, await gateway.offload(plan))
+    return await gateway.open_chat(maker, settings, plan)
 
 
 @router.post("/textModel/chat")
@@ -274,7 +274,7 @@ async def console_test(body: ConsoleTestIn, request: Request, settings: Settings
             started=started,
         )
 
-    call = await gateway.open_chat(maker, settings, await gateway.offload(plan))
+    call = await gateway.open_chat(maker, settings, plan)
     result = await answer_whole(call, request)
     return envelope.ok(
         "文本模型回复成功", content=result.content, consume_token=result.billed_tokens, model=result.model

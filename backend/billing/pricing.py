@@ -109,7 +109,7 @@ def model_price(session: Session, model_id: int | None) -> Price:
         ).one_or_none()
         return UNIT if row is None else Price(float(row[0]), float(row[1]))
 
-    return _prices.get((str(session.get_bind().engine.url), model_id), load)
+    return _prices.get((session.get_bind().engine, model_id), load)
 
 
 def set_model_price(session: Session, model_id: int, *, prompt: float, completion: float, actor: str) -> Price:

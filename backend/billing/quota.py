@@ -13,14 +13,21 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
 from sqlalchemy.orm import Session
 
 from backend.billing import pricing
 from backend.errors import ServiceError
-from db.models import QuotaLedger, QuotaReservation, User
+from db.models import QuotaLedger, QuotaReservation, User, new_hex_id
 from db.session import rowcount
+
+# Every chat runs these statements twice (reserve, settle): they go to the tables (Core), not
+# through the ORM's unit of work and DML hooks, which profiled at a tenth of the gateway's CPU.
+_users, _ledger_rows, _reservations = (
+    User.metadata.tables[m.__tablename__] for m in (User, QuotaLedger, QuotaReservation)
+)
 
 
 @dataclass(frozen=True)
@@ -30,7 +37,11 @@ class Balance:
 
 
 def _ledger(session: Session, user_id: str, kind: str, tokens: int, pic_times: int, **fields: object) -> None:
-    session.add(QuotaLedger(user_id=user_id, kind=kind, delta_tokens=tokens, delta_pic_times=pic_times, **fields))
+    session.execute(
+        insert(_ledger_rows).values(
+            user_id=user_id, kind=kind, delta_tokens=tokens, delta_pic_times=pic_times, **fields
+        )
+    )
 
 
 def _require_user(session: Session, user_id: str) -> None:
@@ -41,10 +52,9 @@ def _require_user(session: Session, user_id: str) -> None:
 def _credit(session: Session, user_id: str, tokens: int, pic_times: int) -> None:
     """Add non-negative amounts to a balance (refunds, grants)."""
     result = session.execute(
-        update(User)
-        .where(User.id == user_id)
-        .values(tokens=User.tokens + tokens, pic_times=User.pic_times + pic_times)
-        .execution_options(synchronize_session=False)
+        update(_users)
+        .where(_users.c.id == user_id)
+        .values(tokens=_users.c.tokens + tokens, pic_times=_users.c.pic_times + pic_times)
     )
     if rowcount(result) != 1:
         raise ServiceError("USER_NOT_FOUND", f"user {user_id} not found", 404)
@@ -52,11 +62,11 @@ def _credit(session: Session, user_id: str, tokens: int, pic_times: int) -> None
 
 def _debit(session: Session, user_id: str, tokens: int, pic_times: int) -> bool:
     """Take amounts from a balance only if it covers them; False when it does not."""
+    c = _users.c
     result = session.execute(
-        update(User)
-        .where(User.id == user_id, User.tokens >= tokens, User.pic_times >= pic_times)
-        .values(tokens=User.tokens - tokens, pic_times=User.pic_times - pic_times)
-        .execution_options(synchronize_session=False)
+        update(_users)
+        .where(c.id == user_id, c.tokens >= tokens, c.pic_times >= pic_times)
+        .values(tokens=c.tokens - tokens, pic_times=c.pic_times - pic_times)
     )
     return rowcount(result) == 1
 
@@ -190,46 +200,48 @@ def reserve(
         raise ServiceError(
             "PIC_TIMES_NOT_ENOUGH", f"not enough picTimes: {current.pic_times} left, {pic_times} needed", 402
         )
-    reservation = QuotaReservation(
-        user_id=user_id,
-        tokens=tokens,
-        pic_times=pic_times,
-        request_id=request_id,
-        model=model,
-        expires_at=datetime.now(UTC) + ttl,
-        prompt_price=None if price is None else price.prompt,
-        completion_price=None if price is None else price.completion,
+    reservation_id = new_hex_id()
+    prices = {
+        "prompt_price": None if price is None else price.prompt,
+        "completion_price": None if price is None else price.completion,
+    }
+    session.execute(
+        insert(_reservations).values(
+            id=reservation_id,
+            user_id=user_id,
+            tokens=tokens,
+            pic_times=pic_times,
+            request_id=request_id,
+            model=model,
+            expires_at=datetime.now(UTC) + ttl,
+            **prices,
+        )
     )
-    session.add(reservation)
-    session.flush()
     _ledger(
         session,
         user_id,
         "reserve",
         -tokens,
         -pic_times,
-        reservation_id=reservation.id,
+        reservation_id=reservation_id,
         request_id=request_id,
         model=model,
-        prompt_price=reservation.prompt_price,
-        completion_price=reservation.completion_price,
+        **prices,
     )
-    return reservation.id
+    return reservation_id
 
 
-def _close(session: Session, reservation_id: str, status: str) -> QuotaReservation | None:
-    """Move an active reservation to `status`; None when it was already closed (idempotent)."""
-    closed = rowcount(
-        session.execute(
-            update(QuotaReservation)
-            .where(QuotaReservation.id == reservation_id, QuotaReservation.status == "active")
-            .values(status=status)
-            .execution_options(synchronize_session=False)
-        )
-    )
-    if closed != 1:
+def _close(session: Session, reservation_id: str, status: str) -> Any:
+    """Move an active reservation to `status` and return its row; None when it was already
+    closed (idempotent). One statement where the database has UPDATE … RETURNING (SQLite,
+    PostgreSQL), an UPDATE and a read on MariaDB."""
+    c = _reservations.c
+    closing = update(_reservations).where(c.id == reservation_id, c.status == "active").values(status=status)
+    if session.get_bind().dialect.update_returning:
+        return session.execute(closing.returning(*_reservations.c)).one_or_none()
+    if rowcount(session.execute(closing)) != 1:
         return None
-    return session.get(QuotaReservation, reservation_id, populate_existing=True)
+    return session.execute(select(_reservations).where(c.id == reservation_id)).one()
 
 
 def settle(

@@ -10,12 +10,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, select
+from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session
 
 from db.models import UsageRecord
 
 STATUSES = ("ok", "error", "cancelled")
+_usage_rows = UsageRecord.metadata.tables[UsageRecord.__tablename__]
 ERROR_MAX = 255
 
 
@@ -47,30 +48,31 @@ def record(
     error: str | None = None,
     kind: str = "chat",
     connection_id: int | None = None,
-) -> UsageRecord:
-    """Add one usage row in the caller's transaction. `error` must already be free of secrets."""
+) -> None:
+    """Add one usage row in the caller's transaction (one INSERT into the table: every chat
+    writes one). `error` must already be free of secrets."""
     if status not in STATUSES:
         raise ValueError(f"unknown usage status {status!r}")
     if error and len(error) > ERROR_MAX:
         error = error[: ERROR_MAX - 1] + "…"
-    row = UsageRecord(
-        request_id=request_id,
-        user_id=user_id,
-        academy=academy,
-        admin_name=admin_name,
-        kind=kind,
-        model=model,
-        provider=provider,
-        prompt_tokens=max(int(prompt_tokens), 0),
-        completion_tokens=max(int(completion_tokens), 0),
-        latency_ms=latency_ms,
-        ttft_ms=ttft_ms,
-        status=status,
-        error=error,
-        connection_id=connection_id,
+    session.execute(
+        insert(_usage_rows).values(
+            request_id=request_id,
+            user_id=user_id,
+            academy=academy,
+            admin_name=admin_name,
+            kind=kind,
+            model=model,
+            provider=provider,
+            prompt_tokens=max(int(prompt_tokens), 0),
+            completion_tokens=max(int(completion_tokens), 0),
+            latency_ms=latency_ms,
+            ttft_ms=ttft_ms,
+            status=status,
+            error=error,
+            connection_id=connection_id,
+        )
     )
-    session.add(row)
-    return row
 
 
 def for_request(session: Session, request_id: str) -> list[UsageRecord]:

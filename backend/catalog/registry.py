@@ -24,11 +24,11 @@ from collections import OrderedDict
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from sqlalchemy import ColumnElement, event, or_, select
-from sqlalchemy.orm import ORMExecuteState, Session, joinedload
+from sqlalchemy import ColumnElement, or_, select
+from sqlalchemy.orm import Session, joinedload
 
 from backend import security
-from backend.cache import TtlCache
+from backend.cache import TtlCache, forget_on_write
 from backend.catalog import routing
 from backend.catalog.connections import api_base, reaches_private
 from backend.config import Settings
@@ -38,6 +38,7 @@ from backend.providers.base import ChatProvider
 from backend.providers.params import PersonaParams
 from backend.providers.registry import EMBEDDED_BASE_MODEL
 from db.models import ModelAiOnline, ModelFile, ModelFileEgMessage, ModelInfo, ModelRoute
+from db.session import reading
 
 log = logging.getLogger("meteor.models")
 
@@ -101,11 +102,12 @@ def find_model(session: Session, *, name: str | None, user_id: str | None, admin
 
 # A model with no routes resolves to the same thing until an admin edits the catalogue: every
 # chat would otherwise read the model, persona, examples and connection and decrypt its key.
-# A flush in this process that touches the catalogue forgets it at once (`_watch_catalogue`),
+# A write in this process that touches the catalogue forgets it at once (`forget_on_write`),
 # other processes within `cache.TTL_SECONDS`. Routed models carry their connections' health,
 # which changes with every failure, so they are read each time.
 _resolved: TtlCache[ResolvedModel] = TtlCache()
 CATALOGUE = (ModelInfo, ModelFile, ModelFileEgMessage, ModelAiOnline, ModelRoute)
+forget_on_write(_resolved, flushed=CATALOGUE, executed=CATALOGUE)
 
 
 def resolve(
@@ -120,27 +122,15 @@ def resolve(
 
     Raises MODEL_ERROR: 404 for an unknown model (or another user's), 403 for a disabled one
     (admins may still test a disabled model), 502 for a broken connection row."""
-    key = (str(session.get_bind().engine.url), id(settings), name, user_id, admin)
+    # what a resolution depends on: the database, and the two settings it reads
+    key = (session.get_bind().engine, settings.ollama_url, settings.secret("secret_key"), name, user_id, admin)
     found = _resolved.peek(key)
     if found is not None:
         return found
-    model = _resolve(session, settings, name=name, user_id=user_id, admin=admin)
+    model = _resolve(reading(session), settings, name=name, user_id=user_id, admin=admin)
     if not model.routes:
         _resolved.put(key, model)
     return model
-
-
-@event.listens_for(Session, "after_flush")
-def _watch_flush(session: Session, _context: Any) -> None:
-    if any(isinstance(obj, CATALOGUE) for obj in (*session.new, *session.dirty, *session.deleted)):
-        _resolved.forget()
-
-
-@event.listens_for(Session, "do_orm_execute")
-def _watch_statements(state: ORMExecuteState) -> None:
-    writes = state.is_update or state.is_delete or state.is_insert
-    if writes and state.bind_mapper is not None and state.bind_mapper.class_ in CATALOGUE:
-        _resolved.forget()
 
 
 def _resolve(

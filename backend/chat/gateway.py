@@ -5,10 +5,12 @@
         ...
 
 Everything runs in the event loop; the database is reached through short synchronous
-transactions offloaded to a bounded pool of threads (`offload`), one hop each:
+transactions offloaded to a bounded pool of threads (`offload`): one hop to open the call
+(steps 1–3, `open_chat`), one to settle it (5):
 
-1. plan (read only): resolve the model and the caller's conversation, count the prompt
-   (`plan_chat`; the API routes do their key / token check in the same hop);
+1. plan (read only, usually no query at all: the key check and the resolved model are
+   cached, `cache.TTL_SECONDS`): resolve the model and the caller's conversation, count the
+   prompt (`plan_chat`; the API routes do their key / token check here too);
 2. admit (no I/O): the per-upstream concurrency bound (`METEOR_UPSTREAM_CONCURRENCY`; a
    full upstream is UPSTREAM_BUSY, 503 with Retry-After, nothing reserved) — the place a
    rate limit goes (`admit`);
@@ -64,7 +66,7 @@ from backend.providers.params import PersonaParams
 from backend.providers.upstream import PerLoop
 from backend.security import mask_secret
 from db.models import ModelConversation
-from db.session import read_only
+from db.session import reading
 
 log = logging.getLogger("meteor.gateway")
 
@@ -367,7 +369,7 @@ class ChatTarget:
 def _check_conversation(session: Session, conversation_id: int, user_id: str | None) -> None:
     if user_id is None:
         raise ServiceError("APP_QUERY_METHOD_ERROR", "console tests have no conversation history", 422)
-    owner = session.scalar(select(ModelConversation.user_id).where(ModelConversation.id == conversation_id))
+    owner = reading(session).scalar(select(ModelConversation.user_id).where(ModelConversation.id == conversation_id))
     if owner != user_id:
         raise ServiceError("APP_NOT_FOUND_ERROR", f"conversation {conversation_id} not found", 404)
 
@@ -506,18 +508,25 @@ def _usage_row(session: Session, plan: ChatPlan, **fields: Any) -> None:
     )
 
 
-async def open_chat(maker: sessionmaker, settings: Settings, plan: ChatPlan) -> ChatCall:
-    """Admit the planned chat and reserve the most it can cost (one hop, one commit).
-    Raises (nothing charged): UPSTREAM_BUSY 503, TOKEN_NOT_ENOUGH 402."""
-    give_back = admit(plan, settings)
+async def open_chat(maker: sessionmaker, settings: Settings, plan: ChatPlan | Callable[[], ChatPlan]) -> ChatCall:
+    """Plan the chat (when given the function that does), admit it and reserve the most it
+    can cost: one hop, one commit. Raises (nothing charged): what planning raises,
+    UPSTREAM_BUSY 503, RATE_LIMITED 429, TOKEN_NOT_ENOUGH 402."""
+    return await offload(_open, maker, settings, plan)
+
+
+def _open(maker: sessionmaker, settings: Settings, plan: ChatPlan | Callable[[], ChatPlan]) -> ChatCall:
+    if not isinstance(plan, ChatPlan):
+        plan = plan()
+    give_back = admit(plan, settings)  # thread-safe: the slots have their own lock
     reservation_id = None
     try:
         if plan.caller.user_id is not None:
-            reservation_id = await offload(_reserve, maker, settings, plan)
+            reservation_id = _reserve(maker, settings, plan)
     except ServiceError as exc:
         if give_back is not None:
             give_back()
-        await offload(_record_refusal, maker, plan, exc)
+        _record_refusal(maker, plan, exc)
         raise
     except BaseException:
         if give_back is not None:
@@ -539,7 +548,7 @@ async def start_chat(
     record_history: bool = True,
 ) -> ChatCall:
     """Resolve the model, admit the chat, reserve the most it can cost, and return the call
-    to iterate (two hops: plan, reserve).
+    to iterate (one hop: `open_chat`).
 
     Raises (nothing reserved): MODEL_ERROR 404/403 for an unknown or disabled model,
     TOKEN_NOT_ENOUGH 402, UPSTREAM_BUSY 503, 413 when the dialog does not fit the model's
@@ -548,7 +557,6 @@ async def start_chat(
 
     def plan() -> ChatPlan:
         with maker() as s:
-            read_only(s)  # no write lock on SQLite: hundreds of plans run beside the writes
             target = find_target(s, settings, caller=caller, model_name=model_name, conversation_id=conversation_id)
         return plan_chat(
             settings,
@@ -561,7 +569,7 @@ async def start_chat(
             started=started,
         )
 
-    return await open_chat(maker, settings, await offload(plan))
+    return await open_chat(maker, settings, plan)
 
 
 async def chat(maker: sessionmaker, settings: Settings, **kwargs: Any) -> ChatResult:
