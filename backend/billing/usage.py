@@ -16,7 +16,7 @@ from sqlalchemy.orm import Session
 from db.models import UsageRecord
 
 STATUSES = ("ok", "error", "cancelled")
-_usage_rows = UsageRecord.metadata.tables[UsageRecord.__tablename__]
+_NEW_ROW = insert(UsageRecord.metadata.tables[UsageRecord.__tablename__])  # built once: every chat writes one
 ERROR_MAX = 255
 
 
@@ -56,7 +56,8 @@ def record(
     if error and len(error) > ERROR_MAX:
         error = error[: ERROR_MAX - 1] + "…"
     session.execute(
-        insert(_usage_rows).values(
+        _NEW_ROW,
+        dict(
             request_id=request_id,
             user_id=user_id,
             academy=academy,
@@ -71,7 +72,7 @@ def record(
             status=status,
             error=error,
             connection_id=connection_id,
-        )
+        ),
     )
 
 
