@@ -92,28 +92,43 @@ def playground_frame(page: Page) -> FrameLocator:
     return frame
 
 
+# Records, inside the page, the new answer's length at every change of the chat's DOM, so
+# "it streamed" is what the browser rendered, not what a poll from the test happened to see.
+WATCH_ANSWER = """el => {
+  const before = el.querySelectorAll('[data-testid="bot"]').length;
+  const lengths = el.__answerLengths = [];
+  el.__answerWatch?.disconnect();
+  el.__answerWatch = new MutationObserver(() => {
+    const bots = el.querySelectorAll('[data-testid="bot"]');
+    const n = bots.length > before ? bots[bots.length - 1].innerText.length : 0;
+    if (!lengths.length || lengths[lengths.length - 1] !== n) lengths.push(n);
+  });
+  el.__answerWatch.observe(el, {subtree: true, childList: true, characterData: true});
+}"""
+
+
 @dataclass
 class StreamedAnswer:
     text: str
-    lengths: list[int]  # the answer's length at each look while it was being written
+    lengths: list[int]  # the answer's length at each change of the page while it was being written
     status: str
 
 
 def chat(frame: FrameLocator, message: str, done_mark: str = "✓") -> StreamedAnswer:
     """Send `message` and watch the answer grow until the status line says it is done."""
+    chatbot = frame.locator("#pg-chatbot")
+    chatbot.evaluate(WATCH_ANSWER)
     box = frame.locator("#pg-input textarea")
     box.fill(message)
     box.press("Enter")
     answer = frame.locator('#pg-chatbot [data-testid="bot"]').last
     status = frame.locator("#pg-status")
-    lengths: list[int] = []
     deadline = time.monotonic() + CHAT_TIMEOUT
     while time.monotonic() < deadline:
-        text = answer.inner_text(timeout=5_000) if answer.count() else ""
-        if not lengths or len(text) != lengths[-1]:
-            lengths.append(len(text))
         line = status.inner_text(timeout=5_000)
         if done_mark in line or "⚠" in line:
-            return StreamedAnswer(answer.inner_text(), lengths, line)
-        time.sleep(0.15)
-    raise AssertionError(f"no finished answer within {CHAT_TIMEOUT} s; lengths seen {lengths[-10:]}")
+            lengths = chatbot.evaluate("el => el.__answerLengths")
+            return StreamedAnswer(answer.inner_text() if answer.count() else "", lengths, line)
+        time.sleep(0.2)
+    seen = chatbot.evaluate("el => el.__answerLengths")
+    raise AssertionError(f"no finished answer within {CHAT_TIMEOUT} s; lengths seen {seen[-10:]}")

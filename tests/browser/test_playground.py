@@ -29,7 +29,8 @@ def test_a_user_chats_in_the_embedded_playground_and_sees_the_answer_stream(page
     assert "✓" in answer.status, answer.status
     assert answer.text.strip()
     growing = [n for n in answer.lengths if n > 0]
-    assert len(growing) >= 3 and growing == sorted(growing), f"the answer did not stream: {answer.lengths}"
+    # markdown may shorten the text for a moment ("**bo" → "bo"), so: several sizes, the last the longest
+    assert len(set(growing)) >= 3 and growing[-1] == max(growing), f"the answer did not stream: {answer.lengths}"
     screenshot(page, "playground-user-chat")
 
     with stack.maker() as s:

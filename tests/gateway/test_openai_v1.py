@@ -7,9 +7,10 @@ from datetime import UTC, datetime, timedelta
 
 import openai
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import event, select, update
 
 from backend import security
+from backend.accounts import service as accounts
 from db.models import ApiKey, ModelConversation, UsageRecord
 from tests.factories import admin_headers, make_admin, make_user, user_headers
 from tests.fakes.openai_server import OpenAIServer
@@ -229,3 +230,40 @@ def test_key_management_shows_the_key_once_and_checks_ownership(client, maker, s
     r = client.post(f"/admin/api_keys/{shown['id']}/revoke", headers=ah)
     assert r.json()["api_key"]["status"] == "revoked"
     assert client.get("/admin/api_keys", headers=a_headers).status_code == 401
+
+
+def test_a_warm_key_check_reads_nothing_and_a_revocation_or_a_disabled_account_is_seen_at_once(
+    client, maker, settings, upstream
+):
+    add_online_model(maker, settings, url=upstream.url)
+    user = make_user(maker, settings, tokens=50_000)
+    headers = user_headers(client, user.username)
+    key = _new_key(client, headers, name="cached")
+    key_id = next(k["id"] for k in client.get("/user/api_keys", headers=headers).json()["api_keys"])
+    ask = {"model": "fake", "messages": [{"role": "user", "content": "hi"}]}
+    bearer = {"Authorization": f"Bearer {key}"}
+    # the first use writes last_used_at (a write to the key forgets the cached check); the second caches it
+    for _ in range(2):
+        assert client.post("/v1/chat/completions", json=ask, headers=bearer).status_code == 200
+
+    statements: list[str] = []
+    engine = maker.kw["bind"]
+    record = lambda conn, cursor, sql, *rest: statements.append(sql)  # noqa: E731
+    event.listen(engine, "before_cursor_execute", record)
+    try:
+        assert client.post("/v1/chat/completions", json=ask, headers=bearer).status_code == 200
+    finally:
+        event.remove(engine, "before_cursor_execute", record)
+    assert any("quota" in q for q in statements)  # the chat ran and was charged …
+    assert not [q for q in statements if "api_keys" in q]  # … and its key check read nothing
+
+    assert client.post(f"/user/api_keys/{key_id}/revoke", headers=headers).status_code == 200
+    r = client.post("/v1/chat/completions", json=ask, headers=bearer)
+    assert r.status_code == 401 and "revoked" in r.json()["error"]["message"]
+
+    other = {"Authorization": f"Bearer {_new_key(client, headers, name='second')}"}
+    for _ in range(2):
+        assert client.post("/v1/chat/completions", json=ask, headers=other).status_code == 200
+    with maker.begin() as s:
+        accounts.modify_user(s, settings, target_username=user.username, actor="admin:test", new_status="disabled")
+    assert client.post("/v1/chat/completions", json=ask, headers=other).status_code == 403

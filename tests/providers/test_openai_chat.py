@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import socket
+import threading
 
 import pytest
 
-from backend.providers.base import ChatRequest, ProviderError, ProviderTimeout, Usage, collect
+from backend.providers.base import REQUEST_SENT, ChatRequest, ProviderError, ProviderTimeout, Usage, collect
 from backend.providers.openai_chat import OpenAIChatProvider
 from backend.providers.params import PersonaParams
 from backend.providers.registry import chat_provider
@@ -187,3 +189,110 @@ def test_list_models():
         with pytest.raises(UpstreamHTTPError) as caught:
             run(OpenAIChatProvider(base_url=upstream.url, api_key="sk-wrong-key-1234", timeout=5).list_models())
     assert caught.value.upstream_status == 401
+
+
+class RawSSEServer:
+    """An upstream that writes a hand-made SSE body in small pieces over a keep-alive
+    connection: CRLF line ends, a comment, `data:` with and without its space, one event's
+    data over two lines, events split across writes. Counts the connections it accepted."""
+
+    def __init__(self, body: bytes, piece: int = 7) -> None:
+        self.body, self.piece, self.accepted = body, piece, 0
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}/v1"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
+
+    def _talk(self, conn: socket.socket) -> None:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        reader = conn.makefile("rb")
+        try:
+            while self._answer_one(conn, reader):
+                pass
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+    def _answer_one(self, conn: socket.socket, reader) -> bool:
+        length = None
+        while True:
+            line = reader.readline()
+            if not line:
+                return False
+            if line in (b"\r\n", b"\n"):
+                break
+            name, _, value = line.decode().partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value)
+        reader.read(length or 0)
+        conn.sendall(
+            b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
+            b"Connection: keep-alive\r\n\r\n"
+        )
+        for i in range(0, len(self.body), self.piece):
+            part = self.body[i : i + self.piece]
+            conn.sendall(b"%x\r\n%s\r\n" % (len(part), part))
+        conn.sendall(b"0\r\n\r\n")
+        return True
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+def _event(data: dict) -> bytes:
+    return b"data: " + json.dumps(data).encode() + b"\r\n\r\n"
+
+
+def test_hand_made_sse_is_decoded_whatever_its_line_ends_and_splits_and_the_connection_is_reused():
+    delta = lambda text: {"choices": [{"index": 0, "delta": {"content": text}}]}  # noqa: E731
+    body = (
+        b": a comment the client must skip\r\n\r\n"
+        + _event(delta("Hel"))
+        + b'data:{"choices": [{"index": 0, "delta": {"content": "lo"}}]}\n\n'  # no space, LF only
+        + b'data: {"choices": [{"index": 0,\r\ndata:  "delta": {"content": " class"}}]}\r\n\r\n'  # two data lines
+        + _event({"choices": [], "usage": {"prompt_tokens": 4, "completion_tokens": 3}})
+        + b"data: [DONE]\r\n\r\n"
+    )
+    server = RawSSEServer(body)
+    try:
+        provider = OpenAIChatProvider(base_url=server.url, timeout=5)
+
+        async def twice() -> list[list]:  # one event loop: one pooled client
+            return [[e async for e in provider.stream(_request()) if e is not REQUEST_SENT] for _ in range(2)]
+
+        first, second = run(twice())
+    finally:
+        server.close()
+    assert first == second == ["Hel", "lo", " class", Usage(prompt_tokens=4, completion_tokens=3)]
+    assert server.accepted == 1  # what followed [DONE] was read, so the keep-alive connection was reused
+
+
+def test_an_error_object_in_a_hand_made_stream_is_a_provider_error_after_the_deltas():
+    body = (
+        _event({"choices": [{"index": 0, "delta": {"content": "partial"}}]})
+        + _event({"error": {"message": "the upstream ran out of room", "type": "server_error"}})
+        + b"data: [DONE]\r\n\r\n"
+    )
+    server = RawSSEServer(body, piece=5)
+    try:
+        provider = OpenAIChatProvider(base_url=server.url, timeout=5)
+        seen: list = []
+
+        async def consume() -> None:
+            async for event in provider.stream(_request()):
+                seen.append(event)
+
+        with pytest.raises(ProviderError, match="ran out of room"):
+            run(consume())
+    finally:
+        server.close()
+    assert "partial" in seen
