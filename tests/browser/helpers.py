@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from playwright.sync_api import FrameLocator, Page, expect
 
+from backend.dashboard.auth import COOKIE_NAME
 from tests.browser.stack import ARTIFACTS, zh
 
 RUN_TIMEOUT = 60_000  # ms: one Streamlit run of a page on a busy 2-core machine
@@ -48,6 +49,9 @@ def sign_in(page: Page, ui_url: str, kind: str, name: str, password: str) -> Non
             if attempt == 2:
                 raise
     settle(page)
+    # the remember-me cookie is written by a component in the browser on the run after sign-in:
+    # wait for it, so a test that opens an address next is signed in again from it like a person
+    page.wait_for_function(f"document.cookie.includes('{COOKIE_NAME}=')", timeout=RUN_TIMEOUT)
 
 
 def nav_links(page: Page) -> list[tuple[str, str]]:
