@@ -172,11 +172,23 @@ def maker(settings):
     return get_sessionmaker(settings.resolved_database_url)
 
 
+# FastAPI builds every route's validators (pydantic TypeAdapters) on an app's first request:
+# with a new app per test that was half of tests/seed003's time. So one API app per database,
+# handed to each test with that test's settings and sessionmaker (the rolled-back one).
+_api_apps: dict[str, object] = {}
+
+
 @pytest.fixture
 def app(settings):
     from backend.server import create_app
 
-    return create_app(settings, playground=False)
+    url = settings.resolved_database_url
+    api = _api_apps.get(url)
+    if api is None:
+        api = _api_apps[url] = create_app(settings, playground=False)
+    api.state.settings = settings
+    api.state.sessionmaker = get_sessionmaker(url)
+    return api
 
 
 @pytest.fixture
