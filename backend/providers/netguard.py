@@ -47,6 +47,7 @@ import httpx
 
 from backend.config import Settings
 from backend.errors import ServiceError
+from backend.providers.asyncio_net import AsyncioBackend
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -289,7 +290,8 @@ class _GuardedBackend(httpcore.NetworkBackend):
 
 
 class _AsyncGuardedBackend(httpcore.AsyncNetworkBackend):
-    """The asynchronous twin of _GuardedBackend (the name is resolved in a worker thread)."""
+    """The asynchronous twin of _GuardedBackend (the name is resolved in a worker thread), over
+    plain-asyncio sockets (`asyncio_net`)."""
 
     def __init__(self, inner: httpcore.AsyncNetworkBackend, settings: Settings, allow_private: bool) -> None:
         self.inner = inner
@@ -353,7 +355,7 @@ def guarded_transport(
     if asynchronous:
         async_transport = httpx.AsyncHTTPTransport(**httpx_transport_kwargs)
         async_pool = async_transport._pool
-        async_pool._network_backend = _AsyncGuardedBackend(async_pool._network_backend, settings, allow_private)
+        async_pool._network_backend = _AsyncGuardedBackend(AsyncioBackend(), settings, allow_private)
         return async_transport
     transport = httpx.HTTPTransport(**httpx_transport_kwargs)
     pool = transport._pool

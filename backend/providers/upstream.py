@@ -12,6 +12,7 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
+from backend.providers.asyncio_net import AsyncioBackend
 from backend.providers.base import ProviderError
 
 T = TypeVar("T")
@@ -60,7 +61,7 @@ def effective_timeout(provider_timeout: float | None, request_timeout: float | N
 
 # Keep-alive connections kept per upstream; more concurrent requests than this open extra
 # connections (the gateway bounds them with METEOR_UPSTREAM_CONCURRENCY).
-KEEPALIVE_CONNECTIONS = 100
+KEEPALIVE_CONNECTIONS = 1024
 KEEPALIVE_SECONDS = 30.0
 # httpcore's pool walks all its connections on every request start and end (O(open
 # connections)), which profiled at a fifth of the gateway's CPU with 200 open streams; so an
@@ -122,8 +123,9 @@ class _CountedStream(httpx.AsyncByteStream):
 
 def async_transport(guard: Any = None) -> httpx.AsyncBaseTransport:
     """The transport under every upstream HTTP client: keep-alive pools (POOL_SHARDS), no
-    retries (the gateway decides); with a `netguard.Guard`, every new connection goes to the
-    address the SSRF guard checked (no re-resolution between check and connect)."""
+    retries (the gateway decides), sockets on plain asyncio (`asyncio_net`); with a
+    `netguard.Guard`, every new connection goes to the address the SSRF guard checked (no
+    re-resolution between check and connect)."""
     limits = httpx.Limits(
         max_connections=None,
         max_keepalive_connections=-(-KEEPALIVE_CONNECTIONS // POOL_SHARDS),
@@ -133,7 +135,9 @@ def async_transport(guard: Any = None) -> httpx.AsyncBaseTransport:
     def shard() -> httpx.AsyncBaseTransport:
         if guard is not None:
             return guard.transport(asynchronous=True, limits=limits, retries=0)
-        return httpx.AsyncHTTPTransport(limits=limits, retries=0)
+        transport = httpx.AsyncHTTPTransport(limits=limits, retries=0)
+        transport._pool._network_backend = AsyncioBackend()
+        return transport
 
     return _ShardedTransport([shard() for _ in range(POOL_SHARDS)])
 
