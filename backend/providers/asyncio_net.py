@@ -12,6 +12,7 @@ while the transport is paused.
 from __future__ import annotations
 
 import asyncio
+import select
 import ssl
 from collections.abc import Iterable
 from typing import Any
@@ -97,6 +98,16 @@ def _expire(waiter: asyncio.Future[None]) -> None:
         waiter.set_result(_EXPIRED)
 
 
+def _socket_readable(sock: Any) -> bool:
+    """Whether the kernel holds something to read (data or the peer's close); no socket: yes."""
+    fd = -1 if sock is None else sock.fileno()
+    if fd < 0:
+        return True
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return bool(poller.poll(0))
+
+
 class AsyncioStream(httpcore.AsyncNetworkStream):
     """One TCP (or TLS over TCP) connection for httpcore."""
 
@@ -169,7 +180,11 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
         if info == "socket":
             return self._transport.get_extra_info("socket")
         if info == "is_readable":  # an idle kept-alive connection with something to read was closed or broken
-            return bool(self._connection.buffer) or self._connection.eof
+            # the socket is asked too: under load the loop may not have delivered the peer's close yet
+            connection = self._connection
+            return (
+                bool(connection.buffer) or connection.eof or _socket_readable(self._transport.get_extra_info("socket"))
+            )
         return None
 
 

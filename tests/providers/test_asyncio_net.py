@@ -162,3 +162,32 @@ def _closed_seen(client: httpx.AsyncClient) -> bool:
 def test_nobody_listening_is_a_connect_error():
     with pytest.raises(httpx.ConnectError):
         run(lambda client: client.get(f"http://127.0.0.1:{closed_port()}"))
+
+
+def test_a_close_the_loop_has_not_delivered_yet_still_marks_the_connection_stale():
+    """Under load the event loop may not have run since the upstream closed an idle
+    connection; the pool must still see it as closed before it sends on it."""
+    import select
+
+    from backend.providers.asyncio_net import AsyncioBackend
+
+    closed = threading.Event()
+
+    def close_at_once(conn: socket.socket) -> None:
+        closed.set()
+
+    with raw_server(close_at_once) as url:
+        port = int(url.rsplit(":", 1)[1])
+
+        async def check() -> bool:
+            stream = await AsyncioBackend().connect_tcp("127.0.0.1", port, timeout=5)
+            closed.wait(5)
+            # block this thread (the loop does not run) until the kernel has the close
+            poller = select.poll()
+            poller.register(stream.get_extra_info("socket").fileno(), select.POLLIN)
+            poller.poll(5000)
+            stale = stream.get_extra_info("is_readable")
+            await stream.aclose()
+            return stale
+
+        assert asyncio.run(check()) is True
