@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import httpcore
+import httpx
 
 READ_HIGH_WATER = 256 * 1024
 
@@ -54,23 +55,22 @@ class _Connection(asyncio.Protocol):
         self.eof = True
         self.error = exc
         self._wake_reader()
-        waiter, self._drain_waiter = self._drain_waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wake_writer()
 
     def pause_writing(self) -> None:
         self.writing_paused = True
 
     def resume_writing(self) -> None:
         self.writing_paused = False
-        waiter, self._drain_waiter = self._drain_waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self._wake_writer()
 
     def _wake_reader(self) -> None:
         waiter, self._read_waiter = self._read_waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        _wake(waiter)
+
+    def _wake_writer(self) -> None:
+        waiter, self._drain_waiter = self._drain_waiter, None
+        _wake(waiter)
 
     async def wait(self, kind: str, timeout: float | None, timeout_error: type[Exception]) -> None:
         """Wait until data (kind "read") or write room ("drain") arrives, at most `timeout` s."""
@@ -91,6 +91,11 @@ class _Connection(asyncio.Protocol):
 
 
 _EXPIRED: Any = object()
+
+
+def _wake(waiter: asyncio.Future[None] | None) -> None:
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
 
 
 def _expire(waiter: asyncio.Future[None]) -> None:
@@ -219,3 +224,14 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(seconds)
+
+
+def http_transport(
+    backend: httpcore.AsyncNetworkBackend | None = None, **httpx_transport_kwargs: Any
+) -> httpx.AsyncHTTPTransport:
+    """An httpx transport (keep-alive pool included) over `backend`, by default plain
+    `AsyncioBackend` sockets. httpx takes no network backend, so its pool's is replaced: the
+    one place that reaches into it."""
+    transport = httpx.AsyncHTTPTransport(**httpx_transport_kwargs)
+    transport._pool._network_backend = backend or AsyncioBackend()
+    return transport

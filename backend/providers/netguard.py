@@ -47,7 +47,7 @@ import httpx
 
 from backend.config import Settings
 from backend.errors import ServiceError
-from backend.providers.asyncio_net import AsyncioBackend
+from backend.providers.asyncio_net import AsyncioBackend, http_transport
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -353,10 +353,7 @@ def guarded_transport(
         if httpx_transport_kwargs.get(key) is not None:
             raise TypeError(f"guarded_transport does not support {key}=")
     if asynchronous:
-        async_transport = httpx.AsyncHTTPTransport(**httpx_transport_kwargs)
-        async_pool = async_transport._pool
-        async_pool._network_backend = _AsyncGuardedBackend(AsyncioBackend(), settings, allow_private)
-        return async_transport
+        return http_transport(_AsyncGuardedBackend(AsyncioBackend(), settings, allow_private), **httpx_transport_kwargs)
     transport = httpx.HTTPTransport(**httpx_transport_kwargs)
     pool = transport._pool
     pool._network_backend = _GuardedBackend(pool._network_backend, settings, allow_private)

@@ -12,7 +12,7 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
-from backend.providers.asyncio_net import AsyncioBackend
+from backend.providers.asyncio_net import http_transport
 from backend.providers.base import ProviderError
 
 T = TypeVar("T")
@@ -135,9 +135,7 @@ def async_transport(guard: Any = None) -> httpx.AsyncBaseTransport:
     def shard() -> httpx.AsyncBaseTransport:
         if guard is not None:
             return guard.transport(asynchronous=True, limits=limits, retries=0)
-        transport = httpx.AsyncHTTPTransport(limits=limits, retries=0)
-        transport._pool._network_backend = AsyncioBackend()
-        return transport
+        return http_transport(limits=limits, retries=0)
 
     return _ShardedTransport([shard() for _ in range(POOL_SHARDS)])
 

@@ -6,6 +6,7 @@ both ways (flow control), nobody listening."""
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -15,7 +16,7 @@ import httpx
 import pytest
 
 from backend.providers import upstream
-from backend.providers.asyncio_net import READ_HIGH_WATER
+from backend.providers.asyncio_net import READ_HIGH_WATER, AsyncioBackend
 from tests.outbound.servers import closed_port
 
 Handler = Callable[[socket.socket], None]
@@ -167,10 +168,6 @@ def test_nobody_listening_is_a_connect_error():
 def test_a_close_the_loop_has_not_delivered_yet_still_marks_the_connection_stale():
     """Under load the event loop may not have run since the upstream closed an idle
     connection; the pool must still see it as closed before it sends on it."""
-    import select
-
-    from backend.providers.asyncio_net import AsyncioBackend
-
     closed = threading.Event()
 
     def close_at_once(conn: socket.socket) -> None:
