@@ -244,7 +244,7 @@ def pg_app(db_url, settings, tmp_path_factory):
 def pg_server(db_url, tmp_path_factory) -> Iterator[tuple[str, object]]:
     """The app on a real uvicorn server (Gradio's queue runs in its lifespan), per database."""
     from backend.server import create_app
-    from tests.gateway.helpers import live_server
+    from tests.live import live_server
 
     settings = make_settings(db_url, tmp_path_factory.mktemp("playground-live"))
     app = create_app(settings)

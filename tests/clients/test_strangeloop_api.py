@@ -14,7 +14,8 @@ from sqlalchemy import select, update
 from backend.billing import quota
 from db.models import ApiKey, ModelConversation, ModelFileEgMessage, ModelInfo, ModelMessage, User
 from tests.fakes.openai_server import OpenAIServer
-from tests.gateway.helpers import UPSTREAM_KEY, add_online_model, assert_ledger_consistent, balance, live_server
+from tests.gateway.helpers import UPSTREAM_KEY, add_online_model, assert_ledger_consistent, balance
+from tests.live import live_server
 from tests.seed003.helpers import count, err, ok
 
 # --- sign-in: /sys/user/login, /create, /nowLoginUser ----------------------------------------

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
-import uvicorn
 from sqlalchemy import func, select
 from sqlalchemy.orm import sessionmaker
 
@@ -144,19 +141,3 @@ def parse_like_desktop_client(lines: Iterator[str], tokens: int) -> tuple[str, i
         if frame["header"]["status"] == 2:
             tokens -= frame["payload"]["usage"]["text"]["total_tokens"]
     return text, tokens, frames
-
-
-@contextmanager
-def live_server(app) -> Iterator[str]:
-    """The app on a real uvicorn server on 127.0.0.1 (the openai SDK and disconnects need one)."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn-test", daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: server.started, timeout=20, what="uvicorn to start")
-        port = server.servers[0].sockets[0].getsockname()[1]
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=15)

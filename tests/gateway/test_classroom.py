@@ -26,10 +26,10 @@ from tests.gateway.helpers import (
     SYSTEM_PROMPT,
     add_online_model,
     assert_ledger_consistent,
-    live_server,
     parse_like_desktop_client,
     wait_for,
 )
+from tests.live import live_server
 
 pytestmark = pytest.mark.committed  # several connections at once, or a cached sessionmaker
 

@@ -14,7 +14,8 @@ from backend.accounts import service as accounts
 from db.models import ApiKey, ModelConversation, UsageRecord
 from tests.factories import admin_headers, make_admin, make_user, user_headers
 from tests.fakes.openai_server import OpenAIServer
-from tests.gateway.helpers import add_online_model, assert_ledger_consistent, balance, live_server
+from tests.gateway.helpers import add_online_model, assert_ledger_consistent, balance
+from tests.live import live_server
 
 
 @pytest.fixture
@@ -88,6 +89,7 @@ def test_the_openai_client_works_unchanged(app, client, maker, settings, upstrea
         assert s.scalars(select(ModelConversation).where(ModelConversation.user_id == user.id)).all() == []
 
 
+@pytest.mark.committed  # a live server
 def test_v1_quota_and_upstream_errors(app, client, maker, settings):
     with OpenAIServer(reply="a b c d e f g h", fail_after_chunks=2) as upstream:
         add_online_model(maker, settings, url=upstream.url)
@@ -115,6 +117,7 @@ def test_v1_quota_and_upstream_errors(app, client, maker, settings):
     assert 0 < spent < 10  # the two delivered words, no prompt
 
 
+@pytest.mark.committed  # a live server
 def test_conversation_id_header_records_the_exchange(app, client, maker, settings, upstream):
     add_online_model(maker, settings, url=upstream.url)
     user = make_user(maker, settings, tokens=5_000)
@@ -148,6 +151,7 @@ def test_conversation_id_header_records_the_exchange(app, client, maker, setting
     assert balance(maker, other.id) == 5_000
 
 
+@pytest.mark.committed  # a live server
 def test_api_key_expiry_revocation_and_allow_list(app, client, maker, settings, upstream):
     add_online_model(maker, settings, url=upstream.url)
     add_online_model(maker, settings, url=upstream.url, name="second")

@@ -25,10 +25,10 @@ from tests.gateway.helpers import (
     add_online_model,
     assert_ledger_consistent,
     balance,
-    live_server,
     parse_like_desktop_client,
     wait_for,
 )
+from tests.live import live_server
 
 DIALOG = [{"role": "user", "content": "Tell me a long story"}]
 

@@ -8,9 +8,11 @@ import json
 import socket
 from urllib.parse import urlsplit
 
+import pytest
+
 from backend.server import create_app
 from tests.factories import make_settings, make_user, super_admin_headers, user_headers
-from tests.security.live import live_server
+from tests.live import live_server
 
 # --- finding 13 --------------------------------------------------------------------------
 
@@ -49,6 +51,7 @@ def test_chunked_bodies_are_counted_as_they_arrive(client, settings):
     assert r.status_code == 413 and r.json()["code"] == "LOGIN_ERROR"
 
 
+@pytest.mark.committed  # a live server
 def test_a_chunked_body_is_refused_before_it_is_all_sent(db_url, tmp_path):
     """On a real server: the 413 arrives while the client still holds most of its body."""
     settings = make_settings(db_url, tmp_path)

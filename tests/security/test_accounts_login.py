@@ -25,7 +25,7 @@ from backend.server import create_app
 from db.models import LoginLimit, User
 from db.session import get_engine
 from tests.factories import PASSWORD, make_settings, make_user
-from tests.security.live import live_server
+from tests.live import live_server
 
 
 class CheckCounter:
@@ -140,6 +140,7 @@ def test_thirty_parallel_wrong_passwords_get_at_most_the_limit_of_checks(db_url,
     assert codes.count(429) >= 30 - limit
 
 
+@pytest.mark.committed  # a live server
 def test_guesses_from_everywhere_do_not_lock_out_a_known_address(db_url, tmp_path, maker):
     settings = make_settings(db_url, tmp_path, trusted_proxies="127.0.0.1")
     make_user(maker, settings, username="boss")
@@ -210,6 +211,7 @@ def _spray(url: str, count: int, tag: str) -> list[int]:
         return [_login(client, f"{tag}{i}", f"pw-{i}-x", f"203.0.113.{i + 1}").status_code for i in range(count)]
 
 
+@pytest.mark.committed  # a live server
 def test_forwarded_for_from_an_untrusted_peer_cannot_rotate_the_address(db_url, tmp_path):
     settings = make_settings(db_url, tmp_path)  # no trusted proxies
     limit = settings.login_max_failures_per_address
@@ -218,6 +220,7 @@ def test_forwarded_for_from_an_untrusted_peer_cannot_rotate_the_address(db_url, 
     assert codes[:limit] == [401] * limit and codes[limit:] == [429] * 3
 
 
+@pytest.mark.committed  # a live server
 def test_forwarded_for_from_a_trusted_proxy_is_the_address(db_url, tmp_path):
     settings = make_settings(db_url, tmp_path, trusted_proxies="127.0.0.1")
     limit = settings.login_max_failures_per_address

@@ -14,7 +14,7 @@ from schemathesis import GenerationMode
 
 from backend.server import create_app
 from tests.factories import PASSWORD, make_admin, make_settings, make_user
-from tests.security.live import live_server
+from tests.live import live_server
 
 EXAMPLES_PER_MODE = 2
 
