@@ -4,9 +4,11 @@
     async for event in call:    # str deltas, then one ChatResult
         ...
 
-Everything runs in the event loop; the database is reached through short synchronous
-transactions offloaded to a bounded pool of threads (`offload`): one hop to open the call
-(steps 1–3, `open_chat`), one to settle it (5):
+Everything runs in the event loop. Planning reads in a bounded pool of threads (`offload`,
+one hop, and none when the caller planned already); the two writes are group-committed
+(`db.group_commit`: one writer thread runs every waiting reservation and settlement in one
+transaction, a savepoint each), so a lecture hall's chats do not queue on SQLite's write lock
+one transaction at a time:
 
 1. plan (read only, usually no query at all: the key check and the resolved model are
    cached, `cache.TTL_SECONDS`): resolve the model and the caller's conversation, count the
@@ -44,6 +46,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any, TypeVar
 
 import anyio
@@ -65,6 +68,7 @@ from backend.providers.base import ChatProvider, ChatRequest, ProviderError, Pro
 from backend.providers.params import PersonaParams
 from backend.providers.upstream import PerLoop
 from backend.security import mask_secret
+from db import group_commit
 from db.models import ModelConversation
 from db.session import reading
 
@@ -453,35 +457,35 @@ def plan_chat(
 # --- reserving: the first commit ---------------------------------------------------------------
 
 
-def _reserve(maker: sessionmaker, settings: Settings, plan: ChatPlan) -> str:
+def _reserve(s: Session, settings: Settings, plan: ChatPlan) -> str | ServiceError:
+    """The reservation (a group-commit job), or why there is none — the refusal's usage row
+    is written instead, in the same commit."""
     ttl = timedelta(seconds=settings.reservation_ttl_seconds + plan.model.timeout)
     caller = plan.caller
     assert caller.user_id is not None  # only a user's chat reserves (open_chat)
-    with maker.begin() as s:
-        # quota policy: the rate limit (429 + Retry-After) before anything is reserved; the
-        # price read here is stored on the reservation, so settlement charges this same price
-        rate_limits.admit(
-            s,
-            settings,
-            user_id=caller.user_id,
-            academy=caller.academy,
-            api_key_id=caller.api_key_id,
-            tokens=plan.prompt_estimate + plan.request.max_tokens,
-        )
-        price = pricing.model_price(s, plan.model.model_id)
-        return quota.reserve(
-            s,
-            user_id=caller.user_id,
-            tokens=pricing.reserve_amount(price, plan.prompt_estimate, plan.request.max_tokens),
-            ttl=ttl,
-            request_id=plan.request_id,
-            model=plan.model.name,
-            price=price,
-        )
-
-
-def _record_refusal(maker: sessionmaker, plan: ChatPlan, exc: ServiceError) -> None:
-    with maker.begin() as s:
+    try:
+        with s.begin_nested():
+            # quota policy: the rate limit (429 + Retry-After) before anything is reserved; the
+            # price read here is stored on the reservation, so settlement charges this same price
+            rate_limits.admit(
+                s,
+                settings,
+                user_id=caller.user_id,
+                academy=caller.academy,
+                api_key_id=caller.api_key_id,
+                tokens=plan.prompt_estimate + plan.request.max_tokens,
+            )
+            price = pricing.model_price(s, plan.model.model_id)
+            return quota.reserve(
+                s,
+                user_id=caller.user_id,
+                tokens=pricing.reserve_amount(price, plan.prompt_estimate, plan.request.max_tokens),
+                ttl=ttl,
+                request_id=plan.request_id,
+                model=plan.model.name,
+                price=price,
+            )
+    except ServiceError as exc:
         _usage_row(
             s,
             plan,
@@ -492,6 +496,7 @@ def _record_refusal(maker: sessionmaker, plan: ChatPlan, exc: ServiceError) -> N
             status="error",
             error=f"{exc.code}: {exc.message}",
         )
+        return exc
 
 
 def _usage_row(session: Session, plan: ChatPlan, **fields: Any) -> None:
@@ -509,25 +514,19 @@ def _usage_row(session: Session, plan: ChatPlan, **fields: Any) -> None:
 
 
 async def open_chat(maker: sessionmaker, settings: Settings, plan: ChatPlan | Callable[[], ChatPlan]) -> ChatCall:
-    """Plan the chat (when given the function that does), admit it and reserve the most it
-    can cost: one hop, one commit. Raises (nothing charged): what planning raises,
-    UPSTREAM_BUSY 503, RATE_LIMITED 429, TOKEN_NOT_ENOUGH 402."""
-    return await offload(_open, maker, settings, plan)
-
-
-def _open(maker: sessionmaker, settings: Settings, plan: ChatPlan | Callable[[], ChatPlan]) -> ChatCall:
+    """Plan the chat (when given the function that does: one hop to a database thread), admit
+    it and reserve the most it can cost (one group commit). Raises (nothing charged): what
+    planning raises, UPSTREAM_BUSY 503, RATE_LIMITED 429, TOKEN_NOT_ENOUGH 402."""
     if not isinstance(plan, ChatPlan):
-        plan = plan()
-    give_back = admit(plan, settings)  # thread-safe: the slots have their own lock
+        plan = await offload(plan)
+    give_back = admit(plan, settings)
     reservation_id = None
     try:
         if plan.caller.user_id is not None:
-            reservation_id = _reserve(maker, settings, plan)
-    except ServiceError as exc:
-        if give_back is not None:
-            give_back()
-        _record_refusal(maker, plan, exc)
-        raise
+            reserved = await group_commit.write(maker, partial(_reserve, settings=settings, plan=plan))
+            if isinstance(reserved, ServiceError):
+                raise reserved
+            reservation_id = reserved
     except BaseException:
         if give_back is not None:
             give_back()
@@ -778,8 +777,8 @@ class ChatCall:
         prompt, completion = final.prompt_tokens, final.completion_tokens
         latency, ttft = self._timings()
         with anyio.CancelScope(shield=True):
-            charged, conversation_id, new_conversation = await offload(
-                self._settle_ok, content, prompt, completion, latency, ttft
+            charged, conversation_id, new_conversation = await self._settle_ok(
+                content, prompt, completion, latency, ttft
             )
         if new_conversation and self.settings.model_titles:
             write_title_later(
@@ -805,22 +804,24 @@ class ChatCall:
             charged_to_user=not self.plan.caller.is_admin,
         )
 
-    def _settle_ok(
+    async def _settle_ok(
         self, content: str, prompt: int, completion: int, latency: int, ttft: int | None
     ) -> tuple[int, int | None, bool]:
         """The second commit: settle, the usage row, the history line (in a savepoint)."""
         history = self.plan.record_history and not self.plan.caller.is_admin
+
+        def settle(s: Session) -> tuple[int, int | None]:
+            charged = self._settle(s, prompt + completion, prompt, completion, "ok", latency, ttft, None)
+            return charged, (self._record_history(s, content, prompt, completion) if history else None)
+
         try:
-            with self.maker.begin() as s:
-                charged = self._settle(s, prompt + completion, prompt, completion, "ok", latency, ttft, None)
-                conversation_id = self._record_history(s, content, prompt, completion) if history else None
+            charged, conversation_id = await group_commit.write(self.maker, settle)
         except Exception:
             if not history:
                 raise
             log.exception("chat %s: settling with its history line failed; settling without", self.request_id)
-            with self.maker.begin() as s:
-                charged = self._settle(s, prompt + completion, prompt, completion, "ok", latency, ttft, None)
-            conversation_id = None
+            history = False
+            charged, conversation_id = await group_commit.write(self.maker, settle)
         if conversation_id is None:
             return charged, self.conversation_id, False
         return charged, conversation_id, self.conversation_id is None
@@ -898,18 +899,15 @@ class ChatCall:
         charged = 0
         try:
             with anyio.CancelScope(shield=True):
-                charged = await offload(self._settle_failed, prompt, completion, status, latency, ttft, error)
+                charged = await group_commit.write(
+                    self.maker,
+                    lambda s: self._settle(s, prompt + completion, prompt, completion, status, latency, ttft, error),
+                )
         except Exception:  # the sweeper releases the reservation if this write fails
             log.exception("chat %s: could not settle after %s", self.request_id, status)
         if error:
             log.warning("chat %s on %s: %s (%s)", self.request_id, self.model.name, status, error)
         return charged
-
-    def _settle_failed(
-        self, prompt: int, completion: int, status: str, latency: int, ttft: int | None, error: str | None
-    ) -> int:
-        with self.maker.begin() as s:
-            return self._settle(s, prompt + completion, prompt, completion, status, latency, ttft, error)
 
 
 # --- a non-streaming request whose client may go away ------------------------------------------

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import json
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Callable
+from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any
 
 import anyio
@@ -29,6 +31,7 @@ import httpx
 import openai
 
 from backend.providers.base import REQUEST_SENT, ChatEvent, ChatRequest, ProviderError, ProviderTimeout, Usage
+from backend.providers.netguard import UnsafeURL
 from backend.providers.params import to_openai_fields
 from backend.providers.upstream import PerLoop, UpstreamHTTPError, async_http_client, effective_timeout, short_cause
 
@@ -37,54 +40,51 @@ DRAIN_SECONDS = 1.0  # reading what follows [DONE], so the keep-alive connection
 _BROKEN = (httpx.RequestError, ssl.SSLError, anyio.EndOfStream)
 
 
-class ChunkStream(openai.AsyncStream[object]):
-    """The SDK's stream (its request, status errors and timeouts) with the Server-Sent Events
-    decoded here: lines split over the body's bytes, each event's data parsed once with
-    `json.loads` and left as a dict. The SDK's own decoder walks every line in Python and
-    post-processes every chunk; per delta that profiled at about a tenth of the gateway's CPU
-    with 200 open streams. An `error` object in the stream raises `openai.APIError`, as the
-    SDK does."""
+async def sse_chunks(response: httpx.Response) -> AsyncGenerator[Any, None]:
+    """A streamed answer's Server-Sent Events, each event's data parsed once with `json.loads`
+    and left as a dict: lines split over the body's bytes, what follows `[DONE]` drained (so
+    the keep-alive connection can be reused). An `error` object in the stream raises
+    `StreamError`. The SDK's own decoder walks every line in Python and builds a pydantic
+    object per chunk; per delta that profiled at about a tenth of the gateway's CPU with 200
+    open streams."""
+    body = response.aiter_bytes()
+    pending, data = b"", []
+    try:
+        async for piece in body:
+            pending += piece
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                if line.startswith(b"data:"):
+                    data.append(line[6:] if line.startswith(b"data: ") else line[5:])
+                elif not line and data:
+                    event, data = b"\n".join(data), []
+                    if event.startswith(b"[DONE]"):
+                        with anyio.move_on_after(DRAIN_SECONDS):
+                            async for _ in body:
+                                pass
+                        return
+                    chunk = json.loads(event)
+                    if isinstance(chunk, dict) and chunk.get("error"):
+                        raise StreamError(chunk["error"])
+                    yield chunk
+    finally:
+        await response.aclose()
 
-    async def __stream__(self) -> AsyncIterator[object]:
-        response = self.response
-        body = response.aiter_bytes()
-        pending, data = b"", []
-        try:
-            try:
-                async for piece in body:
-                    pending += piece
-                    *lines, pending = pending.split(b"\n")
-                    for line in lines:
-                        if line.endswith(b"\r"):
-                            line = line[:-1]
-                        if line.startswith(b"data:"):
-                            data.append(line[6:] if line.startswith(b"data: ") else line[5:])
-                        elif not line and data:
-                            event, data = b"\n".join(data), []
-                            if event.startswith(b"[DONE]"):
-                                with anyio.move_on_after(DRAIN_SECONDS):
-                                    async for _ in body:
-                                        pass
-                                return
-                            yield self._chunk(event)
-            except httpx.TimeoutException as exc:
-                raise openai.APITimeoutError(request=response.request) from exc  # type: ignore[arg-type]
-            except _BROKEN as exc:
-                raise openai.APIConnectionError(request=response.request) from exc  # type: ignore[arg-type]
-        finally:
-            await response.aclose()
 
-    def _chunk(self, event: bytes) -> object:
-        chunk = json.loads(event)
-        if isinstance(chunk, dict) and chunk.get("error"):
-            error = chunk["error"]
-            message = error.get("message") if isinstance(error, dict) else None
-            raise openai.APIError(
-                message if isinstance(message, str) and message else "An error occurred during streaming",
-                request=self.response.request,  # type: ignore[arg-type]
-                body=error,
-            )
-        return chunk
+class StreamError(Exception):
+    """An `error` object sent inside a stream."""
+
+    def __init__(self, error: Any) -> None:
+        message = error.get("message") if isinstance(error, dict) else None
+        super().__init__(message if isinstance(message, str) and message else "An error occurred during streaming")
+
+
+@dataclass(frozen=True)
+class _Clients:
+    sdk: openai.AsyncOpenAI  # the non-streaming calls
+    http: httpx.AsyncClient  # the same pooled client, for the streamed chat
 
 
 class OpenAIChatProvider:
@@ -109,17 +109,25 @@ class OpenAIChatProvider:
         self._count_text = count_text
         self._guard = guard  # netguard.Guard: connections pinned to checked addresses
         self._clients = PerLoop(self._new_client)
+        self._chat_url = httpx.URL(base_url.rstrip("/") + "/chat/completions")
+        self._stream_headers = {
+            "Authorization": f"Bearer {self._api_key or NO_KEY}",
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+        }
 
-    def _new_client(self) -> openai.AsyncOpenAI:
+    def _new_client(self) -> _Clients:
         timeout = self.timeout or 30.0
-        return openai.AsyncOpenAI(
+        http = async_http_client(timeout=timeout, guard=self._guard)
+        sdk = openai.AsyncOpenAI(
             base_url=self.base_url,
             api_key=self._api_key or NO_KEY,
             timeout=timeout,
             max_retries=0,
             # openai types http_client as httpx2.AsyncClient but also takes an httpx one (is_legacy_httpx_async_client)
-            http_client=async_http_client(timeout=timeout, guard=self._guard),  # type: ignore[arg-type]
+            http_client=http,  # type: ignore[arg-type]
         )
+        return _Clients(sdk, http)
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAIChatProvider(base_url={self.base_url!r})"
@@ -156,22 +164,34 @@ class OpenAIChatProvider:
 
     async def _create(self, request: ChatRequest) -> Any:
         fields = self._fields(request, stream=False)
-        create: Any = self._clients.get().chat.completions.create
+        create: Any = self._clients.get().sdk.chat.completions.create
         return await create(**fields, timeout=effective_timeout(self.timeout, request.timeout))
 
-    async def _open_stream(self, request: ChatRequest) -> openai.AsyncStream[Any]:
-        """The SDK's request with each chunk left as the parsed JSON dict (`ChunkStream`):
-        building the SDK's pydantic chunk objects and transforming the request params cost
-        more CPU than the rest of the gateway's hot path (profiled; see the README's gateway
-        figures)."""
-        return await self._clients.get().post(
-            "/chat/completions",
-            cast_to=object,
-            body=self._fields(request, stream=True),
-            options={"timeout": effective_timeout(self.timeout, request.timeout)},
-            stream=True,
-            stream_cls=ChunkStream,
+    async def _open_stream(self, request: ChatRequest) -> httpx.Response:
+        """POST /chat/completions on the SDK's pooled client, built here: the SDK's request
+        building (options, headers merged three times, an idempotency key, the URL parsed
+        again) profiled at about a fifth of the event loop's time per chat. An HTTP error
+        raises UpstreamHTTPError with the upstream's own message."""
+        http = self._clients.get().http
+        sent = http.build_request(
+            "POST",
+            self._chat_url,
+            content=json.dumps(self._fields(request, stream=True)).encode(),
+            headers=self._stream_headers,
+            timeout=effective_timeout(self.timeout, request.timeout),
         )
+        response = await http.send(sent, stream=True)
+        if response.status_code >= 400:
+            try:
+                body = await response.aread()
+            finally:
+                await response.aclose()
+            raise UpstreamHTTPError(
+                f"upstream answered HTTP {response.status_code}: "
+                f"{short_cause(_body_message(body, response.reason_phrase), self._api_key)}",
+                response.status_code,
+            )
+        return response
 
     async def stream(self, request: ChatRequest) -> AsyncIterator[ChatEvent]:
         """REQUEST_SENT, text deltas, then one Usage (the upstream's, else counted offline)."""
@@ -179,7 +199,7 @@ class OpenAIChatProvider:
         usage: Any = None
         yield REQUEST_SENT
         try:
-            async with await self._open_stream(request) as chunks:
+            async with aclosing(sse_chunks(await self._open_stream(request))) as chunks:
                 async for chunk in chunks:
                     if not isinstance(chunk, dict):
                         continue
@@ -208,7 +228,7 @@ class OpenAIChatProvider:
     async def list_models(self) -> list[str]:
         """Model ids the upstream offers (GET /models)."""
         try:
-            return [m.id async for m in self._clients.get().models.list(timeout=self.timeout or 30.0)]
+            return [m.id async for m in self._clients.get().sdk.models.list(timeout=self.timeout or 30.0)]
         except Exception as exc:  # noqa: BLE001
             raise self._translate(exc, None) from None
 
@@ -225,8 +245,14 @@ class OpenAIChatProvider:
         if isinstance(exc, ProviderError):
             return exc
         timeout = effective_timeout(self.timeout, request.timeout if request else None)
-        if isinstance(exc, openai.APITimeoutError):
+        if isinstance(exc, (openai.APITimeoutError, httpx.TimeoutException)):
             return ProviderTimeout(f"upstream did not answer within {timeout:g} s")
+        if isinstance(exc, (*_BROKEN, UnsafeURL)):  # the streamed chat's own request (no SDK around it)
+            if mid_stream:
+                return ProviderError(f"upstream connection broke mid-stream: {short_cause(exc, self._api_key)}")
+            return ProviderError(f"cannot reach upstream: {short_cause(exc, self._api_key)}")
+        if isinstance(exc, StreamError):
+            return ProviderError(f"upstream failed mid-stream: {short_cause(exc, self._api_key)}")
         if isinstance(exc, openai.APIStatusError):
             return UpstreamHTTPError(
                 f"upstream answered HTTP {exc.status_code}: {short_cause(_error_message(exc), self._api_key)}",
@@ -242,11 +268,24 @@ class OpenAIChatProvider:
 
 
 def _error_message(exc: openai.APIStatusError) -> str:
-    body = exc.body
+    return _inner_message(exc.body) or exc.message
+
+
+def _body_message(body: bytes, fallback: str) -> str:
+    """The message of an error answer's JSON (`{"error": {"message": ...}}` and its variants)."""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    text = body.decode("utf-8", "replace").strip()
+    return _inner_message(parsed) or text or fallback
+
+
+def _inner_message(body: Any) -> str | None:
     if isinstance(body, dict):
         inner = body.get("error", body)
         if isinstance(inner, dict) and inner.get("message"):
             return str(inner["message"])
         if isinstance(inner, str):
             return inner
-    return exc.message
+    return None
