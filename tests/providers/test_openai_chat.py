@@ -34,12 +34,22 @@ def test_stream_yields_deltas_then_upstream_usage():
         events = items(provider.stream(_request()))
         sent = upstream.requests[-1]
 
-    assert events[:-1] == upstream.deltas and "".join(events[:-1]) == "Hello dear class of twenty"
+    assert "".join(events[:-1]) == "".join(upstream.deltas) == "Hello dear class of twenty"
     assert events[-1] == Usage(prompt_tokens=17, completion_tokens=5)
     assert sent["path"] == "/v1/chat/completions"
     assert sent["headers"]["authorization"] == f"Bearer {KEY}"
     assert sent["json"]["stream"] is True and sent["json"]["stream_options"] == {"include_usage": True}
     assert sent["json"]["messages"] == MESSAGES and sent["json"]["model"] == "fake-model"
+
+
+def test_deltas_of_one_read_go_on_as_one_and_a_slow_stream_piece_by_piece():
+    with OpenAIServer("Hello dear class of twenty") as upstream:  # all at once: one read
+        at_once = items(OpenAIChatProvider(base_url=upstream.url, timeout=5).stream(_request()))
+    with OpenAIServer("Hello dear class of twenty", chunk_delay=0.05) as upstream:
+        slow = items(OpenAIChatProvider(base_url=upstream.url, timeout=5).stream(_request()))
+        deltas = upstream.deltas
+    assert at_once[:-1] == ["Hello dear class of twenty"]
+    assert slow[:-1] == deltas and len(deltas) == 5
 
 
 def test_non_stream_returns_text_and_usage():
@@ -92,7 +102,7 @@ def test_persona_parameters_mapped_to_openai_fields_and_the_rest_dropped():
         assert dropped not in body
     for dropped in ("repeat_last_n", "num_ctx", "tfs_z", "num_predict", "frequency_penalty", "presence_penalty"):
         assert dropped not in body
-    assert len(deltas) == 7 and usage.completion_tokens == 7
+    assert "".join(deltas) == "".join(upstream.deltas[:7]) and usage.completion_tokens == 7
 
 
 def test_caller_cap_wins_over_a_larger_num_predict():
@@ -151,7 +161,7 @@ def test_error_event_mid_stream_is_provider_error():
         received: list[str] = []
         with pytest.raises(ProviderError) as caught:
             items(provider.stream(_request()), received)
-    assert received == ["a ", "b "]
+    assert "".join(received) == "a b "  # what came before the error
     assert "model crashed" in str(caught.value) and caught.value.status == 502
 
 
