@@ -4,16 +4,17 @@ Every chat writes twice (the reservation, then the settlement). Run as a transac
 a lecture hall's chats queued on SQLite's one write lock: at 200 open streams each held it
 ~3 ms (the GIL shared with the event loop and 32 database threads) and waited 115-135 ms for
 it, which capped one process near 100 chats a second. Here one writer thread per sessionmaker
-takes every job waiting (at most `BATCH`), runs each in a savepoint of one transaction and
-commits once: a BEGIN, a COMMIT and one hand-over of the lock for the lot.
+takes every job waiting (at most `BATCH`), runs them one after the other in one transaction
+and commits once: a BEGIN, a COMMIT and one hand-over of the lock for the lot.
 
     result = await group_commit.write(maker, job)    # job(session) -> result
 
-A job that raises rolls back only its savepoint and gets its exception back; the others
-commit. A database error (a lost connection, a deadlock, a failed COMMIT) may have undone the
-whole transaction, so then every job of that batch runs again alone, in its own transaction —
-one broken job never fails the others, and none is applied twice (nothing was committed). A
-job must be only database work: it may run twice when its batch is retried.
+When a job raises (a refusal, a database error, a failed COMMIT), the batch is rolled back
+and every job of it runs again alone, in its own transaction, and gets its own result or
+exception — one failing job never fails the others, and none is applied twice (nothing was
+committed). So a job must be only database work (it may run twice), and should refuse
+before it writes: a refusal is then cheap, and no savepoint is needed per job (one costs
+more than a whole reservation, measured: 0.52 ms a reservation, 0.80 ms with a savepoint).
 
 A job waiting in the queue is skipped when its caller is cancelled; one already running
 finishes (a settlement that has started always lands).
@@ -29,7 +30,6 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, TypeVar
 
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session, sessionmaker
 
 T = TypeVar("T")
@@ -103,23 +103,14 @@ def _alone(maker: sessionmaker[Session], job: Callable[[Session], Any], future: 
 
 
 def _together(maker: sessionmaker[Session], batch: list[_Job]) -> None:
-    outcomes: list[tuple[Future, bool, Any]] = []
+    outcomes: list[tuple[Future, Any]] = []
     try:
         with maker.begin() as session:
             for job, future in batch:
-                try:
-                    with session.begin_nested():
-                        outcomes.append((future, True, job(session)))
-                except DBAPIError:
-                    raise  # the transaction itself may be gone: every job again, alone
-                except Exception as exc:  # noqa: BLE001 - the job's own failure, handed to its caller
-                    outcomes.append((future, False, exc))
+                outcomes.append((future, job(session)))
     except Exception:  # noqa: BLE001 - nothing of this batch was committed
         for job, future in batch:
             _alone(maker, job, future)
         return
-    for future, ok, value in outcomes:
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(value)
+    for future, value in outcomes:
+        future.set_result(value)

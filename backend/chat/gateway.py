@@ -43,7 +43,7 @@ import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Callable
-from contextlib import aclosing
+from contextlib import aclosing, nullcontext
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
@@ -463,8 +463,11 @@ def _reserve(s: Session, settings: Settings, plan: ChatPlan) -> str | ServiceErr
     ttl = timedelta(seconds=settings.reservation_ttl_seconds + plan.model.timeout)
     caller = plan.caller
     assert caller.user_id is not None  # only a user's chat reserves (open_chat)
+    limited = rate_limits.buckets(s, user_id=caller.user_id, academy=caller.academy, api_key_id=caller.api_key_id)
     try:
-        with s.begin_nested():
+        # A refusal writes nothing before it raises, except an admitted rate-limit event (then
+        # a savepoint takes it back); a savepoint costs more than the rest of the job.
+        with s.begin_nested() if limited else nullcontext():
             # quota policy: the rate limit (429 + Retry-After) before anything is reserved; the
             # price read here is stored on the reservation, so settlement charges this same price
             rate_limits.admit(

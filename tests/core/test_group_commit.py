@@ -73,20 +73,31 @@ def refuse(_s: Session) -> None:
     raise ServiceError("TOKEN_NOT_ENOUGH", "refused after granting", 402)
 
 
-def test_waiting_jobs_commit_as_one_transaction_and_a_refused_one_keeps_nothing(maker, settings):
+def test_waiting_jobs_commit_as_one_transaction(maker, settings):
     user = make_user(maker, settings, tokens=0)
     with commits_counted(settings) as commits:
         with writer_held(maker) as first:
-            futures = [group_commit.submit(maker, grant(user.id, 10 * (i + 1))) for i in range(4)]
-            refused = group_commit.submit(maker, grant(user.id, 1000, then=refuse))
-            futures.append(group_commit.submit(maker, grant(user.id, 50)))
+            futures = [group_commit.submit(maker, grant(user.id, 10 * (i + 1))) for i in range(5)]
         assert first.result(10) == "held"
         assert [f.result(10) for f in futures] == [10, 20, 30, 40, 50]
-        with pytest.raises(ServiceError, match="refused after granting"):
-            refused.result(10)
-    assert commits[0] == 1  # the six waiting jobs together (the held one wrote nothing)
+    assert commits[0] == 1  # the five waiting jobs together (the held one wrote nothing)
     with maker() as s:
         assert quota.balance(s, user.id).tokens == 150 == quota.ledger_sum(s, user.id).tokens
+
+
+def test_a_refused_job_keeps_nothing_and_the_others_commit(maker, settings):
+    user = make_user(maker, settings, tokens=0)
+    with commits_counted(settings) as commits:
+        with writer_held(maker):
+            futures = [group_commit.submit(maker, grant(user.id, 10 * (i + 1))) for i in range(2)]
+            refused = group_commit.submit(maker, grant(user.id, 1000, then=refuse))  # granted, then refused
+            futures.append(group_commit.submit(maker, grant(user.id, 30)))
+        assert [f.result(10) for f in futures] == [10, 20, 30]
+        with pytest.raises(ServiceError, match="refused after granting"):
+            refused.result(10)
+    assert commits[0] == 3  # the batch rolled back, then each job alone: three commits
+    with maker() as s:
+        assert quota.balance(s, user.id).tokens == 60 == quota.ledger_sum(s, user.id).tokens
 
 
 def test_a_database_error_runs_every_job_of_the_batch_alone(maker, settings):
