@@ -77,6 +77,8 @@ def _run(writer: _Writer) -> None:
             with _lock:  # submit() puts under the same lock, so no job is left behind
                 if writer.jobs.empty():
                     writer.thread = None
+                    if _writers.get(writer.maker) is writer:
+                        del _writers[writer.maker]  # the writer holds its maker: let both go
                     return
             continue
         batch = [first]

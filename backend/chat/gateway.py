@@ -550,7 +550,7 @@ async def start_chat(
     record_history: bool = True,
 ) -> ChatCall:
     """Resolve the model, admit the chat, reserve the most it can cost, and return the call
-    to iterate (one hop: `open_chat`).
+    to iterate (`open_chat`: one hop to plan, one group commit to reserve).
 
     Raises (nothing reserved): MODEL_ERROR 404/403 for an unknown or disabled model,
     TOKEN_NOT_ENOUGH 402, UPSTREAM_BUSY 503, 413 when the dialog does not fit the model's
