@@ -7,8 +7,8 @@
 Everything runs in the event loop. Planning reads in a bounded pool of threads (`offload`,
 one hop, and none when the caller planned already); the two writes are group-committed
 (`db.group_commit`: one writer thread runs every waiting reservation and settlement in one
-transaction, a savepoint each), so a lecture hall's chats do not queue on SQLite's write lock
-one transaction at a time:
+transaction), so a lecture hall's chats do not queue on SQLite's write lock one transaction at
+a time:
 
 1. plan (read only, usually no query at all: the key check and the resolved model are
    cached, `cache.TTL_SECONDS`): resolve the model and the caller's conversation, count the
@@ -459,7 +459,9 @@ def plan_chat(
 
 def _reserve(s: Session, settings: Settings, plan: ChatPlan) -> str | ServiceError:
     """The reservation (a group-commit job), or why there is none — the refusal's usage row
-    is written instead, in the same commit."""
+    is written instead, in the same commit. With Redis rate-limit buckets the admitted event
+    lives in Redis: when another job's failure makes the batch run again job by job, it is
+    counted twice (stricter for one window, never looser)."""
     ttl = timedelta(seconds=settings.reservation_ttl_seconds + plan.model.timeout)
     caller = plan.caller
     assert caller.user_id is not None  # only a user's chat reserves (open_chat)

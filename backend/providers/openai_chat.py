@@ -37,6 +37,7 @@ from backend.providers.upstream import PerLoop, UpstreamHTTPError, async_http_cl
 
 NO_KEY = "no-key"  # the SDK insists on a key; keyless local servers ignore it
 DRAIN_SECONDS = 1.0  # reading what follows [DONE], so the keep-alive connection can be reused
+ERROR_BODY_BYTES = 64 * 1024  # at most this much of an error answer is read, for its message
 _BROKEN = (httpx.RequestError, ssl.SSLError, anyio.EndOfStream)
 
 
@@ -189,9 +190,13 @@ class OpenAIChatProvider:
             timeout=effective_timeout(self.timeout, request.timeout),
         )
         response = await http.send(sent, stream=True)
-        if response.status_code >= 400:
+        if not response.is_success:  # a redirect too: none is followed
+            body = b""
             try:
-                body = await response.aread()
+                async for piece in response.aiter_bytes():
+                    body += piece
+                    if len(body) >= ERROR_BODY_BYTES:
+                        break
             finally:
                 await response.aclose()
             raise UpstreamHTTPError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 
 import pytest
 
@@ -306,3 +307,48 @@ def test_an_error_object_in_a_hand_made_stream_is_a_provider_error_after_the_del
     finally:
         server.close()
     assert "partial" in seen
+
+
+@pytest.mark.parametrize(
+    ("status", "extra_headers", "body"),
+    [
+        (302, [("Location", "http://169.254.169.254/latest/")], b""),
+        (500, [], b'{"error": {"message": "overloaded"}}'),  # then spaces until the client stops reading
+    ],
+)
+def test_a_redirect_or_a_huge_error_answer_to_a_stream_is_an_upstream_http_error(status, extra_headers, body):
+    """No redirect is followed, and an error answer is read only as far as its message."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(status)
+            for name, value in extra_headers:
+                self.send_header(name, value)
+            endless = status == 500
+            self.send_header("Content-Length", str(2**40 if endless else len(body)))
+            self.end_headers()
+            deadline = time.monotonic() + 20  # a client that read it all would fail on the short body
+            try:
+                self.wfile.write(body)
+                while endless and time.monotonic() < deadline:
+                    self.wfile.write(b" " * 65536)
+            except OSError:  # the client stopped reading: that is the point
+                pass
+
+        def log_message(self, *_args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        provider = OpenAIChatProvider(base_url=f"http://127.0.0.1:{server.server_port}/v1", api_key=KEY, timeout=5)
+        with pytest.raises(UpstreamHTTPError) as caught:
+            items(provider.stream(_request()))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert caught.value.upstream_status == status and f"HTTP {status}" in str(caught.value)
+    if status == 500:
+        assert "overloaded" in str(caught.value) and len(str(caught.value)) < 1000
