@@ -24,6 +24,7 @@ import httpx
 
 READ_HIGH_WATER = 256 * 1024
 POLL_INTERVAL = 0.1  # seconds between two asks of one idle socket whether its peer closed
+QUIET_BEFORE_POLL = 1.0  # seconds a peer is silent before its socket is asked at all
 
 
 class _Connection(asyncio.Protocol):
@@ -39,12 +40,14 @@ class _Connection(asyncio.Protocol):
         self._read_waiter: asyncio.Future[None] | None = None
         self._drain_waiter: asyncio.Future[None] | None = None
         self.polled_at = -POLL_INTERVAL  # when the socket was last asked whether the peer closed
+        self.heard_at = -QUIET_BEFORE_POLL  # when the peer last sent something (never: long ago)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
 
     def data_received(self, data: bytes) -> None:
         self.buffer += data
+        self.heard_at = time.monotonic()
         if len(self.buffer) > READ_HIGH_WATER and not self.reading_paused and self.transport is not None:
             self.reading_paused = True
             self.transport.pause_reading()
@@ -193,10 +196,12 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             if connection.buffer or connection.eof:
                 return True
             # Under load the loop may not have delivered the peer's close yet, so the socket is
-            # asked too — at most every POLL_INTERVAL: httpcore asks every idle connection of
-            # the pool on every request, and a poll each profiled at a tenth of the loop at c = 200.
+            # asked too — only once the peer has been quiet for QUIET_BEFORE_POLL (servers close
+            # kept-alive connections after seconds of silence), and at most every POLL_INTERVAL:
+            # httpcore asks every idle connection of the pool on every request, and a poll each
+            # profiled at a tenth of the loop at c = 200.
             now = time.monotonic()
-            if now - connection.polled_at < POLL_INTERVAL:
+            if now - connection.heard_at < QUIET_BEFORE_POLL or now - connection.polled_at < POLL_INTERVAL:
                 return False
             connection.polled_at = now
             return _socket_readable(self._transport.get_extra_info("socket"))
