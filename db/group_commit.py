@@ -110,7 +110,7 @@ def _together(maker: sessionmaker[Session], batch: list[_Job]) -> None:
         with maker.begin() as session:
             for job, future in batch:
                 outcomes.append((future, job(session)))
-    except Exception:  # noqa: BLE001 - nothing of this batch was committed
+    except BaseException:  # noqa: BLE001 - nothing of this batch was committed; each caller gets its own outcome
         for job, future in batch:
             _alone(maker, job, future)
         return

@@ -154,3 +154,20 @@ def test_write_awaits_the_result_and_raises_the_jobs_exception(maker, settings):
     asyncio.run(both())
     with maker() as s:
         assert quota.balance(s, user.id).tokens == 7
+
+
+def test_a_job_that_raises_a_base_exception_does_not_stop_the_writer(maker, settings):
+    user = make_user(maker, settings, tokens=0)
+
+    def exits(_s: Session) -> None:
+        raise SystemExit("a job may not end the writer")
+
+    with writer_held(maker):
+        kept = group_commit.submit(maker, grant(user.id, 5))
+        ended = group_commit.submit(maker, exits)
+    assert kept.result(10) == 5
+    with pytest.raises(SystemExit):
+        ended.result(10)
+    assert group_commit.submit(maker, grant(user.id, 6)).result(10) == 6  # still served
+    with maker() as s:
+        assert quota.balance(s, user.id).tokens == 11
