@@ -23,13 +23,14 @@ from pathlib import Path
 import anyio
 import anyio.to_thread
 import uvloop
+from sqlalchemy import select
 
 from backend.billing import quota
+from backend.chat.gateway import DB_THREADS
 from bench.gateway import pct, postgres_database, prepare_meteor
 from db import group_commit
+from db.models import User
 from db.session import get_sessionmaker
-
-THREADS = 32  # = backend.chat.gateway.DB_THREADS
 
 
 def reserve(user_id: str):
@@ -47,7 +48,7 @@ def settle(reservation_id: str):
 
 
 async def run(maker, user_id: str, tasks: int, chats: int, grouped: bool) -> tuple[float, list[float]]:
-    limiter = anyio.CapacityLimiter(THREADS)
+    limiter = anyio.CapacityLimiter(DB_THREADS)  # as many as the gateway had
     waits: list[float] = []
     left = iter(range(chats))
 
@@ -79,10 +80,6 @@ def bench(name: str, url: str, data_dir: Path, tasks: int, chats: int) -> None:
     prepare_meteor(data_dir, url, "http://127.0.0.1:9/v1")
     maker = get_sessionmaker(url)
     with maker() as s:
-        from sqlalchemy import select
-
-        from db.models import User
-
         user_id = s.scalar(select(User.id).where(User.username == "bench"))
     print(f"\n{name}: {tasks} concurrent tasks, {chats} chats (2 writes each) per run\n")
     print("| round | writes | writes/s | wait ms p50 / p99 | × a transaction each |")

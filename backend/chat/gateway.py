@@ -815,18 +815,17 @@ class ChatCall:
         """The second commit: settle, the usage row, the history line (in a savepoint)."""
         history = self.plan.record_history and not self.plan.caller.is_admin
 
-        def settle(s: Session) -> tuple[int, int | None]:
+        def settle(s: Session, with_history: bool) -> tuple[int, int | None]:
             charged = self._settle(s, prompt + completion, prompt, completion, "ok", latency, ttft, None)
-            return charged, (self._record_history(s, content, prompt, completion) if history else None)
+            return charged, (self._record_history(s, content, prompt, completion) if with_history else None)
 
         try:
-            charged, conversation_id = await group_commit.write(self.maker, settle)
+            charged, conversation_id = await group_commit.write(self.maker, partial(settle, with_history=history))
         except Exception:
             if not history:
                 raise
             log.exception("chat %s: settling with its history line failed; settling without", self.request_id)
-            history = False
-            charged, conversation_id = await group_commit.write(self.maker, settle)
+            charged, conversation_id = await group_commit.write(self.maker, partial(settle, with_history=False))
         if conversation_id is None:
             return charged, self.conversation_id, False
         return charged, conversation_id, self.conversation_id is None

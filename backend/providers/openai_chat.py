@@ -267,10 +267,12 @@ class OpenAIChatProvider:
         timeout = effective_timeout(self.timeout, request.timeout if request else None)
         if isinstance(exc, (openai.APITimeoutError, httpx.TimeoutException)):
             return ProviderTimeout(f"upstream did not answer within {timeout:g} s")
-        if isinstance(exc, (*_BROKEN, UnsafeURL)):  # the streamed chat's own request (no SDK around it)
-            if mid_stream:
+        if isinstance(exc, (*_BROKEN, UnsafeURL, openai.APIConnectionError)):
+            if mid_stream:  # only the streamed chat, sent without the SDK
                 return ProviderError(f"upstream connection broke mid-stream: {short_cause(exc, self._api_key)}")
-            return ProviderError(f"cannot reach upstream: {short_cause(exc, self._api_key)}")
+            # the SDK's calls wrap what httpx (or the guard) raised: that is the cause to show
+            cause = (exc.__cause__ or exc) if isinstance(exc, openai.APIConnectionError) else exc
+            return ProviderError(f"cannot reach upstream: {short_cause(cause, self._api_key)}")
         if isinstance(exc, StreamError):
             return ProviderError(f"upstream failed mid-stream: {short_cause(exc, self._api_key)}")
         if isinstance(exc, openai.APIStatusError):
@@ -278,11 +280,7 @@ class OpenAIChatProvider:
                 f"upstream answered HTTP {exc.status_code}: {short_cause(_error_message(exc), self._api_key)}",
                 exc.status_code,
             )
-        if isinstance(exc, openai.APIConnectionError):
-            if mid_stream:
-                return ProviderError(f"upstream connection broke mid-stream: {short_cause(exc, self._api_key)}")
-            return ProviderError(f"cannot reach upstream: {short_cause(exc.__cause__ or exc, self._api_key)}")
-        if isinstance(exc, openai.APIError):  # an error event inside the stream
+        if isinstance(exc, openai.APIError):  # any other error of the SDK's calls (kept as it was)
             return ProviderError(f"upstream failed mid-stream: {short_cause(exc.message, self._api_key)}")
         return ProviderError(f"upstream answer not understood: {short_cause(exc, self._api_key)}")
 
