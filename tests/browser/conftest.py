@@ -36,6 +36,22 @@ from tests.browser.stack import (
 from tests.servers import ROOT, START_TIMEOUT, free_port, stop, wait_healthy
 
 
+LOG_TAIL = 6_000  # characters of each server's log shown under a failed browser test
+_server_logs: list[Path] = []
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failed browser test shows what the two servers logged: a stall in the browser is
+    often a server-side story (a stuck queue, an exception in a Gradio event)."""
+    report = yield
+    if report.failed and report.when == "call":
+        for log in _server_logs:
+            if log.exists():
+                report.sections.append((f"{log.name} (tail)", log.read_text(errors="replace")[-LOG_TAIL:]))
+    return report
+
+
 # Package scope: Playwright's sync API keeps an event loop running in the main thread
 # until it stops, which would break every later test that calls asyncio.run().
 @pytest.fixture(scope="package")
@@ -75,6 +91,7 @@ def stack(tmp_path_factory) -> Iterator[Stack]:
         alice_id = alice.id
 
     api_log, ui_log = logs / "api.log", logs / "ui.log"
+    _server_logs[:] = [api_log, ui_log]
     api = subprocess.Popen(
         [python, "-m", "backend", "serve-api", "--port", str(api_port), "--skip-prepare"],
         cwd=ROOT,

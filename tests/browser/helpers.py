@@ -52,6 +52,9 @@ def sign_in(page: Page, ui_url: str, kind: str, name: str, password: str) -> Non
     # the remember-me cookie is written by a component in the browser on the run after sign-in:
     # wait for it, so a test that opens an address next is signed in again from it like a person
     page.wait_for_function(f"document.cookie.includes('{COOKIE_NAME}=')", timeout=RUN_TIMEOUT)
+    # the component then reports the cookie back, which reruns the page it was rendered on: a
+    # click into the navigation before that rerun ends can be undone by it (seen on a cold start)
+    settle(page)
 
 
 def nav_links(page: Page) -> list[tuple[str, str]]:
@@ -135,4 +138,7 @@ def chat(frame: FrameLocator, message: str, done_mark: str = "✓") -> StreamedA
             return StreamedAnswer(answer.inner_text() if answer.count() else "", lengths, line)
         time.sleep(0.2)
     seen = chatbot.evaluate("el => el.__answerLengths")
-    raise AssertionError(f"no finished answer within {CHAT_TIMEOUT} s; lengths seen {seen[-10:]}")
+    raise AssertionError(
+        f"no finished answer within {CHAT_TIMEOUT} s; lengths seen {seen[-10:]}; "
+        f"status {status.inner_text()!r}; chat {chatbot.inner_text()[-300:]!r}"
+    )
