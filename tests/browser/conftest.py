@@ -35,7 +35,6 @@ from tests.browser.stack import (
 )
 from tests.servers import ROOT, START_TIMEOUT, free_port, stop, wait_healthy
 
-
 LOG_TAIL = 6_000  # characters of each server's log shown under a failed browser test
 _server_logs: list[Path] = []
 
