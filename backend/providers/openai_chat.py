@@ -241,8 +241,13 @@ class OpenAIChatProvider:
             answer = await self._create(request)
         except Exception as exc:  # noqa: BLE001
             raise self._translate(exc, request) from None
-        choices = answer.choices or []
-        text = (choices[0].message.content or "") if choices else ""
+        try:  # the SDK does not check the answer's shape: an HTML page comes back as a str
+            choices = answer.choices or []
+            text = (choices[0].message.content or "") if choices else ""
+            if not isinstance(text, str):
+                raise TypeError(type(text).__name__)
+        except (AttributeError, TypeError, IndexError):
+            raise ProviderError("upstream answer not understood: it is not a chat completion") from None
         return text, self._usage(answer.usage, request, text)
 
     async def list_models(self) -> list[str]:
@@ -280,8 +285,8 @@ class OpenAIChatProvider:
                 f"upstream answered HTTP {exc.status_code}: {short_cause(_error_message(exc), self._api_key)}",
                 exc.status_code,
             )
-        if isinstance(exc, openai.APIError):  # any other error of the SDK's calls (kept as it was)
-            return ProviderError(f"upstream failed mid-stream: {short_cause(exc.message, self._api_key)}")
+        if isinstance(exc, openai.APIError):  # the SDK's other errors: its calls are never streams
+            return ProviderError(f"upstream answer not understood: {short_cause(exc.message, self._api_key)}")
         return ProviderError(f"upstream answer not understood: {short_cause(exc, self._api_key)}")
 
 

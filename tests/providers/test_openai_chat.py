@@ -352,3 +352,41 @@ def test_a_redirect_or_a_huge_error_answer_to_a_stream_is_an_upstream_http_error
     assert caught.value.upstream_status == status and f"HTTP {status}" in str(caught.value)
     if status == 500:
         assert "overloaded" in str(caught.value) and len(str(caught.value)) < 1000
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("text/html", b"<html><body>Sign in to the campus proxy</body></html>"),  # the SDK hands back a str
+        ("application/json", b'{"choices": "none today"}'),
+        ("application/json", b'{"choices": [{"message": {"content": 42}}]}'),
+        ("application/json", b"<html>not json at all</html>"),
+    ],
+)
+def test_a_whole_answer_that_is_not_a_chat_completion_is_a_provider_error(content_type, body):
+    """A 200 that is no chat completion (a captive portal's page, a wrong shape) is the
+    upstream's fault, said as such — not an AttributeError out of the provider."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *_args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        provider = OpenAIChatProvider(base_url=f"http://127.0.0.1:{server.server_port}/v1", api_key=KEY, timeout=5)
+        with pytest.raises(ProviderError) as caught:
+            run(provider.complete(_request()))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert "upstream answer not understood" in str(caught.value) and KEY not in str(caught.value)
