@@ -38,6 +38,7 @@ from backend.providers.upstream import PerLoop, UpstreamHTTPError, async_http_cl
 NO_KEY = "no-key"  # the SDK insists on a key; keyless local servers ignore it
 DRAIN_SECONDS = 1.0  # reading what follows [DONE], so the keep-alive connection can be reused
 ERROR_BODY_BYTES = 64 * 1024  # at most this much of an error answer is read, for its message
+WHOLE_ANSWER_BYTES = 8 * 1024 * 1024  # a JSON answer to a stream request is read whole, up to this
 _BROKEN = (httpx.RequestError, ssl.SSLError, anyio.EndOfStream)
 
 
@@ -46,11 +47,12 @@ async def sse_chunks(response: httpx.Response) -> AsyncGenerator[list[Any], None
     and left as a dict, in lists: the events of one network read together (an upstream that
     answers at once sends them all in one). Lines are split over the body's bytes; what follows
     `[DONE]` is drained, so the keep-alive connection can be reused. An `error` object in the
-    stream raises `StreamError` (after the events before it). The SDK's own decoder walks every
+    stream raises `StreamError` (after the events before it); a body that ends without a single
+    event raises `NotUnderstood` (an empty answer would still be charged its prompt). The SDK's own decoder walks every
     line in Python and builds a pydantic object per chunk; per delta that profiled at about a
     tenth of the gateway's CPU with 200 open streams."""
     body = response.aiter_bytes()
-    pending, data = b"", []
+    pending, data, events = b"", [], 0
     try:
         async for piece in body:
             pending += piece
@@ -63,6 +65,7 @@ async def sse_chunks(response: httpx.Response) -> AsyncGenerator[list[Any], None
                     data.append(line[6:] if line.startswith(b"data: ") else line[5:])
                 elif not line and data:
                     event, data = b"\n".join(data), []
+                    events += 1
                     if event.startswith(b"[DONE]"):
                         if read:
                             yield read
@@ -78,8 +81,39 @@ async def sse_chunks(response: httpx.Response) -> AsyncGenerator[list[Any], None
                     read.append(chunk)
             if read:
                 yield read
+        if not events:  # e.g. a captive portal's page: said, not taken for an empty answer
+            kind = response.headers.get("content-type") or "no content type"
+            raise NotUnderstood(f"the answer is not an event stream ({short_cause(kind)})")
     finally:
         await response.aclose()
+
+
+async def whole_answer_chunks(response: httpx.Response) -> AsyncGenerator[list[Any], None]:
+    """An upstream that answers a stream request with one whole JSON completion (some
+    OpenAI-compatible servers ignore `stream`): its text and usage as one streamed chunk."""
+    try:
+        body = b""
+        async for piece in response.aiter_bytes():
+            body += piece
+            if len(body) > WHOLE_ANSWER_BYTES:
+                raise NotUnderstood(f"a whole answer over {WHOLE_ANSWER_BYTES} bytes")
+    finally:
+        await response.aclose()
+    try:
+        answer = json.loads(body)
+        if isinstance(answer, dict) and answer.get("error"):
+            raise StreamError(answer["error"])
+        message = answer["choices"][0]["message"] if answer.get("choices") else {}
+        content = message.get("content") or ""
+        if not isinstance(content, str):
+            raise TypeError(type(content).__name__)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError):
+        raise NotUnderstood("a JSON answer that is not a chat completion") from None
+    yield [{"choices": [{"delta": {"content": content}}], "usage": answer.get("usage")}]
+
+
+class NotUnderstood(Exception):
+    """A successful answer that is neither an event stream nor a chat completion."""
 
 
 class StreamError(Exception):
@@ -212,7 +246,9 @@ class OpenAIChatProvider:
         usage: Any = None
         yield REQUEST_SENT
         try:
-            async with aclosing(sse_chunks(await self._open_stream(request))) as reads:
+            response = await self._open_stream(request)
+            is_json = response.headers.get("content-type", "").startswith("application/json")
+            async with aclosing(whole_answer_chunks(response) if is_json else sse_chunks(response)) as reads:
                 async for chunks in reads:
                     # the deltas of one read go on as one: a client cannot tell, and each
                     # piece costs the gateway, the SSE encoder and the socket a pass
@@ -280,6 +316,8 @@ class OpenAIChatProvider:
             return ProviderError(f"cannot reach upstream: {short_cause(cause, self._api_key)}")
         if isinstance(exc, StreamError):
             return ProviderError(f"upstream failed mid-stream: {short_cause(exc, self._api_key)}")
+        if isinstance(exc, NotUnderstood):
+            return ProviderError(f"upstream answer not understood: {short_cause(exc, self._api_key)}")
         if isinstance(exc, openai.APIStatusError):
             return UpstreamHTTPError(
                 f"upstream answered HTTP {exc.status_code}: {short_cause(_error_message(exc), self._api_key)}",

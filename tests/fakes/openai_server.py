@@ -14,6 +14,8 @@
         chunk_delay=0.0,           # seconds between streamed chunks (slow streams)
         chunks=None,               # number of content chunks (the reply's words are cycled to fill them)
         fail_after_chunks=None,    # after that many chunks, send an SSE error event and end the stream
+        ignore_stream=False,       # True: a stream request gets the whole JSON completion (some servers do)
+        html_page=None,            # a page: every chat call gets it as a 200 text/html (a captive portal)
     )
 
 `url` is the base URL with `/v1` (what `openai.OpenAI(base_url=...)` takes). Endpoints:
@@ -50,8 +52,12 @@ class OpenAIServer(ScriptedReply, FakeHTTPServer):
         include_usage: bool = True,
         api_key: str | None = None,
         prompt_tokens: int | None = None,
+        ignore_stream: bool = False,
+        html_page: str | None = None,
         **faults: Any,
     ) -> None:
+        self.ignore_stream = ignore_stream
+        self.html_page = html_page
         self.reply = reply
         self.model = model
         self.models = models if models is not None else [model]
@@ -89,6 +95,14 @@ class OpenAIServer(ScriptedReply, FakeHTTPServer):
         if self.fail_status is not None:
             handler.send_json(self.fail_status, _error(self.fail_message, "server_error", None))
             return
+        if self.html_page is not None:
+            page = self.html_page.encode()
+            handler.send_response(200)
+            handler.send_header("Content-Type", "text/html; charset=utf-8")
+            handler.send_header("Content-Length", str(len(page)))
+            handler.end_headers()
+            handler.wfile.write(page)
+            return
         deltas = self.deltas
         finish = "stop"
         limit = body.get("max_tokens") or body.get("max_completion_tokens")
@@ -97,7 +111,7 @@ class OpenAIServer(ScriptedReply, FakeHTTPServer):
         prompt = self.prompt_count(body["messages"])
         usage = {"prompt_tokens": prompt, "completion_tokens": len(deltas), "total_tokens": prompt + len(deltas)}
         model = body.get("model") or self.model
-        if body.get("stream"):
+        if body.get("stream") and not self.ignore_stream:
             wants_usage = bool((body.get("stream_options") or {}).get("include_usage")) and self.include_usage
             self._stream(handler, model, deltas, finish, usage if wants_usage else None)
             return

@@ -145,6 +145,35 @@ def test_upstream_500_releases_everything_and_never_shows_the_key(client, maker,
     assert all(UPSTREAM_KEY not in (r.error or "") for r in rows)
 
 
+def test_an_upstream_page_instead_of_an_answer_is_502_and_charges_nothing(client, maker, settings):
+    with OpenAIServer(html_page="<html>Sign in to the campus network</html>") as upstream:
+        add_online_model(maker, settings, url=upstream.url)
+        user = make_user(maker, settings, tokens=5_000)
+        headers = user_headers(client, user.username)
+        r = client.post("/textModel/chat", json={"dialog": DIALOG, "model": "fake"}, headers=headers)
+        r2 = client.post("/textModel/stream", json={"dialog": DIALOG, "model": "fake"}, headers=headers)
+    for answer in (r, r2):
+        assert answer.status_code == 502, answer.text
+        assert answer.json()["code"] == "MODEL_ERROR" and "not understood" in answer.json()["msg"]
+    assert balance(maker, user.id) == 5_000
+    assert_ledger_consistent(maker, user.id)
+    assert [row.status for row in _usage_rows(maker, user_id=user.id)] == ["error", "error"]
+
+
+def test_an_upstream_that_ignores_stream_still_answers_and_is_charged_its_usage(client, maker, settings):
+    with OpenAIServer(reply="One whole answer", prompt_tokens=12, ignore_stream=True) as upstream:
+        add_online_model(maker, settings, url=upstream.url)
+        user = make_user(maker, settings, tokens=5_000)
+        r = client.post(
+            "/textModel/stream", json={"dialog": DIALOG, "model": "fake"}, headers=user_headers(client, user.username)
+        )
+    assert r.status_code == 200, r.text
+    text, left, _ = parse_like_desktop_client(r.iter_lines(), 5_000)
+    assert text == "One whole answer"
+    assert balance(maker, user.id) == left == 5_000 - (12 + 3)
+    assert_ledger_consistent(maker, user.id)
+
+
 def test_upstream_timeout_is_504_and_releases(client, maker, settings):
     with OpenAIServer(delay_before_first_byte=5) as upstream:
         add_online_model(maker, settings, url=upstream.url, timeout=1)

@@ -44,8 +44,13 @@ def test_stream_yields_deltas_then_upstream_usage():
 
 
 def test_deltas_of_one_read_go_on_as_one_and_a_slow_stream_piece_by_piece():
-    with OpenAIServer("Hello dear class of twenty") as upstream:  # all at once: one read
-        at_once = items(OpenAIChatProvider(base_url=upstream.url, timeout=5).stream(_request()))
+    words = ["Hello", " dear", " class", " of", " twenty"]
+    body = b"".join(_event({"choices": [{"index": 0, "delta": {"content": w}}]}) for w in words) + b"data: [DONE]\n\n"
+    server = RawSSEServer(body, piece=len(body))  # every event in one write: one read, whatever the load
+    try:
+        at_once = items(OpenAIChatProvider(base_url=server.url, timeout=5).stream(_request()))
+    finally:
+        server.close()
     with OpenAIServer("Hello dear class of twenty", chunk_delay=0.05) as upstream:
         slow = items(OpenAIChatProvider(base_url=upstream.url, timeout=5).stream(_request()))
         deltas = upstream.deltas
@@ -390,3 +395,26 @@ def test_a_whole_answer_that_is_not_a_chat_completion_is_a_provider_error(conten
         server.shutdown()
         server.server_close()
     assert "upstream answer not understood" in str(caught.value) and KEY not in str(caught.value)
+
+
+def test_a_stream_request_answered_with_one_whole_completion_is_relayed_as_one_piece():
+    with OpenAIServer("All of it at once", prompt_tokens=6, ignore_stream=True) as upstream:
+        provider = OpenAIChatProvider(base_url=upstream.url, api_key=KEY, timeout=5)
+        events = items(provider.stream(_request()))
+        assert upstream.requests[-1]["json"]["stream"] is True
+        completion = len(upstream.deltas)  # the upstream's own usage, not a count of ours
+    assert events == ["All of it at once", Usage(prompt_tokens=6, completion_tokens=completion)]
+
+
+def test_a_stream_request_answered_with_a_web_page_is_a_provider_error_not_an_empty_answer():
+    with OpenAIServer(html_page="<html><body>Sign in to the campus network</body></html>") as upstream:
+        provider = OpenAIChatProvider(base_url=upstream.url, api_key=KEY, timeout=5)
+        seen: list = []
+
+        async def consume() -> None:
+            async for event in provider.stream(_request()):
+                seen.append(event)
+
+        with pytest.raises(ProviderError, match="not understood: the answer is not an event stream .text/html"):
+            run(consume())
+    assert seen == [REQUEST_SENT]
