@@ -332,23 +332,23 @@ def guarded_transport(
 @overload
 def guarded_transport(
     settings: Settings, *, allow_private: bool, asynchronous: Literal[True], **httpx_transport_kwargs: Any
-) -> httpx.AsyncHTTPTransport: ...
+) -> httpx.AsyncBaseTransport: ...
 @overload
 def guarded_transport(
     settings: Settings, *, allow_private: bool, asynchronous: bool, **httpx_transport_kwargs: Any
-) -> httpx.HTTPTransport | httpx.AsyncHTTPTransport: ...
+) -> httpx.HTTPTransport | httpx.AsyncBaseTransport: ...
 def guarded_transport(
     settings: Settings, *, allow_private: bool, asynchronous: bool, **httpx_transport_kwargs: Any
-) -> httpx.HTTPTransport | httpx.AsyncHTTPTransport:
+) -> httpx.HTTPTransport | httpx.AsyncBaseTransport:
     """An httpx transport (keep-alive pool included) whose every new TCP connection goes to
     an address checked by the guard, resolved once for that connection; Host and TLS name
     stay the URL's host. Refused addresses raise UnsafeURL out of the request (the openai
     SDK wraps it: look at `APIConnectionError.__cause__`). Use it with
     `follow_redirects=False` and `trust_env=False` on the client.
 
-    `httpx_transport_kwargs` go to `httpx.HTTPTransport` / `AsyncHTTPTransport` (verify,
-    limits, retries, http2, ...); a proxy or a unix socket would bypass the pinning and is
-    refused."""
+    `httpx_transport_kwargs` go to `httpx.HTTPTransport` (verify, limits, retries, http2, ...)
+    or, asynchronous, to `asyncio_net.http_transport` (limits, verify); a proxy or a unix
+    socket would bypass the pinning and is refused."""
     for key in ("proxy", "uds"):
         if httpx_transport_kwargs.get(key) is not None:
             raise TypeError(f"guarded_transport does not support {key}=")

@@ -63,81 +63,20 @@ def effective_timeout(provider_timeout: float | None, request_timeout: float | N
 # connections (the gateway bounds them with METEOR_UPSTREAM_CONCURRENCY).
 KEEPALIVE_CONNECTIONS = 1024
 KEEPALIVE_SECONDS = 30.0
-# httpcore's pool walks all its connections on every request start and end (O(open
-# connections)), which profiled at a fifth of the gateway's CPU with 200 open streams; so an
-# upstream's connections are spread over a few independent pools.
-POOL_SHARDS = 8
-
-
-class _ShardedTransport(httpx.AsyncBaseTransport):
-    """Several keep-alive pools behind one transport: a request goes to the pool with the
-    fewest requests in flight (the first on a tie, so sequential requests reuse one
-    connection), and counts until its response is closed."""
-
-    def __init__(self, shards: list[httpx.AsyncBaseTransport]) -> None:
-        self._shards = shards
-        self._in_flight = [0] * len(shards)
-
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        index = min(range(len(self._shards)), key=self._in_flight.__getitem__)
-        self._in_flight[index] += 1
-        done = _Once(lambda: self._in_flight.__setitem__(index, self._in_flight[index] - 1))
-        try:
-            response = await self._shards[index].handle_async_request(request)
-        except BaseException:
-            done()
-            raise
-        response.stream = _CountedStream(response.stream, done)
-        return response
-
-    async def aclose(self) -> None:
-        for shard in self._shards:
-            await shard.aclose()
-
-
-class _Once:
-    def __init__(self, fn: Callable[[], None]) -> None:
-        self._fn: Callable[[], None] | None = fn
-
-    def __call__(self) -> None:
-        fn, self._fn = self._fn, None
-        if fn is not None:
-            fn()
-
-
-class _CountedStream(httpx.AsyncByteStream):
-    def __init__(self, inner: Any, done: _Once) -> None:
-        self._inner = inner
-        self._done = done
-
-    async def __aiter__(self):  # noqa: ANN204 - an async generator
-        async for chunk in self._inner:
-            yield chunk
-
-    async def aclose(self) -> None:
-        try:
-            await self._inner.aclose()
-        finally:
-            self._done()
 
 
 def async_transport(guard: Any = None) -> httpx.AsyncBaseTransport:
-    """The transport under every upstream HTTP client: keep-alive pools (POOL_SHARDS), no
+    """The transport under every upstream HTTP client: one keep-alive pool (`lean_http`: an
+    idle connection is taken in O(1), so the several httpcore pools this needed are gone), no
     retries (the gateway decides), sockets on plain asyncio (`asyncio_net`); with a
     `netguard.Guard`, every new connection goes to the address the SSRF guard checked (no
     re-resolution between check and connect)."""
     limits = httpx.Limits(
-        max_connections=None,
-        max_keepalive_connections=-(-KEEPALIVE_CONNECTIONS // POOL_SHARDS),
-        keepalive_expiry=KEEPALIVE_SECONDS,
+        max_connections=None, max_keepalive_connections=KEEPALIVE_CONNECTIONS, keepalive_expiry=KEEPALIVE_SECONDS
     )
-
-    def shard() -> httpx.AsyncBaseTransport:
-        if guard is not None:
-            return guard.transport(asynchronous=True, limits=limits, retries=0)
-        return http_transport(limits=limits, retries=0)
-
-    return _ShardedTransport([shard() for _ in range(POOL_SHARDS)])
+    if guard is not None:
+        return guard.transport(asynchronous=True, limits=limits, retries=0)
+    return http_transport(limits=limits, retries=0)
 
 
 def async_http_client(*, timeout: float, guard: Any = None, **kwargs: Any) -> httpx.AsyncClient:

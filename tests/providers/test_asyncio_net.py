@@ -151,13 +151,8 @@ def test_a_kept_alive_connection_is_reused_and_one_the_upstream_closed_is_not():
 
 
 def _closed_seen(client: httpx.AsyncClient) -> bool:
-    for shard in client._transport._shards:  # type: ignore[attr-defined]
-        for connection in shard._pool.connections:
-            if connection.is_idle() and connection._connection is not None:
-                stream = connection._connection._network_stream
-                if stream.get_extra_info("is_readable"):
-                    return True
-    return False
+    idle = client._transport._idle  # type: ignore[attr-defined]
+    return any(connection.stream.get_extra_info("is_readable") for kept in idle.values() for connection in kept)
 
 
 def test_nobody_listening_is_a_connect_error():
@@ -188,3 +183,86 @@ def test_a_close_the_loop_has_not_delivered_yet_still_marks_the_connection_stale
             return stale
 
         assert asyncio.run(check()) is True
+
+
+def read_chunked_request(conn: socket.socket) -> tuple[bytes, bytes]:
+    """A request whose body is chunked: (head, the body decoded)."""
+    data = b""
+    while b"0\r\n\r\n" not in data:
+        piece = conn.recv(65536)
+        if not piece:
+            break
+        data += piece
+    head, _, rest = data.partition(b"\r\n\r\n")
+    body = b""
+    while rest:
+        size_line, _, rest = rest.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            break
+        body, rest = body + rest[:size], rest[size + 2 :]
+    return head, body
+
+
+def test_an_answer_that_ends_with_the_connection_is_read_whole_and_its_connection_not_kept():
+    peers: list[int] = []
+
+    def until_close(conn: socket.socket) -> None:
+        peers.append(conn.getpeername()[1])
+        read_request(conn)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n" + b"y" * 70_000)
+
+    async def twice(client: httpx.AsyncClient) -> list[int]:
+        return [len((await client.get(url)).content) for _ in range(2)]
+
+    with raw_server(until_close) as url:
+        assert run(twice) == [70_000, 70_000]
+    assert len(peers) == 2
+
+
+def test_a_streamed_request_body_goes_chunked_and_an_interim_answer_is_skipped():
+    seen: dict[str, bytes] = {}
+
+    def continue_then_echo(conn: socket.socket) -> None:
+        seen["head"], seen["body"] = read_chunked_request(conn)
+        conn.sendall(b"HTTP/1.1 100 Continue\r\n\r\n" + answer(b"got %d" % len(seen["body"])))
+
+    async def parts():
+        for i in range(5):
+            yield b"part %d;" % i
+
+    async def send(client: httpx.AsyncClient) -> tuple[int, str]:
+        response = await client.post(url, content=parts())
+        return response.status_code, response.text
+
+    with raw_server(continue_then_echo) as url:
+        assert run(send) == (200, "got 35")
+    assert seen["body"] == b"part 0;part 1;part 2;part 3;part 4;"
+    assert b"transfer-encoding: chunked" in seen["head"].lower()
+
+
+def test_a_kept_alive_connection_closed_as_the_request_goes_out_is_tried_once_more_on_a_new_one():
+    """The upstream closes an idle connection just as a request is sent on it (no check
+    before reuse can see that coming): the request goes again on a fresh connection; a fresh
+    connection closed without an answer is an error, not a loop."""
+    served: list[str] = []
+
+    def once_then_drop(conn: socket.socket) -> None:
+        read_request(conn)
+        conn.sendall(answer(b"first"))
+        served.append("first")
+        if read_request(conn):  # the next request arrives ... and the upstream closes without a word
+            served.append("dropped")
+
+    async def two(client: httpx.AsyncClient) -> list[str]:
+        return [(await client.post(url, content=b"q")).text for _ in range(2)]
+
+    with raw_server(once_then_drop) as url:
+        assert run(two) == ["first", "first"]  # the second went out twice: dropped, then answered
+    assert served == ["first", "dropped", "first"]
+
+    def always_drop(conn: socket.socket) -> None:
+        read_request(conn)
+
+    with raw_server(always_drop) as url, pytest.raises(httpx.RemoteProtocolError):
+        run(lambda client: client.post(url, content=b"q"))

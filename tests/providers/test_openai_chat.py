@@ -288,7 +288,9 @@ def test_hand_made_sse_is_decoded_whatever_its_line_ends_and_splits_and_the_conn
         first, second = run(twice())
     finally:
         server.close()
-    assert first == second == ["Hel", "lo", " class", Usage(prompt_tokens=4, completion_tokens=3)]
+    # how the pieces group depends on what each network read holds; their text and the usage do not
+    for events in (first, second):
+        assert "".join(events[:-1]) == "Hello class" and events[-1] == Usage(prompt_tokens=4, completion_tokens=3)
     assert server.accepted == 1  # what followed [DONE] was read, so the keep-alive connection was reused
 
 
