@@ -1,4 +1,5 @@
-"""httpcore's network layer on plain asyncio: the sockets under every upstream HTTP client.
+"""The sockets under every upstream HTTP client (`lean_http`), on plain asyncio, behind
+httpcore's network-stream interface (which the SSRF guard's backend wraps too).
 
 httpcore's own async backend goes through anyio, which for every read of a streamed answer
 enters a cancel scope (`fail_after`) and yields to the loop once more before receiving
@@ -198,8 +199,8 @@ class AsyncioStream(httpcore.AsyncNetworkStream):
             # Under load the loop may not have delivered the peer's close yet, so the socket is
             # asked too — only once the peer has been quiet for QUIET_BEFORE_POLL (servers close
             # kept-alive connections after seconds of silence), and at most every POLL_INTERVAL:
-            # httpcore asks every idle connection of the pool on every request, and a poll each
-            # profiled at a tenth of the loop at c = 200.
+            # a poll on every reuse profiled at a tenth of the loop at c = 200 (under httpcore,
+            # which asked every idle connection of its pool; lean_http asks the one it takes).
             now = time.monotonic()
             if now - connection.heard_at < QUIET_BEFORE_POLL or now - connection.polled_at < POLL_INTERVAL:
                 return False

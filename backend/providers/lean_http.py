@@ -130,12 +130,12 @@ class LeanTransport(httpx.AsyncBaseTransport):
             raise httpx.UnsupportedProtocol(f"an upstream is reached over http or https, not {url.scheme!r}")
         origin = (url.raw_scheme, url.raw_host, url.port or (443 if url.scheme == "https" else 80))
         timeouts = request.extensions.get("timeout", {})
-        reused = True
+        pooled = True  # the first try takes a kept-alive connection if there is one
         while True:
             try:
-                connection = await self._take(origin) if reused else None
+                connection = await self._take(origin) if pooled else None
                 if connection is None:
-                    reused, connection = False, await self._connect(origin, timeouts)
+                    pooled, connection = False, await self._connect(origin, timeouts)
             except Exception as exc:
                 raise _as_httpx(exc, request) from None
             parser_target = _Answer()
@@ -146,8 +146,8 @@ class LeanTransport(httpx.AsyncBaseTransport):
                 break
             except BaseException as exc:
                 await connection.close()
-                if reused and isinstance(exc, _Unanswered) and isinstance(request.stream, httpx.ByteStream):
-                    reused = False  # a kept-alive connection the upstream had closed: once more on a new one
+                if pooled and isinstance(exc, _Unanswered) and isinstance(request.stream, httpx.ByteStream):
+                    pooled = False  # a kept-alive connection the upstream had closed: once more on a new one
                     continue
                 if isinstance(exc, Exception):
                     raise _as_httpx(exc, request) from None
