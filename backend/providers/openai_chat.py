@@ -33,7 +33,14 @@ import openai
 from backend.providers.base import REQUEST_SENT, ChatEvent, ChatRequest, ProviderError, ProviderTimeout, Usage
 from backend.providers.netguard import UnsafeURL
 from backend.providers.params import to_openai_fields
-from backend.providers.upstream import PerLoop, UpstreamHTTPError, async_http_client, effective_timeout, short_cause
+from backend.providers.upstream import (
+    PerLoop,
+    UpstreamHTTPError,
+    async_http_client,
+    async_transport,
+    effective_timeout,
+    short_cause,
+)
 
 NO_KEY = "no-key"  # the SDK insists on a key; keyless local servers ignore it
 DRAIN_SECONDS = 1.0  # reading what follows [DONE], so the keep-alive connection can be reused
@@ -127,7 +134,7 @@ class StreamError(Exception):
 @dataclass(frozen=True)
 class _Clients:
     sdk: openai.AsyncOpenAI  # the non-streaming calls
-    http: httpx.AsyncClient  # the same pooled client, for the streamed chat
+    transport: httpx.AsyncBaseTransport  # the SDK client's pool, which the streamed chat uses directly
 
 
 class OpenAIChatProvider:
@@ -157,11 +164,13 @@ class OpenAIChatProvider:
             "Authorization": f"Bearer {self._api_key or NO_KEY}",
             "Content-Type": "application/json",
             "Accept": "text/event-stream",
+            "User-Agent": "Meteor",
         }
 
     def _new_client(self) -> _Clients:
         timeout = self.timeout or 30.0
-        http = async_http_client(timeout=timeout, guard=self._guard)
+        transport = async_transport(self._guard)
+        http = async_http_client(timeout=timeout, transport=transport)
         sdk = openai.AsyncOpenAI(
             base_url=self.base_url,
             api_key=self._api_key or NO_KEY,
@@ -170,7 +179,7 @@ class OpenAIChatProvider:
             # openai types http_client as httpx2.AsyncClient but also takes an httpx one (is_legacy_httpx_async_client)
             http_client=http,  # type: ignore[arg-type]
         )
-        return _Clients(sdk, http)
+        return _Clients(sdk, transport)
 
     def __repr__(self) -> str:  # never show the key
         return f"OpenAIChatProvider(base_url={self.base_url!r})"
@@ -211,19 +220,22 @@ class OpenAIChatProvider:
         return await create(**fields, timeout=effective_timeout(self.timeout, request.timeout))
 
     async def _open_stream(self, request: ChatRequest) -> httpx.Response:
-        """POST /chat/completions on the SDK's pooled client, built here: the SDK's request
-        building (options, headers merged three times, an idempotency key, the URL parsed
-        again) profiled at about a fifth of the event loop's time per chat. An HTTP error
+        """POST /chat/completions straight to the SDK client's pooled transport: the SDK's
+        request building (options, headers merged three times, an idempotency key, the URL
+        parsed again) profiled at about a fifth of the event loop's time per chat, and httpx's
+        client layers on top of the transport (header merging, auth and redirect hooks, the
+        cookie jar parsing every answer) at about a tenth more. Nothing of theirs applies: no
+        redirect is followed anyway, and an upstream's cookies are never kept. An HTTP error
         raises UpstreamHTTPError with the upstream's own message."""
-        http = self._clients.get().http
-        sent = http.build_request(
+        timeout = effective_timeout(self.timeout, request.timeout)
+        sent = httpx.Request(
             "POST",
             self._chat_url,
             content=json.dumps(self._fields(request, stream=True)).encode(),
             headers=self._stream_headers,
-            timeout=effective_timeout(self.timeout, request.timeout),
+            extensions={"timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}},
         )
-        response = await http.send(sent, stream=True)
+        response = await self._clients.get().transport.handle_async_request(sent)
         if not response.is_success:  # a redirect too: none is followed
             body = b""
             try:

@@ -79,15 +79,17 @@ def async_transport(guard: Any = None) -> httpx.AsyncBaseTransport:
     return http_transport(limits=limits, retries=0)
 
 
-def async_http_client(*, timeout: float, guard: Any = None, **kwargs: Any) -> httpx.AsyncClient:
-    """The one way an upstream HTTP client is built: over `async_transport()`, and no redirect
-    ever followed (an allowed upstream must not bounce a request to a forbidden address).
-    `kwargs` go to httpx.AsyncClient."""
+def async_http_client(
+    *, timeout: float, guard: Any = None, transport: httpx.AsyncBaseTransport | None = None, **kwargs: Any
+) -> httpx.AsyncClient:
+    """The one way an upstream HTTP client is built: over `async_transport(guard)` (or the one
+    given, made by it), and no redirect ever followed (an allowed upstream must not bounce a
+    request to a forbidden address). `kwargs` go to httpx.AsyncClient."""
     return httpx.AsyncClient(
         timeout=httpx.Timeout(timeout),
         follow_redirects=False,
         trust_env=False,
-        transport=async_transport(guard),
+        transport=transport or async_transport(guard),
         **kwargs,
     )
 
