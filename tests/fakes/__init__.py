@@ -114,9 +114,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     # helpers the fakes use
     def send_json(self, status: int, payload: Any) -> None:
-        data = json.dumps(payload).encode()
+        self.send_bytes(status, "application/json", json.dumps(payload).encode())
+
+    def send_bytes(self, status: int, content_type: str, data: bytes) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)

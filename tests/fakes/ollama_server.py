@@ -64,12 +64,7 @@ class OllamaServer(ScriptedReply, FakeHTTPServer):
     def handle(self, handler: _Handler, method: str, body: Any) -> None:
         path = handler.path.split("?")[0].rstrip("/")
         if method == "GET" and path == "":
-            data = b"Ollama is running"
-            handler.send_response(200)
-            handler.send_header("Content-Type", "text/plain")
-            handler.send_header("Content-Length", str(len(data)))
-            handler.end_headers()
-            handler.wfile.write(data)
+            handler.send_bytes(200, "text/plain", b"Ollama is running")
             return
         if method == "GET" and path == "/api/tags":
             names = self.models if self.models is not None else [self.model]

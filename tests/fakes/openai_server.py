@@ -96,12 +96,7 @@ class OpenAIServer(ScriptedReply, FakeHTTPServer):
             handler.send_json(self.fail_status, _error(self.fail_message, "server_error", None))
             return
         if self.html_page is not None:
-            page = self.html_page.encode()
-            handler.send_response(200)
-            handler.send_header("Content-Type", "text/html; charset=utf-8")
-            handler.send_header("Content-Length", str(len(page)))
-            handler.end_headers()
-            handler.wfile.write(page)
+            handler.send_bytes(200, "text/html; charset=utf-8", self.html_page.encode())
             return
         deltas = self.deltas
         finish = "stop"

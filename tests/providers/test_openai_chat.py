@@ -6,6 +6,9 @@ import json
 import socket
 import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -316,6 +319,27 @@ def test_an_error_object_in_a_hand_made_stream_is_a_provider_error_after_the_del
     assert "partial" in seen
 
 
+@contextmanager
+def answering(answer: Callable[[BaseHTTPRequestHandler], None]) -> Iterator[OpenAIChatProvider]:
+    """A provider whose upstream reads every POST's body, then lets `answer(handler)` reply."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            answer(self)
+
+        def log_message(self, *_args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield OpenAIChatProvider(base_url=f"http://127.0.0.1:{server.server_port}/v1", api_key=KEY, timeout=5)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 @pytest.mark.parametrize(
     ("status", "extra_headers", "body"),
     [
@@ -325,37 +349,24 @@ def test_an_error_object_in_a_hand_made_stream_is_a_provider_error_after_the_del
 )
 def test_a_redirect_or_a_huge_error_answer_to_a_stream_is_an_upstream_http_error(status, extra_headers, body):
     """No redirect is followed, and an error answer is read only as far as its message."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            self.send_response(status)
-            for name, value in extra_headers:
-                self.send_header(name, value)
-            endless = status == 500
-            self.send_header("Content-Length", str(2**40 if endless else len(body)))
-            self.end_headers()
-            deadline = time.monotonic() + 20  # a client that read it all would fail on the short body
-            try:
-                self.wfile.write(body)
-                while endless and time.monotonic() < deadline:
-                    self.wfile.write(b" " * 65536)
-            except OSError:  # the client stopped reading: that is the point
-                pass
-
-        def log_message(self, *_args) -> None:
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(status)
+        for name, value in extra_headers:
+            handler.send_header(name, value)
+        endless = status == 500
+        handler.send_header("Content-Length", str(2**40 if endless else len(body)))
+        handler.end_headers()
+        deadline = time.monotonic() + 20  # a client that read it all would fail on the short body
+        try:
+            handler.wfile.write(body)
+            while endless and time.monotonic() < deadline:
+                handler.wfile.write(b" " * 65536)
+        except OSError:  # the client stopped reading: that is the point
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        provider = OpenAIChatProvider(base_url=f"http://127.0.0.1:{server.server_port}/v1", api_key=KEY, timeout=5)
-        with pytest.raises(UpstreamHTTPError) as caught:
-            items(provider.stream(_request()))
-    finally:
-        server.shutdown()
-        server.server_close()
+    with answering(answer) as provider, pytest.raises(UpstreamHTTPError) as caught:
+        items(provider.stream(_request()))
     assert caught.value.upstream_status == status and f"HTTP {status}" in str(caught.value)
     if status == 500:
         assert "overloaded" in str(caught.value) and len(str(caught.value)) < 1000
@@ -373,29 +384,16 @@ def test_a_redirect_or_a_huge_error_answer_to_a_stream_is_an_upstream_http_error
 def test_a_whole_answer_that_is_not_a_chat_completion_is_a_provider_error(content_type, body):
     """A 200 that is no chat completion (a captive portal's page, a wrong shape) is the
     upstream's fault, said as such — not an AttributeError out of the provider."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server's name
-            self.rfile.read(int(self.headers.get("Content-Length", 0)))
-            self.send_response(200)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+    def answer(handler: BaseHTTPRequestHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", content_type)
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
 
-        def log_message(self, *_args) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        provider = OpenAIChatProvider(base_url=f"http://127.0.0.1:{server.server_port}/v1", api_key=KEY, timeout=5)
-        with pytest.raises(ProviderError) as caught:
-            run(provider.complete(_request()))
-    finally:
-        server.shutdown()
-        server.server_close()
+    with answering(answer) as provider, pytest.raises(ProviderError) as caught:
+        run(provider.complete(_request()))
     assert "upstream answer not understood" in str(caught.value) and KEY not in str(caught.value)
 
 
