@@ -242,31 +242,6 @@ class AsyncioBackend(httpcore.AsyncNetworkBackend):
         await asyncio.sleep(seconds)
 
 
-def http_transport(
-    backend: httpcore.AsyncNetworkBackend | None = None, **httpx_transport_kwargs: Any
-) -> httpx.AsyncBaseTransport:
-    """The transport (keep-alive pool included) under an upstream client: HTTP/1.1 on
-    httptools (`lean_http`) over `backend`, by default plain `AsyncioBackend` sockets. Takes
-    httpx.AsyncHTTPTransport's `limits`, `retries` (0: the gateway decides) and `verify`
-    (an SSLContext); anything else it does not do is refused."""
-    from backend.providers.lean_http import LeanTransport
-
-    limits = httpx_transport_kwargs.pop("limits", None) or httpx.Limits()
-    verify = httpx_transport_kwargs.pop("verify", None)
-    if httpx_transport_kwargs.pop("retries", 0):
-        raise TypeError("upstream transports never retry: the gateway decides")
-    if httpx_transport_kwargs:
-        raise TypeError(f"the upstream transport does not take {', '.join(sorted(httpx_transport_kwargs))}")
-    if verify is not None and not isinstance(verify, ssl.SSLContext):
-        raise TypeError("verify= takes an ssl.SSLContext here")
-    return LeanTransport(
-        backend or AsyncioBackend(),
-        ssl_context=verify,
-        max_keepalive=limits.max_keepalive_connections or 128,
-        keepalive_expiry=limits.keepalive_expiry if limits.keepalive_expiry is not None else 30.0,
-    )
-
-
 @functools.cache
 def default_ssl_context() -> ssl.SSLContext:
     """httpx's default (certifi) context, made once: each transport made its own, loading the

@@ -20,6 +20,7 @@ What it does, and no more (it is the upstreams' client, not a general one):
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -52,6 +53,30 @@ def _as_httpx(exc: Exception, request: httpx.Request) -> Exception:
             error.__cause__ = exc
             return error
     return exc
+
+
+def http_transport(
+    backend: httpcore.AsyncNetworkBackend | None = None, **httpx_transport_kwargs: Any
+) -> httpx.AsyncBaseTransport:
+    """The transport (keep-alive pool included) under an upstream client, over `backend`, by
+    default plain `AsyncioBackend` sockets. Takes httpx.AsyncHTTPTransport's `limits`,
+    `retries` (0: the gateway decides) and `verify` (an SSLContext); anything else it does
+    not do is refused."""
+    limits = httpx_transport_kwargs.pop("limits", None) or httpx.Limits()
+    verify = httpx_transport_kwargs.pop("verify", None)
+    if httpx_transport_kwargs.pop("retries", 0):
+        raise TypeError("upstream transports never retry: the gateway decides")
+    if httpx_transport_kwargs:
+        raise TypeError(f"the upstream transport does not take {', '.join(sorted(httpx_transport_kwargs))}")
+    if verify is not None and not isinstance(verify, ssl.SSLContext):
+        raise TypeError("verify= takes an ssl.SSLContext here")
+    kept = limits.max_keepalive_connections
+    return LeanTransport(
+        backend or AsyncioBackend(),
+        ssl_context=verify,
+        max_keepalive=128 if kept is None else kept,
+        keepalive_expiry=30.0 if limits.keepalive_expiry is None else limits.keepalive_expiry,
+    )
 
 
 class _Answer:
@@ -269,7 +294,6 @@ class _Body(httpx.AsyncByteStream):
     ) -> None:
         self._pool, self._origin, self._connection = pool, origin, connection
         self._parser, self._answer, self._timeout, self._request = parser, answer, timeout, request
-        self._until_close = False
         self._done = False
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
@@ -282,30 +306,31 @@ class _Body(httpx.AsyncByteStream):
                 if answer.complete:
                     break
                 data = await stream.read(READ_BYTES, self._timeout)
-                if not data:
+                if not data:  # the end of an answer framed by the close; else one cut short
                     if answer.keep_alive or not self._reads_until_close():
                         raise httpcore.RemoteProtocolError("the upstream closed the connection mid-answer")
-                    self._until_close = True
                     break
                 _feed(self._parser, data)
         except Exception as exc:
-            await self._finish(reusable=False)
+            await self._finish()
             raise _as_httpx(exc, self._request) from None
-        await self._finish(reusable=not self._until_close)
+        await self._finish()
 
     def _reads_until_close(self) -> bool:
         """An answer with neither a Content-Length nor chunked framing ends when the peer closes."""
         names = {name.lower() for name, _ in self._answer.headers}
         return b"content-length" not in names and b"transfer-encoding" not in names
 
-    async def _finish(self, *, reusable: bool) -> None:
+    async def _finish(self) -> None:
+        """Back to the pool when the whole answer was read and the connection may carry
+        another (an answer ended by the close, cut short or left unread never is)."""
         if self._done:
             return
         self._done = True
         answer = self._answer
-        keep = reusable and answer.complete and not answer.extra and answer.keep_alive
+        keep = answer.complete and not answer.extra and answer.keep_alive
         if not (keep and self._pool._release(self._origin, self._connection)):
             await self._connection.close()
 
     async def aclose(self) -> None:
-        await self._finish(reusable=False)  # read to its end, it was released already
+        await self._finish()

@@ -47,7 +47,8 @@ import httpx
 
 from backend.config import Settings
 from backend.errors import ServiceError
-from backend.providers.asyncio_net import AsyncioBackend, http_transport
+from backend.providers.asyncio_net import AsyncioBackend
+from backend.providers.lean_http import http_transport
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -347,7 +348,7 @@ def guarded_transport(
     `follow_redirects=False` and `trust_env=False` on the client.
 
     `httpx_transport_kwargs` go to `httpx.HTTPTransport` (verify, limits, retries, http2, ...)
-    or, asynchronous, to `asyncio_net.http_transport` (limits, verify); a proxy or a unix
+    or, asynchronous, to `lean_http.http_transport` (limits, verify); a proxy or a unix
     socket would bypass the pinning and is refused."""
     for key in ("proxy", "uds"):
         if httpx_transport_kwargs.get(key) is not None:

@@ -227,13 +227,12 @@ class OpenAIChatProvider:
         cookie jar parsing every answer) at about a tenth more. Nothing of theirs applies: no
         redirect is followed anyway, and an upstream's cookies are never kept. An HTTP error
         raises UpstreamHTTPError with the upstream's own message."""
-        timeout = effective_timeout(self.timeout, request.timeout)
         sent = httpx.Request(
             "POST",
             self._chat_url,
             content=json.dumps(self._fields(request, stream=True)).encode(),
             headers=self._stream_headers,
-            extensions={"timeout": {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}},
+            extensions={"timeout": httpx.Timeout(effective_timeout(self.timeout, request.timeout)).as_dict()},
         )
         response = await self._clients.get().transport.handle_async_request(sent)
         if not response.is_success:  # a redirect too: none is followed

@@ -12,8 +12,8 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
-from backend.providers.asyncio_net import http_transport
 from backend.providers.base import ProviderError
+from backend.providers.lean_http import http_transport
 
 T = TypeVar("T")
 MAX_CAUSE_CHARS = 200
