@@ -87,7 +87,8 @@ def create_app(settings: Settings | None = None, *, playground: bool = True) -> 
     envelope.install(app)
     app.add_middleware(GetBodyAsQuery)
     app.add_middleware(BodyLimit, settings=settings)  # counts the body before anyone reads it (only CORS is outside)
-    for module in (auth, admin, user, text_api, keys, openai_compat, media, conversations, models, sysuser, policy):
+    # the chat paths first: a request is matched against the routes in this order
+    for module in (text_api, openai_compat, auth, admin, user, keys, media, conversations, models, sysuser, policy):
         app.include_router(module.router)
 
     @app.get("/healthz", tags=["health"])

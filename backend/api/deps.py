@@ -24,7 +24,8 @@ from backend.errors import ServiceError, forbidden, unauthorized
 from db.models import Admin, User
 
 
-def get_settings(request: Request) -> Settings:
+async def get_settings(request: Request) -> Settings:
+    # async: FastAPI runs a plain `def` dependency in its thread pool, a hop per request
     return request.app.state.settings
 
 

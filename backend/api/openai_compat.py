@@ -9,12 +9,12 @@ or the `X-Conversation-Id` header.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Annotated, Any, Literal
 
+import orjson
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,6 +28,7 @@ from backend.api.text import (
     MAX_TURN_CHARS,
     MAX_TURNS,
     ChatStreamResponse,
+    LastChunk,
     answer_whole,
     check_dialog,
     events,
@@ -141,7 +142,7 @@ def _chunk(call: ChatCall, created: int, delta: dict[str, Any], finish: str | No
 
 
 def _sse(data: dict[str, Any] | str) -> bytes:
-    return f"data: {data if isinstance(data, str) else json.dumps(data, ensure_ascii=False)}\n\n".encode()
+    return b"data: " + (data.encode() if isinstance(data, str) else orjson.dumps(data)) + b"\n\n"
 
 
 _MARK = "\x00delta\x00"
@@ -150,7 +151,7 @@ _MARK = "\x00delta\x00"
 def _delta_frame(call: ChatCall, created: int) -> tuple[bytes, bytes]:
     """A delta's event is this prefix, the text as JSON, this suffix: built once per call
     rather than a dict serialised per delta (a stream sends dozens)."""
-    prefix, _, suffix = _sse(_chunk(call, created, {"content": _MARK}, None)).partition(json.dumps(_MARK).encode())
+    prefix, _, suffix = _sse(_chunk(call, created, {"content": _MARK}, None)).partition(orjson.dumps(_MARK))
     return prefix, suffix
 
 
@@ -158,20 +159,24 @@ async def sse_chunks(call: ChatCall, include_usage: bool) -> AsyncIterator[bytes
     """The chat as OpenAI `chat.completion.chunk` events, then `[DONE]`."""
     created = int(time.time())
     prefix, suffix = _delta_frame(call, created)
-    yield _sse(_chunk(call, created, {"role": "assistant", "content": ""}, None))
+    # the role's event goes with the first piece (already primed), the ending's in one LastChunk
+    head = _sse(_chunk(call, created, {"role": "assistant", "content": ""}, None))
     async for event in events(call):
         if isinstance(event, str):
-            yield prefix + json.dumps(event, ensure_ascii=False).encode() + suffix
+            yield head + prefix + orjson.dumps(event) + suffix
+            head = b""
         elif isinstance(event, ChatResult):
-            yield _sse(_chunk(call, created, {}, event.finish_reason))
+            tail = [head, _sse(_chunk(call, created, {}, event.finish_reason))]
             if include_usage:
                 final = _chunk(call, created, {}, None)
                 final["choices"] = []
                 final["usage"] = _usage(event)
-                yield _sse(final)
-            yield _sse("[DONE]")
+                tail.append(_sse(final))
+            tail.append(_sse("[DONE]"))
+            yield LastChunk(b"".join(tail))
         else:
-            yield _sse({"error": {"message": event.message, "type": "api_error", "code": event.code, "param": None}})
+            error = {"error": {"message": event.message, "type": "api_error", "code": event.code, "param": None}}
+            yield LastChunk(head + _sse(error))
 
 
 @router.get("/v1/models", **openai.answers(openai.ModelList))

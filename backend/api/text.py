@@ -93,13 +93,29 @@ async def events(call: ChatCall) -> AsyncIterator[str | ChatResult | ChatFailed]
         yield exc
 
 
+class LastChunk(bytes):
+    """A stream's last piece: it goes out with the end of the body, in the same write."""
+
+
 class ChatStreamResponse(StreamingResponse):
     """A streamed chat that, however the response ends (finished, client gone, cancelled),
-    closes its call: what was not delivered is released."""
+    closes its call: what was not delivered is released. Its frames go out as they come;
+    a `LastChunk` ends the body with it (each body message is a socket write, and a write
+    to a local client profiled at about a tenth of the event loop's time per chat)."""
 
     def __init__(self, content: AsyncIterator[str] | AsyncIterator[bytes], call: ChatCall, **kwargs: Any) -> None:
         super().__init__(content, **kwargs)
         self.call = call
+
+    async def stream_response(self, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers})
+        ended = False
+        async for chunk in self.body_iterator:
+            body = chunk if isinstance(chunk, bytes | memoryview) else chunk.encode(self.charset)
+            ended = isinstance(chunk, LastChunk)
+            await send({"type": "http.response.body", "body": body, "more_body": not ended})
+        if not ended:
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -175,15 +191,16 @@ async def spark_frames(call: ChatCall) -> AsyncIterator[str]:
             yield spark_frame(sid, 0 if seq == 0 else 1, seq, event)
             seq += 1
         elif isinstance(event, ChatResult):
-            yield spark_frame(
+            last = spark_frame(
                 sid,
                 2,
                 seq,
                 usage=(event.billed_prompt_tokens, event.billed_completion_tokens),
                 extra_header={"conversation_id": event.conversation_id},
             )
+            yield LastChunk(last.encode())
         else:
-            yield spark_frame(
+            last = spark_frame(
                 sid,
                 2,
                 seq,
@@ -191,6 +208,7 @@ async def spark_frames(call: ChatCall) -> AsyncIterator[str]:
                 message=f"{event.code}: {event.message}",
                 usage=(0, event.charged_tokens),
             )
+            yield LastChunk(last.encode())
 
 
 # --- endpoints --------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from typing import Any
 import anyio
 import httpx
 import openai
+import orjson
 
 from backend.providers.base import REQUEST_SENT, ChatEvent, ChatRequest, ProviderError, ProviderTimeout, Usage
 from backend.providers.netguard import UnsafeURL
@@ -50,7 +51,7 @@ _BROKEN = (httpx.RequestError, ssl.SSLError, anyio.EndOfStream)
 
 
 async def sse_chunks(response: httpx.Response) -> AsyncGenerator[list[Any], None]:
-    """A streamed answer's Server-Sent Events, each event's data parsed once with `json.loads`
+    """A streamed answer's Server-Sent Events, each event's data parsed once with `orjson.loads`
     and left as a dict, in lists: the events of one network read together (an upstream that
     answers at once sends them all in one). Lines are split over the body's bytes; what follows
     `[DONE]` is drained, so the keep-alive connection can be reused. An `error` object in the
@@ -80,7 +81,7 @@ async def sse_chunks(response: httpx.Response) -> AsyncGenerator[list[Any], None
                             async for _ in body:
                                 pass
                         return
-                    chunk = json.loads(event)
+                    chunk = orjson.loads(event)  # a fraction of json's cost per delta
                     if isinstance(chunk, dict) and chunk.get("error"):
                         if read:
                             yield read
@@ -230,7 +231,7 @@ class OpenAIChatProvider:
         sent = httpx.Request(
             "POST",
             self._chat_url,
-            content=json.dumps(self._fields(request, stream=True)).encode(),
+            content=orjson.dumps(self._fields(request, stream=True)),
             headers=self._stream_headers,
             extensions={"timeout": httpx.Timeout(effective_timeout(self.timeout, request.timeout)).as_dict()},
         )
