@@ -735,9 +735,9 @@ class ChatCall:
     async def aclose(self) -> None:
         """Stop early (idempotent): the prompt is owed once the request went upstream, plus
         the completion tokens delivered; the rest of the reservation flows back."""
+        if self._finished:  # every streamed response closes its call; most have ended by then
+            return
         with anyio.CancelScope(shield=True):
-            if self._finished:
-                return
             upstream, self._upstream = self._upstream, None
             if upstream is not None:
                 try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import threading
@@ -215,8 +216,9 @@ class RawSSEServer:
     connection: CRLF line ends, a comment, `data:` with and without its space, one event's
     data over two lines, events split across writes. Counts the connections it accepted."""
 
-    def __init__(self, body: bytes, piece: int = 7) -> None:
-        self.body, self.piece, self.accepted = body, piece, 0
+    def __init__(self, body: bytes, piece: int = 7, gzipped: bool = False) -> None:
+        self.body, self.piece, self.accepted = (gzip.compress(body) if gzipped else body), piece, 0
+        self.encoding = b"Content-Encoding: gzip\r\n" if gzipped else b""
         self._sock = socket.create_server(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}/v1"
         threading.Thread(target=self._serve, daemon=True).start()
@@ -255,7 +257,8 @@ class RawSSEServer:
         reader.read(length or 0)
         conn.sendall(
             b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n"
-            b"Connection: keep-alive\r\n\r\n"
+            + self.encoding
+            + b"Connection: keep-alive\r\n\r\n"
         )
         for i in range(0, len(self.body), self.piece):
             part = self.body[i : i + self.piece]
@@ -295,6 +298,18 @@ def test_hand_made_sse_is_decoded_whatever_its_line_ends_and_splits_and_the_conn
     for events in (first, second):
         assert "".join(events[:-1]) == "Hello class" and events[-1] == Usage(prompt_tokens=4, completion_tokens=3)
     assert server.accepted == 1  # what followed [DONE] was read, so the keep-alive connection was reused
+
+
+def test_a_gzipped_event_stream_is_decoded():
+    # the provider reads the transport's bytes itself unless the body is content-encoded
+    words = ["Compressed", " events", " still", " arrive"]
+    body = b"".join(_event({"choices": [{"index": 0, "delta": {"content": w}}]}) for w in words) + b"data: [DONE]\n\n"
+    server = RawSSEServer(body, piece=9, gzipped=True)
+    try:
+        events = items(OpenAIChatProvider(base_url=server.url, timeout=5).stream(_request()))
+    finally:
+        server.close()
+    assert "".join(e for e in events if isinstance(e, str)) == "Compressed events still arrive"
 
 
 def test_an_error_object_in_a_hand_made_stream_is_a_provider_error_after_the_deltas():
