@@ -105,7 +105,7 @@ class ChatStreamResponse(StreamingResponse):
     a `LastChunk` ends the body with it (each body message is a socket write, and a write
     to a local client profiled at about a tenth of the event loop's time per chat)."""
 
-    def __init__(self, content: AsyncIterator[str] | AsyncIterator[bytes], call: ChatCall, **kwargs: Any) -> None:
+    def __init__(self, content: AsyncIterator[str | bytes], call: ChatCall, **kwargs: Any) -> None:
         super().__init__(content, **kwargs)
         self.call = call
 
@@ -202,7 +202,7 @@ def spark_frame(
     return json.dumps(frame, ensure_ascii=False) + "\n"
 
 
-async def spark_frames(call: ChatCall) -> AsyncIterator[str]:
+async def spark_frames(call: ChatCall) -> AsyncIterator[str | bytes]:
     """The chat as seed frames: status 0 first, 1 after, 2 last with the usage charged."""
     sid = call.request_id
     seq = 0
