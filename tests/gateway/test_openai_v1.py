@@ -3,6 +3,8 @@ per-user API keys (expiry, revocation, allow-list) and their management endpoint
 
 from __future__ import annotations
 
+import asyncio
+import json
 from datetime import UTC, datetime, timedelta
 
 import openai
@@ -271,3 +273,65 @@ def test_a_warm_key_check_reads_nothing_and_a_revocation_or_a_disabled_account_i
     with maker.begin() as s:
         accounts.modify_user(s, settings, target_username=user.username, actor="admin:test", new_status="disabled")
     assert client.post("/v1/chat/completions", json=ask, headers=other).status_code == 403
+
+
+@pytest.mark.committed  # the chat's database threads
+def test_a_stream_sends_its_role_with_the_first_piece_and_its_ending_with_the_end_of_the_body(
+    app, client, maker, settings, upstream
+):
+    """Each body message is a socket write: the role event rides with the first piece, and the
+    finish, usage and [DONE] events end the body in one message (no empty terminator after)."""
+    add_online_model(maker, settings, url=upstream.url)
+    user = make_user(maker, settings, tokens=10_000)
+    key = _new_key(client, user_headers(client, user.username))
+    body = json.dumps(
+        {
+            "model": "fake",
+            "messages": [{"role": "user", "content": "hi"}],
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        }
+    ).encode()
+    headers = [(b"authorization", f"Bearer {key}".encode()), (b"content-type", b"application/json")]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [*headers, (b"content-length", str(len(body)).encode())],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+    sent: list[dict] = []
+
+    async def exchange() -> None:
+        ended = asyncio.Event()
+        requests = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict:
+            if requests:
+                return requests.pop()
+            await ended.wait()
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+            if message["type"] == "http.response.body" and not message.get("more_body"):
+                ended.set()
+
+        await app(scope, receive, send)
+
+    asyncio.run(exchange())
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
+    pieces = [m for m in sent[1:] if m["type"] == "http.response.body"]
+    first, last = pieces[0]["body"], pieces[-1]
+    assert first.count(b"data: ") >= 2 and b'"role":"assistant"' in first and b'"content":"Streaming' in first
+    assert last["more_body"] is False and all(m["more_body"] for m in pieces[:-1])
+    assert last["body"].endswith(b"data: [DONE]\n\n") and b'"finish_reason":"stop"' in last["body"]
+    assert b'"usage":' in last["body"]
+    assert balance(maker, user.id) < 10_000
