@@ -141,8 +141,11 @@ def _chunk(call: ChatCall, created: int, delta: dict[str, Any], finish: str | No
     }
 
 
-def _sse(data: dict[str, Any] | str) -> bytes:
-    return b"data: " + (data.encode() if isinstance(data, str) else orjson.dumps(data)) + b"\n\n"
+def _sse(data: dict[str, Any]) -> bytes:
+    return b"data: " + orjson.dumps(data) + b"\n\n"
+
+
+DONE = b"data: [DONE]\n\n"
 
 
 _MARK = "\x00delta\x00"
@@ -172,7 +175,7 @@ async def sse_chunks(call: ChatCall, include_usage: bool) -> AsyncIterator[bytes
                 final["choices"] = []
                 final["usage"] = _usage(event)
                 tail.append(_sse(final))
-            tail.append(_sse("[DONE]"))
+            tail.append(DONE)
             yield LastChunk(b"".join(tail))
         else:
             error = {"error": {"message": event.message, "type": "api_error", "code": event.code, "param": None}}

@@ -210,25 +210,14 @@ async def spark_frames(call: ChatCall) -> AsyncIterator[str | bytes]:
         if isinstance(event, str):
             yield spark_frame(sid, 0 if seq == 0 else 1, seq, event)
             seq += 1
-        elif isinstance(event, ChatResult):
-            last = spark_frame(
-                sid,
-                2,
-                seq,
-                usage=(event.billed_prompt_tokens, event.billed_completion_tokens),
-                extra_header={"conversation_id": event.conversation_id},
-            )
-            yield LastChunk(last.encode())
+            continue
+        if isinstance(event, ChatResult):  # the ChatResult or the failure is the call's last event
+            usage = (event.billed_prompt_tokens, event.billed_completion_tokens)
+            last = spark_frame(sid, 2, seq, usage=usage, extra_header={"conversation_id": event.conversation_id})
         else:
-            last = spark_frame(
-                sid,
-                2,
-                seq,
-                code=event.status,
-                message=f"{event.code}: {event.message}",
-                usage=(0, event.charged_tokens),
-            )
-            yield LastChunk(last.encode())
+            message = f"{event.code}: {event.message}"
+            last = spark_frame(sid, 2, seq, code=event.status, message=message, usage=(0, event.charged_tokens))
+        yield LastChunk(last.encode())
 
 
 # --- endpoints --------------------------------------------------------------------------
